@@ -1,0 +1,444 @@
+/**
+ * iommu-dma: the DMA API on top of an IOMMU DMA domain. The IOVA cookie (an IOVA domain plus an
+ * optional flush queue), IOVA allocation with the 32-bit-first rule, and the legacy one-shot
+ * paths: `map_phys`/`unmap_phys` (one IOVA allocation per buffer) and `map_sg`/`unmap_sg` (one
+ * IOVA allocation per list, granule widening, segment-boundary padding, one `iommu_map_sg`, then
+ * merging into DMA segments). Kernel counterpart: drivers/iommu/dma-iommu.c (v6.17/v6.18).
+ * Differs on purpose: no P2P classification beyond bus-address entries, no deferred attach,
+ * no MSI cookies; CPU cache maintenance is counted, not simulated.
+ */
+import {
+  type IommuDomain,
+  IovaDomain,
+  iommuIotlbGatherInit,
+  iommuIotlbSync,
+  iommuIovaToPhys,
+  iommuMap,
+  iommuMapSg,
+  iommuUnmapFast,
+  Errno,
+  SG_DMA_BUS_ADDRESS,
+  hex,
+} from '@iovalink/iommu';
+import type { Device } from './device.js';
+import { FlushQueue } from './dma-iommu-fq.js';
+import {
+  DMA_ATTR_MMIO,
+  DMA_ATTR_SKIP_CPU_SYNC,
+  DMA_FROM_DEVICE,
+  DMA_MAPPING_ERROR,
+  DMA_TO_DEVICE,
+  type DmaDataDirection,
+  dmaInfoToProt,
+} from './dma-direction.js';
+import { DmaError } from './errors.js';
+import { SG_DMA_SWIOTLB, type Scatterlist, sgIter, sgNext } from './scatterlist.js';
+import { isSwiotlbBuffer, swiotlbTblMapSingle, swiotlbTblUnmapSingle } from './swiotlb.js';
+import { swiotlbSyncSingleForCpu, swiotlbSyncSingleForDevice } from './swiotlb.js';
+
+/** The x86 MSI window every PCI domain reserves (kernel: IOMMU_RESV_MSI, 0xfee00000–0xfeefffff). */
+export const MSI_RANGE_START = 0xfee00000;
+/** Last byte of the MSI window. */
+export const MSI_RANGE_END = 0xfeefffff;
+
+/** Per-domain DMA state (kernel: `struct iommu_dma_cookie`). */
+export interface IommuDmaCookie {
+  readonly iovad: IovaDomain;
+  /** Present on DMA_FQ domains. */
+  readonly fq: FlushQueue | undefined;
+}
+
+/** The cookie of a DMA-API domain. Throws when the domain was never initialised for DMA. */
+export function iommuDmaCookie(domain: IommuDomain): IommuDmaCookie {
+  const c = domain.iovaCookie as IommuDmaCookie | undefined;
+  if (c === undefined) {
+    throw new DmaError(`domain ${domain.id} has no DMA cookie: not a DMA-API domain`, {
+      rule: 'iommu_dma: no cookie',
+    });
+  }
+  return c;
+}
+
+/**
+ * Sets a DMA-API domain up for the DMA layer (kernel: `iommu_dma_init_domain`): an IOVA domain
+ * whose granule is the smallest page size and whose first pfn is max(1, aperture start), the MSI
+ * window reserved, and a flush queue for DMA_FQ domains.
+ */
+export function iommuDmaInitDomain(dev: Device, domain: IommuDomain): IommuDmaCookie {
+  const existing = domain.iovaCookie as IommuDmaCookie | undefined;
+  if (existing !== undefined) return existing;
+  const granule = domain.pgsizeBitmap & -domain.pgsizeBitmap;
+  const shift = Math.log2(granule);
+  const startPfn = Math.max(1, Math.floor(domain.geometry.apertureStart / granule));
+  const iovad = new IovaDomain(dev.machine, granule, startPfn);
+  if (dev.isPci) iovad.reserveIova(Math.floor(MSI_RANGE_START / 2 ** shift), Math.floor(MSI_RANGE_END / 2 ** shift));
+  const fq = domain.isFq ? new FlushQueue(domain, iovad) : undefined;
+  const cookie: IommuDmaCookie = { iovad, fq };
+  domain.iovaCookie = cookie;
+  return cookie;
+}
+
+/** The device's DMA domain and cookie; throws when the device does not use iommu-dma. */
+export function devDmaDomain(dev: Device): { domain: IommuDomain; cookie: IommuDmaCookie } {
+  const domain = dev.domain;
+  if (!dev.dmaIommu || domain === undefined) {
+    throw new DmaError(`${dev}: not behind an IOMMU DMA domain`, { rule: 'iommu_dma: not dma_iommu' });
+  }
+  return { domain, cookie: iommuDmaCookie(domain) };
+}
+
+/** Offset of `addr` within the IOVA granule (kernel: `iova_offset`). */
+export function iovaOffsetOf(iovad: IovaDomain, addr: number): number {
+  return addr % iovad.granule;
+}
+
+/** `size` rounded up to the granule (kernel: `iova_align`). */
+export function iovaAlignUp(iovad: IovaDomain, size: number): number {
+  return Math.ceil(size / iovad.granule) * iovad.granule;
+}
+
+/**
+ * Allocates `size` bytes (granule multiple) of IOVA below `dmaLimit` (kernel:
+ * `iommu_dma_alloc_iova`): PCI devices try below 4 GiB first without flushing the rcaches, and
+ * after the first failure use their full mask for good. Returns the IOVA, or 0 on failure.
+ */
+export function iommuDmaAllocIova(dev: Device, domain: IommuDomain, size: number, dmaLimit: number): number {
+  const { iovad } = iommuDmaCookie(domain);
+  const shift = iovad.shift;
+  const pages = size / iovad.granule;
+  let limit = dmaLimit;
+  if (domain.geometry.forceAperture) limit = Math.min(limit, domain.geometry.apertureEnd);
+  const counters = dev.machine.counters;
+  if (limit > 0xffffffff && dev.pci32bitWorkaround) {
+    const pfn = iovad.allocIovaFast(pages, Math.floor(0xffffffff / 2 ** shift), false);
+    if (pfn !== 0) {
+      counters.iovaAllocs++;
+      return pfn * 2 ** shift;
+    }
+    dev.pci32bitWorkaround = false;
+  }
+  const pfn = iovad.allocIovaFast(pages, Math.floor(limit / 2 ** shift), true);
+  if (pfn === 0) return 0;
+  counters.iovaAllocs++;
+  return pfn * 2 ** shift;
+}
+
+/**
+ * Returns IOVA space (kernel: `iommu_dma_free_iova`): into the flush queue with the gather's
+ * page-table pages when the gather is queued, else straight back to the rcache.
+ */
+export function iommuDmaFreeIova(
+  domain: IommuDomain,
+  iova: number,
+  size: number,
+  gather: { queued: boolean; freelist: number[] } | undefined,
+): void {
+  const { iovad, fq } = iommuDmaCookie(domain);
+  const pfn = iova / iovad.granule;
+  const pages = size / iovad.granule;
+  if (gather?.queued && fq !== undefined) {
+    fq.queueIova(pfn, pages, gather.freelist);
+    gather.freelist = [];
+  } else {
+    iovad.freeIovaFast(pfn, pages);
+  }
+  domain.iommu.machine.counters.iovaFrees++;
+}
+
+/**
+ * Maps `[phys, phys + size)` into a fresh IOVA range (kernel: `__iommu_dma_map`): granule-widened,
+ * `iommu_map` with sync. Returns the bus address of `phys`, or DMA_MAPPING_ERROR.
+ */
+export function __iommuDmaMap(dev: Device, phys: number, size: number, prot: number, dmaMask: number): number {
+  const { domain, cookie } = devDmaDomain(dev);
+  const iovad = cookie.iovad;
+  if (dev.dmaParms.minAlignMask > iovad.granule - 1) {
+    throw new DmaError(`${dev}: min_align_mask ${hex(dev.dmaParms.minAlignMask)} exceeds the IOVA granule`, {
+      rule: '__iommu_dma_map: min_align_mask > granule',
+    });
+  }
+  const off = iovaOffsetOf(iovad, phys);
+  const len = iovaAlignUp(iovad, size + off);
+  const iova = iommuDmaAllocIova(dev, domain, len, dmaMask);
+  if (iova === 0) return DMA_MAPPING_ERROR;
+  if (iommuMap(domain, iova, phys - off, len, prot) !== 0) {
+    iommuDmaFreeIova(domain, iova, len, undefined);
+    return DMA_MAPPING_ERROR;
+  }
+  return iova + off;
+}
+
+/**
+ * Unmaps a range mapped by `__iommuDmaMap` (kernel: `__iommu_dma_unmap`): strict domains sync
+ * the IOTLB (one ranged invalidation) and free the IOVA at once; lazy domains queue the IOVA and
+ * the freed page-table pages on the flush queue.
+ */
+export function __iommuDmaUnmap(dev: Device, dmaAddr: number, size: number): void {
+  const { domain, cookie } = devDmaDomain(dev);
+  const iovad = cookie.iovad;
+  const off = iovaOffsetOf(iovad, dmaAddr);
+  const start = dmaAddr - off;
+  const len = iovaAlignUp(iovad, size + off);
+  const gather = iommuIotlbGatherInit(cookie.fq !== undefined);
+  const unmapped = iommuUnmapFast(domain, start, len, gather);
+  if (unmapped !== len) {
+    throw new DmaError(
+      `${dev}: unmap of [${hex(start)}, +${hex(len)}) removed ${hex(unmapped)} bytes: the range was not mapped as one`,
+      { rule: '__iommu_dma_unmap: unmapped != size' },
+    );
+  }
+  if (!gather.queued) iommuIotlbSync(domain, gather);
+  iommuDmaFreeIova(domain, start, len, gather);
+}
+
+/**
+ * True when a mapping of this device must bounce through swiotlb (kernel: `dev_use_swiotlb`):
+ * untrusted devices, so that a partial granule never exposes neighbouring memory.
+ */
+export function devUseSwiotlb(dev: Device): boolean {
+  return dev.untrusted;
+}
+
+function cpuSyncForDevice(dev: Device, attrs: number): void {
+  if (!dev.coherent && (attrs & (DMA_ATTR_SKIP_CPU_SYNC | DMA_ATTR_MMIO)) === 0) dev.machine.counters.cpuCacheSyncs++;
+}
+
+function cpuSyncForCpu(dev: Device, attrs: number): void {
+  if (!dev.coherent && (attrs & (DMA_ATTR_SKIP_CPU_SYNC | DMA_ATTR_MMIO)) === 0) dev.machine.counters.cpuCacheSyncs++;
+}
+
+/**
+ * Maps one physically contiguous buffer (kernel: `iommu_dma_map_phys`, formerly `_map_page`):
+ * untrusted devices bounce unaligned buffers through swiotlb (slot aligned like the granule),
+ * then `__iommuDmaMap`. Returns the bus address or DMA_MAPPING_ERROR.
+ */
+export function iommuDmaMapPhys(dev: Device, phys: number, size: number, dir: DmaDataDirection, attrs: number): number {
+  const { domain, cookie } = devDmaDomain(dev);
+  const iovad = cookie.iovad;
+  const prot = dmaInfoToProt(dir, dev.coherent, attrs);
+  let p = phys;
+  let bounced = false;
+  if (devUseSwiotlb(dev) && (iovaOffsetOf(iovad, phys) !== 0 || size % iovad.granule !== 0)) {
+    if (attrs & DMA_ATTR_MMIO) return DMA_MAPPING_ERROR;
+    const mem = dev.swiotlb;
+    if (mem === undefined) return DMA_MAPPING_ERROR;
+    p = swiotlbTblMapSingle(mem, phys, size, iovad.granule - 1, dev.dmaParms.minAlignMask, dir, attrs, dev.untrusted);
+    if (p === DMA_MAPPING_ERROR) return DMA_MAPPING_ERROR;
+    dev.usedSwiotlb = true;
+    bounced = true;
+  }
+  cpuSyncForDevice(dev, attrs);
+  const iova = __iommuDmaMap(dev, p, size, prot, dev.dmaMask);
+  if (iova === DMA_MAPPING_ERROR && bounced && dev.swiotlb !== undefined) {
+    swiotlbTblUnmapSingle(dev.swiotlb, p, size, dir, attrs | DMA_ATTR_SKIP_CPU_SYNC);
+  }
+  void domain;
+  return iova;
+}
+
+/**
+ * Unmaps one buffer (kernel: `iommu_dma_unmap_phys`): finds the physical address through the page
+ * table, CPU-syncs non-coherent devices, `__iommuDmaUnmap`, then releases a bounce slot (copying
+ * back for FROM_DEVICE/BIDIRECTIONAL).
+ */
+export function iommuDmaUnmapPhys(
+  dev: Device,
+  dmaHandle: number,
+  size: number,
+  dir: DmaDataDirection,
+  attrs: number,
+): void {
+  const { domain } = devDmaDomain(dev);
+  const phys = iommuIovaToPhys(domain, dmaHandle);
+  if (phys === 0) {
+    throw new DmaError(`${dev}: unmap of ${hex(dmaHandle)}: no translation (not mapped)`, {
+      rule: 'iommu_dma_unmap_phys: no translation',
+    });
+  }
+  cpuSyncForCpu(dev, attrs);
+  __iommuDmaUnmap(dev, dmaHandle, size);
+  if (dev.swiotlb !== undefined && isSwiotlbBuffer(dev.swiotlb, phys)) {
+    swiotlbTblUnmapSingle(dev.swiotlb, phys, size, dir, attrs);
+  }
+}
+
+/** Syncs a streaming mapping for the CPU (kernel: `iommu_dma_sync_single_for_cpu`). */
+export function iommuDmaSyncSingleForCpu(dev: Device, dmaHandle: number, size: number, dir: DmaDataDirection): void {
+  const { domain } = devDmaDomain(dev);
+  const phys = iommuIovaToPhys(domain, dmaHandle);
+  if (!dev.coherent) dev.machine.counters.cpuCacheSyncs++;
+  if (dev.swiotlb !== undefined && phys !== 0 && isSwiotlbBuffer(dev.swiotlb, phys)) {
+    swiotlbSyncSingleForCpu(dev.swiotlb, phys, size, dir);
+  }
+}
+
+/** Syncs a streaming mapping for the device (kernel: `iommu_dma_sync_single_for_device`). */
+export function iommuDmaSyncSingleForDevice(dev: Device, dmaHandle: number, size: number, dir: DmaDataDirection): void {
+  const { domain } = devDmaDomain(dev);
+  const phys = iommuIovaToPhys(domain, dmaHandle);
+  if (dev.swiotlb !== undefined && phys !== 0 && isSwiotlbBuffer(dev.swiotlb, phys)) {
+    swiotlbSyncSingleForDevice(dev.swiotlb, phys, size, dir);
+  }
+  if (!dev.coherent) dev.machine.counters.cpuCacheSyncs++;
+}
+
+/** Untrusted path of map_sg: every entry mapped on its own (kernel: `iommu_dma_map_sg_swiotlb`). */
+function iommuDmaMapSgSwiotlb(dev: Device, sgl: Scatterlist, nents: number, dir: DmaDataDirection, attrs: number): number {
+  let i = 0;
+  for (const s of sgIter(sgl, nents)) {
+    const addr = iommuDmaMapPhys(dev, s.page + s.offset, s.length, dir, attrs);
+    if (addr === DMA_MAPPING_ERROR) {
+      let j = 0;
+      for (const t of sgIter(sgl, i)) {
+        iommuDmaUnmapPhys(dev, t.dmaAddress, t.dmaLength, dir, attrs | DMA_ATTR_SKIP_CPU_SYNC);
+        t.dmaAddress = DMA_MAPPING_ERROR;
+        t.dmaLength = 0;
+        t.dmaFlags &= ~SG_DMA_SWIOTLB;
+        j++;
+      }
+      void j;
+      return -Errno.EIO;
+    }
+    s.dmaAddress = addr;
+    s.dmaLength = s.length;
+    s.dmaFlags |= SG_DMA_SWIOTLB;
+    i++;
+  }
+  return nents;
+}
+
+/**
+ * Writes the DMA segments in place at the head of the list (kernel: `__finalise_sg`): restores
+ * each entry's offset and length, and appends an entry to the current segment when that segment
+ * is non-empty, the entry starts at a granule boundary, the IOVA cursor is not on a segment
+ * boundary, and the result stays within the maximum segment size. Returns the segment count.
+ */
+function finaliseSg(dev: Device, sgl: Scatterlist, nents: number, dmaAddrStart: number): number {
+  const segMask = dev.dmaParms.segmentBoundaryMask;
+  const segSize = segMask + 1;
+  const maxLen = dev.dmaParms.maxSegmentSize;
+  let cur: Scatterlist = sgl;
+  let curLen = 0;
+  let count = 0;
+  let dmaAddr = dmaAddrStart;
+  let i = 0;
+  for (const s of sgIter(sgl, nents)) {
+    const sIovaOff = s.dmaAddress;
+    const sLength = s.dmaLength;
+    const sIovaLen = s.length;
+    s.dmaAddress = DMA_MAPPING_ERROR;
+    s.dmaLength = 0;
+    if ((s.dmaFlags & SG_DMA_BUS_ADDRESS) !== 0) {
+      i++;
+      continue;
+    }
+    s.offset += sIovaOff;
+    s.length = sLength;
+    if (curLen !== 0 && sIovaOff === 0 && dmaAddr % segSize !== 0 && maxLen - curLen >= sLength) {
+      curLen += sLength;
+    } else {
+      if (i > 0) cur = sgNext(cur)!;
+      curLen = sLength;
+      count++;
+      cur.dmaAddress = dmaAddr + sIovaOff;
+    }
+    cur.dmaLength = curLen;
+    dmaAddr += sIovaLen;
+    if (sLength + sIovaOff < sIovaLen) curLen = 0;
+    i++;
+  }
+  return count;
+}
+
+/** Restores a list after a failed map (kernel: `__invalidate_sg`). */
+function invalidateSg(sgl: Scatterlist, nents: number): void {
+  for (const s of sgIter(sgl, nents)) {
+    if (s.dmaAddress !== DMA_MAPPING_ERROR) s.offset += s.dmaAddress;
+    if (s.dmaLength !== 0) s.length = s.dmaLength;
+    s.dmaAddress = DMA_MAPPING_ERROR;
+    s.dmaLength = 0;
+  }
+}
+
+/**
+ * Maps a scatterlist with one IOVA allocation (kernel: `iommu_dma_map_sg`). Returns the number of
+ * DMA segments (≤ nents), or -errno (-ENOMEM when IOVA space ran out, -EINVAL for other mapping
+ * failures, -EIO for a failed bounce) with the list restored and nothing left mapped.
+ */
+export function iommuDmaMapSg(dev: Device, sgl: Scatterlist, nents: number, dir: DmaDataDirection, attrs: number): number {
+  const { domain, cookie } = devDmaDomain(dev);
+  const iovad = cookie.iovad;
+  if (devUseSwiotlb(dev)) return iommuDmaMapSgSwiotlb(dev, sgl, nents, dir, attrs);
+  if ((attrs & DMA_ATTR_SKIP_CPU_SYNC) === 0 && !dev.coherent) dev.machine.counters.cpuCacheSyncs += nents;
+  const prot = dmaInfoToProt(dir, dev.coherent, attrs);
+  const segSize = dev.dmaParms.segmentBoundaryMask + 1;
+  let prev: Scatterlist | undefined;
+  let iovaLen = 0;
+  for (const s of sgIter(sgl, nents)) {
+    if ((s.dmaFlags & SG_DMA_BUS_ADDRESS) !== 0) continue;
+    const sIovaOff = iovaOffsetOf(iovad, s.offset);
+    s.dmaAddress = sIovaOff;
+    s.dmaLength = s.length;
+    s.offset -= sIovaOff;
+    const sLength = iovaAlignUp(iovad, s.length + sIovaOff);
+    s.length = sLength;
+    // bytes from the current IOVA end to the next segment boundary
+    const padLen = (segSize - (iovaLen % segSize)) % segSize;
+    if (padLen !== 0 && padLen < sLength - 1 && prev !== undefined) {
+      prev.length += padLen;
+      iovaLen += padLen;
+    }
+    iovaLen += sLength;
+    prev = s;
+  }
+  if (iovaLen === 0) return finaliseSg(dev, sgl, nents, 0);
+  const iova = iommuDmaAllocIova(dev, domain, iovaLen, dev.dmaMask);
+  if (iova === 0) {
+    invalidateSg(sgl, nents);
+    return -Errno.ENOMEM;
+  }
+  const ret = iommuMapSg(domain, iova, sgIter(sgl, nents), prot);
+  if (ret < iovaLen) {
+    iommuDmaFreeIova(domain, iova, iovaLen, undefined);
+    invalidateSg(sgl, nents);
+    return ret === -Errno.ENOMEM || ret === -Errno.EREMOTEIO ? ret : -Errno.EINVAL;
+  }
+  return finaliseSg(dev, sgl, nents, iova);
+}
+
+/**
+ * Unmaps a list mapped by `iommuDmaMapSg` (kernel: `iommu_dma_unmap_sg`): one `__iommuDmaUnmap` of
+ * the span from the first to the last DMA segment; per-entry unmaps for bounced lists.
+ */
+export function iommuDmaUnmapSg(dev: Device, sgl: Scatterlist, nents: number, dir: DmaDataDirection, attrs: number): void {
+  if ((sgl.dmaFlags & SG_DMA_SWIOTLB) !== 0) {
+    for (const s of sgIter(sgl, nents)) {
+      iommuDmaUnmapPhys(dev, s.dmaAddress, s.dmaLength, dir, attrs);
+      s.dmaFlags &= ~SG_DMA_SWIOTLB;
+    }
+    return;
+  }
+  if ((attrs & DMA_ATTR_SKIP_CPU_SYNC) === 0 && !dev.coherent) dev.machine.counters.cpuCacheSyncs += nents;
+  let start = -1;
+  let end = -1;
+  for (const s of sgIter(sgl, nents)) {
+    if (s.dmaLength === 0) {
+      if (start >= 0) break;
+      continue;
+    }
+    if (start < 0) start = s.dmaAddress;
+    end = s.dmaAddress + s.dmaLength;
+  }
+  if (start < 0) return;
+  __iommuDmaUnmap(dev, start, end - start);
+}
+
+/** Direction helpers used by the sync paths. */
+export function dirCopiesToDevice(dir: DmaDataDirection): boolean {
+  return dir !== DMA_FROM_DEVICE;
+}
+
+/** True when data flows device → CPU for `dir`. */
+export function dirCopiesToCpu(dir: DmaDataDirection): boolean {
+  return dir !== DMA_TO_DEVICE;
+}

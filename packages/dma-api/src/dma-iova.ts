@@ -1,0 +1,333 @@
+/**
+ * The two-step DMA API: reserve IOVA space up front (`dma_iova_try_alloc`), then link physical
+ * ranges into it without IOTLB flushes (`dma_iova_link`), make them visible once
+ * (`dma_iova_sync`), and tear down per range (`dma_iova_unlink` + `dma_iova_free`) or in one go
+ * (`dma_iova_destroy`). No scatterlist, one IOVA allocation per state, at most one IOTLB
+ * invalidation per teardown. Kernel counterpart: the "IOVA-based API" part of
+ * drivers/iommu/dma-iommu.c and `struct dma_iova_state` in include/linux/dma-mapping.h (v6.17;
+ * documented in Documentation/core-api/dma-api.rst, Part Ie).
+ * Differs on purpose: the kernel keeps "used swiotlb" in bit 63 of the state's size; we keep a
+ * separate boolean (a JS number cannot hold bit 63). Links out of the allocated range are always
+ * rejected (the kernel does not check). On a failed bounced link the kernel unlinks from offset 0
+ * instead of from `offset` (a latent bug, kernel-reference §1.4); we unlink what this call mapped.
+ */
+import {
+  Errno,
+  iommuIotlbGatherInit,
+  iommuIotlbSync,
+  iommuIovaToPhys,
+  iommuMapNosync,
+  iommuSyncMap,
+  iommuUnmapFast,
+  hex,
+} from '@iovalink/iommu';
+import type { Device } from './device.js';
+import {
+  DMA_ATTR_MMIO,
+  DMA_ATTR_SKIP_CPU_SYNC,
+  type DmaDataDirection,
+  dmaDirectionName,
+  dmaInfoToProt,
+  validDmaDirection,
+} from './dma-direction.js';
+import { devDmaDomain, devUseSwiotlb, iommuDmaAllocIova, iommuDmaFreeIova, iovaAlignUp } from './dma-iommu.js';
+import { DmaDebugError, DmaError } from './errors.js';
+import { isSwiotlbBuffer, swiotlbTblMapSingle, swiotlbTblUnmapSingle } from './swiotlb.js';
+import { DMA_MAPPING_ERROR } from './dma-direction.js';
+
+/** Bytes the kernel's `struct dma_iova_state` occupies (addr + size), embedded in the caller. */
+export const DMA_IOVA_STATE_SIZE = 16;
+
+/** Caller-owned state of one IOVA range (kernel: `struct dma_iova_state`). */
+export class DmaIovaState {
+  /** Bus address of byte 0 of the caller's buffer: IOVA base + start pad. */
+  addr = 0;
+  /** Requested size in bytes; 0 when the state holds no IOVA. */
+  size = 0;
+  /** Some link bounced through swiotlb (kernel: bit 63 of `__size`); never cleared. */
+  usedSwiotlb = false;
+}
+
+/** Size of the state's IOVA range (kernel: `dma_iova_size`). */
+export function dmaIovaSize(state: DmaIovaState): number {
+  return state.size;
+}
+
+/** True when the state holds IOVA space (kernel: `dma_use_iova`). */
+export function dmaUseIova(state: DmaIovaState): boolean {
+  return state.size !== 0;
+}
+
+/**
+ * Reserves IOVA space for `size` bytes (kernel: `dma_iova_try_alloc`). Zeroes the state first.
+ * Returns false when the device does not use iommu-dma (no IOMMU, identity or blocked domain), the
+ * size is zero, or IOVA space cannot be had — the caller then uses the streaming API. `phys` only
+ * sets the start pad, so `state.addr` has the same offset within the granule (pass 0 if unknown).
+ */
+export function dmaIovaTryAlloc(dev: Device, state: DmaIovaState, phys: number, size: number): boolean {
+  state.addr = 0;
+  state.size = 0;
+  state.usedSwiotlb = false;
+  if (!dev.dmaIommu) return false;
+  if (!(size > 0) || !Number.isSafeInteger(size)) return false;
+  const { domain, cookie } = devDmaDomain(dev);
+  const iovad = cookie.iovad;
+  const pad = phys % iovad.granule;
+  const len = iovaAlignUp(iovad, size + pad);
+  const iova = iommuDmaAllocIova(dev, domain, len, dev.dmaMask);
+  if (iova === 0) return false;
+  state.addr = iova + pad;
+  state.size = size;
+  dev.debug?.iovaAlloc(state, size, iovad.granule, pad);
+  return true;
+}
+
+function checkState(dev: Device, state: DmaIovaState, what: string): void {
+  if (!dmaUseIova(state)) {
+    throw new DmaDebugError(`${what}: ${dev.name}: the state holds no IOVA (dma_iova_try_alloc failed or was not called)`, {
+      rule: `${what}: no IOVA allocated`,
+    });
+  }
+}
+
+/** Maps `size` granule-aligned bytes at bus `addr` without IOTLB sync (kernel: `__dma_iova_link`). */
+function iovaLinkRaw(dev: Device, addr: number, phys: number, size: number, dir: DmaDataDirection, attrs: number): number {
+  const { domain } = devDmaDomain(dev);
+  if (!dev.coherent && (attrs & (DMA_ATTR_SKIP_CPU_SYNC | DMA_ATTR_MMIO)) === 0) dev.machine.counters.cpuCacheSyncs++;
+  return iommuMapNosync(domain, addr, phys, size, dmaInfoToProt(dir, dev.coherent, attrs));
+}
+
+/**
+ * Bounces a partial granule through swiotlb and links the slot's granule (kernel:
+ * `iova_bounce_and_link`). Returns 0 or -errno.
+ */
+function bounceAndLink(
+  dev: Device,
+  addr: number,
+  phys: number,
+  bounceLen: number,
+  dir: DmaDataDirection,
+  attrs: number,
+  startPad: number,
+): number {
+  const mem = dev.swiotlb;
+  const { cookie } = devDmaDomain(dev);
+  const iovad = cookie.iovad;
+  if (attrs & DMA_ATTR_MMIO) return -Errno.EPERM;
+  if (mem === undefined) return -Errno.ENOMEM;
+  const bouncePhys = swiotlbTblMapSingle(mem, phys, bounceLen, iovad.granule - 1, dev.dmaParms.minAlignMask, dir, attrs, dev.untrusted);
+  if (bouncePhys === DMA_MAPPING_ERROR) return -Errno.ENOMEM;
+  dev.usedSwiotlb = true;
+  const ret = iovaLinkRaw(dev, addr - startPad, bouncePhys - startPad, iovaAlignUp(iovad, bounceLen + startPad), dir, attrs);
+  if (ret !== 0) swiotlbTblUnmapSingle(mem, bouncePhys, bounceLen, dir, attrs | DMA_ATTR_SKIP_CPU_SYNC);
+  return ret;
+}
+
+/**
+ * Links `[phys, phys + size)` at `state.addr + offset` (kernel: `dma_iova_link`), without flushing
+ * the IOTLB. All links but the first must start on the merge boundary: a `phys` with a start pad
+ * at a non-zero offset returns -EIO and maps nothing. Untrusted devices bounce partial head and
+ * tail granules through swiotlb. Returns 0 or -errno (-EIO, -ENOMEM, -EEXIST, -EPERM); on error
+ * nothing of this call stays mapped, and the caller must undo its earlier links.
+ */
+export function dmaIovaLink(
+  dev: Device,
+  state: DmaIovaState,
+  phys: number,
+  offset: number,
+  size: number,
+  dir: DmaDataDirection,
+  attrs = 0,
+): number {
+  checkState(dev, state, 'dma_iova_link');
+  if (!validDmaDirection(dir)) {
+    throw new DmaError(`dma_iova_link: ${dev.name}: invalid direction ${dmaDirectionName(dir)}`, {
+      rule: 'dma_iova_link: invalid direction',
+    });
+  }
+  if (!(size > 0) || offset < 0 || offset + size > state.size) {
+    throw new DmaDebugError(
+      `dma_iova_link: ${dev.name}: link [${hex(offset)}, +${hex(size)}) is outside the allocated IOVA [0, ${hex(state.size)})`,
+      { rule: 'dma_iova_link: outside allocated IOVA' },
+    );
+  }
+  dev.machine.phys.check(phys, size);
+  const { cookie } = devDmaDomain(dev);
+  const iovad = cookie.iovad;
+  const granule = iovad.granule;
+  const pad = phys % granule;
+  if (pad !== 0 && offset !== 0) return -Errno.EIO;
+  dev.debug?.checkLink(state, offset, size);
+  let ret: number;
+  if (devUseSwiotlb(dev) && (pad !== 0 || (phys + size) % granule !== 0)) {
+    ret = linkSwiotlb(dev, state, phys, offset, size, dir, attrs);
+  } else {
+    ret = iovaLinkRaw(dev, state.addr + offset - pad, phys - pad, iovaAlignUp(iovad, size + pad), dir, attrs);
+  }
+  if (ret === 0) {
+    dev.machine.counters.dmaLinks++;
+    dev.debug?.addLink(state, offset, size);
+  }
+  return ret;
+}
+
+/** Bounced link of an unaligned range (kernel: `iommu_dma_iova_link_swiotlb`). */
+function linkSwiotlb(
+  dev: Device,
+  state: DmaIovaState,
+  phys: number,
+  offset: number,
+  size: number,
+  dir: DmaDataDirection,
+  attrs: number,
+): number {
+  const { cookie } = devDmaDomain(dev);
+  const granule = cookie.iovad.granule;
+  const addr = state.addr + offset;
+  const startPad = phys % granule;
+  const endPad = (phys + size) % granule;
+  let mapped = 0;
+  let p = phys;
+  let left = size;
+  let ret = 0;
+  if (startPad !== 0) {
+    const bounceLen = Math.min(left, granule - startPad);
+    ret = bounceAndLink(dev, addr, p, bounceLen, dir, attrs, startPad);
+    if (ret !== 0) return ret;
+    state.usedSwiotlb = true;
+    mapped += bounceLen;
+    p += bounceLen;
+    left -= bounceLen;
+  }
+  if (left > endPad && ret === 0) {
+    ret = iovaLinkRaw(dev, addr + mapped, p, left - endPad, dir, attrs);
+    if (ret === 0) {
+      mapped += left - endPad;
+      p += left - endPad;
+      left = endPad;
+    }
+  }
+  if (left > 0 && ret === 0) {
+    ret = bounceAndLink(dev, addr + mapped, p, left, dir, attrs, 0);
+    if (ret === 0) {
+      state.usedSwiotlb = true;
+      mapped += left;
+    }
+  }
+  if (ret !== 0 && mapped > 0) unlinkRange(dev, state, offset, mapped, dir, attrs | DMA_ATTR_SKIP_CPU_SYNC, false);
+  return ret;
+}
+
+/**
+ * Makes linked ranges visible to the device (kernel: `dma_iova_sync` → `iommu_sync_map`): needed
+ * only by IOMMUs that cache non-present entries, free elsewhere. Returns 0 or -errno.
+ */
+export function dmaIovaSync(dev: Device, state: DmaIovaState, offset: number, size: number): number {
+  checkState(dev, state, 'dma_iova_sync');
+  const { domain, cookie } = devDmaDomain(dev);
+  const pad = state.addr % cookie.iovad.granule;
+  return iommuSyncMap(domain, state.addr + offset - pad, iovaAlignUp(cookie.iovad, size + pad));
+}
+
+/** Slow teardown walk: CPU syncs and bounce releases granule by granule (kernel: `iommu_dma_iova_unlink_range_slow`). */
+function unlinkSlow(dev: Device, start: number, end: number, dir: DmaDataDirection, attrs: number): void {
+  const { domain, cookie } = devDmaDomain(dev);
+  const granule = cookie.iovad.granule;
+  let addr = start;
+  while (addr < end) {
+    const len = Math.min(granule - (addr % granule), end - addr);
+    const phys = iommuIovaToPhys(domain, addr);
+    if (phys === 0) {
+      throw new DmaError(`dma_iova_unlink: ${dev.name}: ${hex(addr)} has no translation`, {
+        rule: 'dma_iova_unlink: no translation',
+      });
+    }
+    if (!dev.coherent && (attrs & (DMA_ATTR_SKIP_CPU_SYNC | DMA_ATTR_MMIO)) === 0) dev.machine.counters.cpuCacheSyncs++;
+    if (dev.swiotlb !== undefined && isSwiotlbBuffer(dev.swiotlb, phys)) {
+      swiotlbTblUnmapSingle(dev.swiotlb, phys, len, dir, attrs);
+    }
+    addr += len;
+  }
+}
+
+/** Unlinks `[offset, offset + size)`, optionally freeing the IOVA (kernel: `__iommu_dma_iova_unlink`). */
+function unlinkRange(
+  dev: Device,
+  state: DmaIovaState,
+  offset: number,
+  size: number,
+  dir: DmaDataDirection,
+  attrs: number,
+  freeIova: boolean,
+): void {
+  const { domain, cookie } = devDmaDomain(dev);
+  const iovad = cookie.iovad;
+  const addr = state.addr + offset;
+  const pad = addr % iovad.granule;
+  const start = addr - pad;
+  const len = iovaAlignUp(iovad, size + pad);
+  const gather = iommuIotlbGatherInit(freeIova && cookie.fq !== undefined);
+  if (state.usedSwiotlb || (!dev.coherent && (attrs & (DMA_ATTR_SKIP_CPU_SYNC | DMA_ATTR_MMIO)) === 0)) {
+    unlinkSlow(dev, addr, addr + size, dir, attrs);
+  }
+  const unmapped = iommuUnmapFast(domain, start, len, gather);
+  if (!gather.queued) iommuIotlbSync(domain, gather);
+  if (unmapped !== len) {
+    throw new DmaError(
+      `dma_iova_unlink: ${dev.name}: unmapped ${hex(unmapped)} of ${hex(len)} bytes at ${hex(start)}: the range was not wholly linked`,
+      { rule: 'dma_iova_unlink: unmapped != size' },
+    );
+  }
+  if (freeIova) iommuDmaFreeIova(domain, start, len, gather);
+}
+
+/**
+ * Unlinks a linked range (kernel: `dma_iova_unlink`): CPU syncs and bounce copy-back where
+ * needed, unmap, and an immediate IOTLB invalidation even on lazy domains. The IOVA stays
+ * allocated.
+ */
+export function dmaIovaUnlink(
+  dev: Device,
+  state: DmaIovaState,
+  offset: number,
+  size: number,
+  dir: DmaDataDirection,
+  attrs = 0,
+): void {
+  checkState(dev, state, 'dma_iova_unlink');
+  dev.debug?.checkUnlink(state, offset, size);
+  unlinkRange(dev, state, offset, size, dir, attrs, false);
+  dev.machine.counters.dmaUnlinks++;
+  dev.debug?.removeLinks(state, offset, size);
+}
+
+/**
+ * Returns the state's IOVA space (kernel: `dma_iova_free`) at once, with no IOTLB work: every
+ * link must have been unlinked first.
+ */
+export function dmaIovaFree(dev: Device, state: DmaIovaState): void {
+  checkState(dev, state, 'dma_iova_free');
+  dev.debug?.checkFree(state);
+  const { domain, cookie } = devDmaDomain(dev);
+  const iovad = cookie.iovad;
+  const pad = state.addr % iovad.granule;
+  iommuDmaFreeIova(domain, state.addr - pad, iovaAlignUp(iovad, state.size + pad), undefined);
+  dev.debug?.iovaRelease(state);
+}
+
+/**
+ * Unlinks `[0, mappedLen)` and frees the IOVA in one go (kernel: `dma_iova_destroy`): strict
+ * domains invalidate once and free at once; lazy domains skip the invalidation and queue the IOVA
+ * on the flush queue. `mappedLen` 0 only frees. The linked range must be exactly `[0, mappedLen)`.
+ */
+export function dmaIovaDestroy(dev: Device, state: DmaIovaState, mappedLen: number, dir: DmaDataDirection, attrs = 0): void {
+  checkState(dev, state, 'dma_iova_destroy');
+  if (mappedLen === 0) {
+    dmaIovaFree(dev, state);
+    return;
+  }
+  dev.debug?.checkDestroy(state, mappedLen);
+  unlinkRange(dev, state, 0, mappedLen, dir, attrs, true);
+  dev.machine.counters.dmaUnlinks++;
+  dev.debug?.iovaRelease(state);
+}
