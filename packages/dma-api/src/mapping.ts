@@ -130,6 +130,7 @@ export function dmaUnmapSgAttrs(dev: Device, sgl: Scatterlist, nents: number, di
  * count, or -EINVAL / -ENOMEM / -EIO / -EREMOTEIO with nothing mapped.
  */
 export function dmaMapSgtable(dev: Device, sgt: SgTable, dir: DmaDataDirection, attrs = 0): number {
+  if (sgt.sgl === null) return -Errno.EINVAL;
   const r = mapSg(dev, sgt.sgl, sgt.origNents, dir, attrs);
   if (r < 0) return r;
   sgt.nents = r;
@@ -138,6 +139,9 @@ export function dmaMapSgtable(dev: Device, sgt: SgTable, dir: DmaDataDirection, 
 
 /** Unmaps an sg_table (kernel: `dma_unmap_sgtable`). */
 export function dmaUnmapSgtable(dev: Device, sgt: SgTable, dir: DmaDataDirection, attrs = 0): void {
+  if (sgt.sgl === null) {
+    throw new DmaError(`dma_unmap_sgtable: ${dev.name}: the table has no entries`, { rule: 'dma_unmap_sg: not mapped' });
+  }
   dmaUnmapSgAttrs(dev, sgt.sgl, sgt.origNents, dir, attrs);
 }
 
@@ -159,11 +163,13 @@ export function dmaSyncSingleForDevice(dev: Device, addr: number, size: number, 
 
 /** Syncs every DMA segment of a table for the CPU (kernel: `dma_sync_sgtable_for_cpu`). */
 export function dmaSyncSgtableForCpu(dev: Device, sgt: SgTable, dir: DmaDataDirection): void {
+  if (sgt.sgl === null) return;
   for (const s of sgIter(sgt.sgl, sgt.nents)) dmaSyncSingleForCpu(dev, s.dmaAddress, s.dmaLength, dir);
 }
 
 /** Syncs every DMA segment of a table for the device (kernel: `dma_sync_sgtable_for_device`). */
 export function dmaSyncSgtableForDevice(dev: Device, sgt: SgTable, dir: DmaDataDirection): void {
+  if (sgt.sgl === null) return;
   for (const s of sgIter(sgt.sgl, sgt.nents)) dmaSyncSingleForDevice(dev, s.dmaAddress, s.dmaLength, dir);
 }
 

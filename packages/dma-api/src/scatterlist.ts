@@ -21,27 +21,45 @@
 import { Errno, type Machine, PAGE_SIZE } from '@iovalink/iommu';
 import { DmaError } from './errors.js';
 
-/** Size of `struct scatterlist` on 64-bit with DMA length and flags (page_link, offset, length, dma_address, dma_length, dma_flags). */
+/**
+ * Size of `struct scatterlist` on 64-bit with DMA length and flags (page_link, offset, length, dma_address,
+ * dma_length, dma_flags).
+ */
 export const SG_ENTRY_SIZE = 32;
-/** Entries in one page-sized chunk; longer lists are chained (kernel: `PAGE_SIZE / sizeof(struct scatterlist)`). */
+/**
+ * Entries in one page-sized chunk; longer lists are chained (kernel: `SG_MAX_SINGLE_ALLOC`,
+ * include/linux/scatterlist.h).
+ */
 export const SG_MAX_SINGLE_ALLOC = PAGE_SIZE / SG_ENTRY_SIZE;
 /** Largest chunk the sg mempools hand out (kernel: `SG_CHUNK_SIZE`, include/linux/scatterlist.h). */
 export const SG_CHUNK_SIZE = 128;
-/** Segment limit block and SCSI advertise on archs with sg chaining (kernel: `SG_MAX_SEGMENTS`). */
+/**
+ * Segment limit block and SCSI advertise on archs with sg chaining (kernel: `SG_MAX_SEGMENTS`,
+ * include/linux/scatterlist.h).
+ */
 export const SG_MAX_SEGMENTS = 2048;
 /** Size of `struct sg_table` (sgl pointer + nents + orig_nents). */
 export const SG_TABLE_SIZE = 16;
 /** Size of `struct sg_append_table` (sg_table + prv pointer + total_nents + padding). */
 export const SG_APPEND_TABLE_SIZE = 32;
 
-/** `page_link` bit: this entry is a link to the next chunk, not data (kernel: `SG_CHAIN`). */
+/**
+ * `page_link` bit: this entry is a link to the next chunk, not data (kernel: `SG_CHAIN`,
+ * include/linux/scatterlist.h).
+ */
 export const SG_CHAIN = 0x01;
-/** `page_link` bit: this entry is the last of the list (kernel: `SG_END`). */
+/** `page_link` bit: this entry is the last of the list (kernel: `SG_END`, include/linux/scatterlist.h). */
 export const SG_END = 0x02;
 
-/** `dma_flags` bit: `dmaAddress` is a PCI P2P bus address that was not IOMMU-mapped (kernel: `SG_DMA_BUS_ADDRESS`). */
+/**
+ * `dma_flags` bit: `dmaAddress` is a PCI P2P bus address that was not IOMMU-mapped (kernel:
+ * `SG_DMA_BUS_ADDRESS`, scatterlist.h).
+ */
 export const SG_DMA_BUS_ADDRESS = 1 << 0;
-/** `dma_flags` bit: the list was mapped through swiotlb, some entries may be bounced (kernel: `SG_DMA_SWIOTLB`). */
+/**
+ * `dma_flags` bit: the list was mapped through swiotlb, some entries may be bounced (kernel:
+ * `SG_DMA_SWIOTLB`, scatterlist.h).
+ */
 export const SG_DMA_SWIOTLB = 1 << 1;
 
 /** Metadata kind under which scatterlist chunks are counted (`machine.counters.meta`). */
@@ -99,8 +117,8 @@ export function sgArray(nents: number): Scatterlist[] {
 }
 
 /**
- * A scatterlist table (kernel: `struct sg_table`). `nents` is the number of DMA segments after
- * mapping (equal to `origNents` before), `origNents` the number of CPU entries.
+ * A scatterlist table (kernel: `struct sg_table`, include/linux/scatterlist.h). `nents` is the number of DMA
+ * segments after mapping (equal to `origNents` before), `origNents` the number of CPU entries.
  */
 export class SgTable {
   /** First entry (kernel: `sgl`); null when nothing is allocated. */
@@ -112,8 +130,9 @@ export class SgTable {
 }
 
 /**
- * A table that grows by appending pages (kernel: `struct sg_append_table`): `prv` is the last
- * populated entry, `totalNents` every allocated slot including chain slots and unused tail slots.
+ * A table that grows by appending pages (kernel: `struct sg_append_table`, include/linux/scatterlist.h):
+ * `prv` is the last populated entry, `totalNents` every allocated slot including chain slots and unused tail
+ * slots.
  */
 export class SgAppendTable {
   /** The table itself (kernel: `sgt`). */
@@ -124,33 +143,41 @@ export class SgAppendTable {
   totalNents = 0;
 }
 
-/** Allocator of one chunk of `nents` entries; returns its first entry, or null (kernel: `sg_alloc_fn`). */
+/**
+ * Allocator of one chunk of `nents` entries; returns its first entry, or null (kernel: `sg_alloc_fn`,
+ * include/linux/scatterlist.h).
+ */
 export type SgAllocFn = (nents: number) => Scatterlist | null;
-/** Frees one chunk of `nents` entries starting at `sgl` (kernel: `sg_free_fn`). */
+/**
+ * Frees one chunk of `nents` entries starting at `sgl` (kernel: `sg_free_fn`, include/linux/scatterlist.h).
+ */
 export type SgFreeFn = (sgl: Scatterlist, nents: number) => void;
 
 // ---------------------------------------------------------------------------------------------
 // Entry accessors (include/linux/scatterlist.h)
 // ---------------------------------------------------------------------------------------------
 
-/** True if `sg` is a chain entry (kernel: `sg_is_chain`). */
+/** True if `sg` is a chain entry (kernel: `sg_is_chain`, include/linux/scatterlist.h). */
 export function sgIsChain(sg: Scatterlist): boolean {
   return (sg.linkFlags & SG_CHAIN) !== 0;
 }
 
-/** True if `sg` is the last entry of its list (kernel: `sg_is_last`). */
+/** True if `sg` is the last entry of its list (kernel: `sg_is_last`, include/linux/scatterlist.h). */
 export function sgIsLast(sg: Scatterlist): boolean {
   return (sg.linkFlags & SG_END) !== 0;
 }
 
-/** The chunk a chain entry points to (kernel: `sg_chain_ptr`); null for a non-chain entry. */
+/**
+ * The chunk a chain entry points to (kernel: `sg_chain_ptr`, include/linux/scatterlist.h); null for a
+ * non-chain entry.
+ */
 export function sgChainPtr(sg: Scatterlist): Scatterlist | null {
   return sgIsChain(sg) ? sg.chainPtr : null;
 }
 
 /**
- * Points `sg` at `len` bytes at `offset` from `page` (kernel: `sg_set_page`), keeping the
- * chain/end bits. Throws `DmaError` if `page` is not page-aligned (kernel: BUG_ON on the low bits
+ * Points `sg` at `len` bytes at `offset` from `page` (kernel: `sg_set_page`, include/linux/scatterlist.h),
+ * keeping the chain/end bits. Throws `DmaError` if `page` is not page-aligned (kernel: BUG_ON on the low bits
  * of the page pointer) or `sg` is a chain entry (kernel: BUG_ON with CONFIG_DEBUG_SG).
  */
 export function sgSetPage(sg: Scatterlist, page: number, len: number, offset: number): void {
@@ -162,7 +189,9 @@ export function sgSetPage(sg: Scatterlist, page: number, len: number, offset: nu
   checkUint('sg_set_page', 'len', len);
   checkUint('sg_set_page', 'offset', offset);
   if (sgIsChain(sg)) {
-    throw new DmaError('sg_set_page: entry is a chain link, not a data entry', { rule: 'sg_set_page: chain entry' });
+    throw new DmaError('sg_set_page: entry is a chain link, not a data entry', {
+      rule: 'sg_set_page: chain entry',
+    });
   }
   sg.page = page;
   sg.offset = offset;
@@ -170,8 +199,9 @@ export function sgSetPage(sg: Scatterlist, page: number, len: number, offset: nu
 }
 
 /**
- * Points `sg` at `buflen` bytes at physical address `buf` (kernel: `sg_set_buf`). Differs: takes
- * a physical address where the kernel takes a kernel virtual address.
+ * Points `sg` at `buflen` bytes at physical address `buf` (kernel: `sg_set_buf`,
+ * include/linux/scatterlist.h). Differs: takes a physical address where the kernel takes a kernel virtual
+ * address.
  */
 export function sgSetBuf(sg: Scatterlist, buf: number, buflen: number): void {
   checkUint('sg_set_buf', 'buf', buf, Number.MAX_SAFE_INTEGER);
@@ -180,8 +210,8 @@ export function sgSetBuf(sg: Scatterlist, buf: number, buflen: number): void {
 }
 
 /**
- * The page of a data entry (kernel: `sg_page`); throws `DmaError` on a chain entry (kernel: BUG_ON
- * with CONFIG_DEBUG_SG).
+ * The page of a data entry (kernel: `sg_page`, include/linux/scatterlist.h); throws `DmaError` on a chain
+ * entry (kernel: BUG_ON with CONFIG_DEBUG_SG).
  */
 export function sgPage(sg: Scatterlist): number {
   if (sgIsChain(sg)) {
@@ -190,65 +220,79 @@ export function sgPage(sg: Scatterlist): number {
   return sg.page;
 }
 
-/** Physical address of the entry's data, page + offset (kernel: `sg_phys`). */
+/** Physical address of the entry's data, page + offset (kernel: `sg_phys`, include/linux/scatterlist.h). */
 export function sgPhys(sg: Scatterlist): number {
   return sgPage(sg) + sg.offset;
 }
 
-/** Bus address of a mapped entry (kernel: `sg_dma_address`). */
+/** Bus address of a mapped entry (kernel: `sg_dma_address`, include/linux/scatterlist.h). */
 export function sgDmaAddress(sg: Scatterlist): number {
   return sg.dmaAddress;
 }
 
-/** Length of a mapped DMA segment (kernel: `sg_dma_len`, CONFIG_NEED_SG_DMA_LENGTH). */
+/**
+ * Length of a mapped DMA segment (kernel: `sg_dma_len`, include/linux/scatterlist.h,
+ * CONFIG_NEED_SG_DMA_LENGTH).
+ */
 export function sgDmaLen(sg: Scatterlist): number {
   return sg.dmaLength;
 }
 
-/** True if the entry holds a P2P bus address (kernel: `sg_dma_is_bus_address`). */
+/**
+ * True if the entry holds a P2P bus address (kernel: `sg_dma_is_bus_address`, include/linux/scatterlist.h).
+ */
 export function sgDmaIsBusAddress(sg: Scatterlist): boolean {
   return (sg.dmaFlags & SG_DMA_BUS_ADDRESS) !== 0;
 }
 
-/** Marks the entry's DMA address as a P2P bus address (kernel: `sg_dma_mark_bus_address`). */
+/**
+ * Marks the entry's DMA address as a P2P bus address (kernel: `sg_dma_mark_bus_address`,
+ * include/linux/scatterlist.h).
+ */
 export function sgDmaMarkBusAddress(sg: Scatterlist): void {
   sg.dmaFlags |= SG_DMA_BUS_ADDRESS;
 }
 
-/** Clears the bus-address mark (kernel: `sg_dma_unmark_bus_address`). */
+/** Clears the bus-address mark (kernel: `sg_dma_unmark_bus_address`, include/linux/scatterlist.h). */
 export function sgDmaUnmarkBusAddress(sg: Scatterlist): void {
   sg.dmaFlags &= ~SG_DMA_BUS_ADDRESS;
 }
 
-/** True if the list was mapped through swiotlb (kernel: `sg_dma_is_swiotlb`). */
+/** True if the list was mapped through swiotlb (kernel: `sg_dma_is_swiotlb`, include/linux/scatterlist.h). */
 export function sgDmaIsSwiotlb(sg: Scatterlist): boolean {
   return (sg.dmaFlags & SG_DMA_SWIOTLB) !== 0;
 }
 
-/** Marks the list as mapped through swiotlb (kernel: `sg_dma_mark_swiotlb`). */
+/** Marks the list as mapped through swiotlb (kernel: `sg_dma_mark_swiotlb`, include/linux/scatterlist.h). */
 export function sgDmaMarkSwiotlb(sg: Scatterlist): void {
   sg.dmaFlags |= SG_DMA_SWIOTLB;
 }
 
-/** Marks `sg` as the end of the list, clearing a chain bit (kernel: `sg_mark_end`). */
+/**
+ * Marks `sg` as the end of the list, clearing a chain bit (kernel: `sg_mark_end`,
+ * include/linux/scatterlist.h).
+ */
 export function sgMarkEnd(sg: Scatterlist): void {
   sg.linkFlags = (sg.linkFlags | SG_END) & ~SG_CHAIN;
   sg.chainPtr = null;
 }
 
-/** Removes the end mark from `sg` (kernel: `sg_unmark_end`). */
+/** Removes the end mark from `sg` (kernel: `sg_unmark_end`, include/linux/scatterlist.h). */
 export function sgUnmarkEnd(sg: Scatterlist): void {
   sg.linkFlags &= ~SG_END;
 }
 
-/** Marks entry `nents - 1` of the array starting at `sgl` as the end (kernel: `sg_init_marker`). */
+/**
+ * Marks entry `nents - 1` of the array starting at `sgl` as the end (kernel: `sg_init_marker`,
+ * include/linux/scatterlist.h).
+ */
 export function sgInitMarker(sgl: Scatterlist, nents: number): void {
   sgMarkEnd(entryAt(sgl, nents - 1, 'sg_init_marker'));
 }
 
 /**
- * Makes entry `prvNents - 1` of the array at `prv` a chain link to `sgl` (kernel: `sg_chain`,
- * through `__sg_chain`: offset and length cleared, SG_CHAIN set, SG_END cleared).
+ * Makes entry `prvNents - 1` of the array at `prv` a chain link to `sgl` (kernel: `sg_chain`
+ * and `__sg_chain`, include/linux/scatterlist.h: offset and length cleared, SG_CHAIN set, SG_END cleared).
  */
 export function sgChain(prv: Scatterlist, prvNents: number, sgl: Scatterlist): void {
   chainEntry(entryAt(prv, prvNents - 1, 'sg_chain'), sgl);
@@ -259,8 +303,8 @@ export function sgChain(prv: Scatterlist, prvNents: number, sgl: Scatterlist): v
 // ---------------------------------------------------------------------------------------------
 
 /**
- * The entry after `sg`, following a chain link; null after the last entry (kernel: `sg_next`).
- * Throws `DmaError` when the array ends with no end mark (the kernel would read past it).
+ * The entry after `sg`, following a chain link; null after the last entry (kernel: `sg_next`,
+ * lib/scatterlist.c). Throws `DmaError` when the array ends with no end mark (the kernel would read past it).
  */
 export function sgNext(sg: Scatterlist): Scatterlist | null {
   if (sgIsLast(sg)) return null;
@@ -274,7 +318,7 @@ export function sgNext(sg: Scatterlist): Scatterlist | null {
   return next;
 }
 
-/** Number of entries up to the end mark, following chains (kernel: `sg_nents`). */
+/** Number of entries up to the end mark, following chains (kernel: `sg_nents`, lib/scatterlist.c). */
 export function sgNents(sg: Scatterlist | null): number {
   let nents = 0;
   for (let s = sg; s !== null; s = sgNext(s)) nents++;
@@ -282,8 +326,8 @@ export function sgNents(sg: Scatterlist | null): number {
 }
 
 /**
- * Number of entries needed to cover `len` bytes (kernel: `sg_nents_for_len`): 0 for `len` 0,
- * -EINVAL if the whole list is shorter.
+ * Number of entries needed to cover `len` bytes (kernel: `sg_nents_for_len`, lib/scatterlist.c): 0 for `len`
+ * 0, -EINVAL if the whole list is shorter.
  */
 export function sgNentsForLen(sg: Scatterlist | null, len: number): number {
   if (len === 0) return 0;
@@ -298,20 +342,23 @@ export function sgNentsForLen(sg: Scatterlist | null, len: number): number {
 }
 
 /**
- * The `nents`-th entry from `sgl`, which must carry the end mark (kernel: `sg_last`, a BUG_ON
- * there and a `DmaError` here when it does not).
+ * The `nents`-th entry from `sgl`, which must carry the end mark (kernel: `sg_last`, lib/scatterlist.c; a
+ * BUG_ON there and a `DmaError` here when it does not).
  */
 export function sgLast(sgl: Scatterlist, nents: number): Scatterlist {
   let ret: Scatterlist | null = null;
   for (const s of sgIter(sgl, nents)) ret = s;
   if (ret === null || !sgIsLast(ret)) {
-    throw new DmaError(`sg_last: entry ${nents} of the list is not marked as the end`, { rule: 'sg_last: not last' });
+    throw new DmaError(`sg_last: entry ${nents} of the list is not marked as the end`, {
+      rule: 'sg_last: not last',
+    });
   }
   return ret;
 }
 
 /**
- * Yields `nents` entries from `sgl`, following chains, for `for…of` (kernel: `for_each_sg`). The
+ * Yields `nents` entries from `sgl`, following chains, for `for…of` (kernel: `for_each_sg`,
+ * include/linux/scatterlist.h). The
  * next entry is looked up only when asked for, so entries may be changed inside the loop. Throws
  * `DmaError` if the list ends before `nents` entries (the kernel would dereference NULL).
  */
@@ -328,13 +375,22 @@ export function* sgIter(sgl: Scatterlist | null, nents: number): Generator<Scatt
   }
 }
 
-/** Calls `fn(sg, i)` for `nents` entries from `sgl`, following chains (kernel: `for_each_sg`). */
-export function forEachSg(sgl: Scatterlist | null, nents: number, fn: (sg: Scatterlist, i: number) => void): void {
+/**
+ * Calls `fn(sg, i)` for `nents` entries from `sgl`, following chains (kernel: `for_each_sg`, scatterlist.h).
+ */
+export function forEachSg(
+  sgl: Scatterlist | null,
+  nents: number,
+  fn: (sg: Scatterlist, i: number) => void,
+): void {
   let i = 0;
   for (const s of sgIter(sgl, nents)) fn(s, i++);
 }
 
-/** Calls `fn` for each CPU entry of a table, `origNents` of them (kernel: `for_each_sgtable_sg`). */
+/**
+ * Calls `fn` for each CPU entry of a table, `origNents` of them (kernel: `for_each_sgtable_sg`,
+ * include/linux/scatterlist.h).
+ */
 export function forEachSgtableSg(sgt: SgTable, fn: (sg: Scatterlist, i: number) => void): void {
   forEachSg(sgt.sgl, sgt.origNents, fn);
 }
@@ -368,8 +424,8 @@ export function sgInitTable(sgl: Scatterlist, nents: number): void {
 }
 
 /**
- * Makes `sg` a one-entry list of `buflen` bytes at physical address `buf` (kernel: `sg_init_one`).
- * Differs: `buf` is physical, not a kernel virtual address.
+ * Makes `sg` a one-entry list of `buflen` bytes at physical address `buf` (kernel: `sg_init_one`,
+ * lib/scatterlist.c). Differs: `buf` is physical, not a kernel virtual address.
  */
 export function sgInitOne(sg: Scatterlist, buf: number, buflen: number): void {
   sgInitTable(sg, 1);
@@ -387,7 +443,7 @@ function sgKmalloc(machine: Machine, nents: number): Scatterlist | null {
   return sgArray(nents)[0] as Scatterlist;
 }
 
-/** Frees one chunk (kernel: `sg_kfree`). */
+/** Frees one chunk (kernel: `sg_kfree`, lib/scatterlist.c). */
 function sgKfree(machine: Machine, _sgl: Scatterlist, nents: number): void {
   machine.counters.kfree(SG_META_KIND, nents * SG_ENTRY_SIZE);
 }
@@ -420,7 +476,8 @@ export function __sgFreeTable(
     let next: Scatterlist | null = null;
     if (allocSize > currMaxEnts) {
       const link = entryAt(sgl, currMaxEnts - 1, '__sg_free_table');
-      if (!sgIsChain(link)) throw freeMismatch(numEnts, `entry ${currMaxEnts - 1} of a chunk is not a chain link`);
+      if (!sgIsChain(link))
+        throw freeMismatch(numEnts, `entry ${currMaxEnts - 1} of a chunk is not a chain link`);
       next = link.chainPtr;
       allocSize = currMaxEnts;
       sgSize = allocSize - 1;
@@ -444,8 +501,8 @@ export function __sgFreeTable(
 }
 
 /**
- * Frees a table from `sgAllocTable` or `sgAllocTableFromPages` (kernel: `sg_free_table`): every
- * chunk is kfree'd. Freeing a table with no chunks does nothing. Differs: also zeroes `nents` and
+ * Frees a table from `sgAllocTable` or `sgAllocTableFromPages` (kernel: `sg_free_table`, lib/scatterlist.c):
+ * every chunk is kfree'd. Freeing a table with no chunks does nothing. Differs: also zeroes `nents` and
  * `origNents` (the kernel clears only `sgl`).
  */
 export function sgFreeTable(machine: Machine, table: SgTable): void {
@@ -455,8 +512,8 @@ export function sgFreeTable(machine: Machine, table: SgTable): void {
 }
 
 /**
- * Frees a table built by `sgAllocAppendTableFromPages` (kernel: `sg_free_append_table`): walks
- * `totalNents` slots. Differs: also resets `prv`, `totalNents` and the counts.
+ * Frees a table built by `sgAllocAppendTableFromPages` (kernel: `sg_free_append_table`, lib/scatterlist.c):
+ * walks `totalNents` slots. Differs: also resets `prv`, `totalNents` and the counts.
  */
 export function sgFreeAppendTable(machine: Machine, table: SgAppendTable): void {
   __sgFreeTable(table.sgt, SG_MAX_SINGLE_ALLOC, 0, (sgl, n) => sgKfree(machine, sgl, n), table.totalNents);
@@ -484,7 +541,9 @@ export function __sgAllocTable(
 ): number {
   checkUint('__sg_alloc_table', 'nents', nents);
   if (!(Number.isInteger(maxEnts) && maxEnts >= 2)) {
-    throw new DmaError(`__sg_alloc_table: max_ents ${maxEnts} must be at least 2`, { rule: '__sg_alloc_table: max_ents' });
+    throw new DmaError(`__sg_alloc_table: max_ents ${maxEnts} must be at least 2`, {
+      rule: '__sg_alloc_table: max_ents',
+    });
   }
   table.sgl = null;
   table.nents = 0;
@@ -533,7 +592,7 @@ export function __sgAllocTable(
 }
 
 /**
- * Allocates a table of `nents` entries (kernel: `sg_alloc_table`): chunks of at most
+ * Allocates a table of `nents` entries (kernel: `sg_alloc_table`, lib/scatterlist.c): chunks of at most
  * `SG_MAX_SINGLE_ALLOC` (128) entries, each but the last holding 127 entries and a chain link, one
  * counted kmalloc of 32 bytes an entry per chunk. The `sg_alloc` fault point is consulted before
  * each chunk. Returns 0, -EINVAL for `nents` 0, or -ENOMEM with everything freed and the table
@@ -546,10 +605,10 @@ export function sgAllocTable(machine: Machine, table: SgTable, nents: number): n
 }
 
 /**
- * Next slot to fill while appending (kernel: `get_next_sg`): the entry after `cur` unless that is
- * the end-marked last slot of its chunk and more than one entry is still needed, in which case a
- * new chunk of min(needed, 128) entries is allocated and chained there (or becomes the table's
- * first chunk when `cur` is null). Returns null when the allocation fails.
+ * Next slot to fill while appending (kernel: `get_next_sg`, lib/scatterlist.c): the entry after `cur` unless
+ * that is the end-marked last slot of its chunk and more than one entry is still needed, in which case a new
+ * chunk of min(needed, 128) entries is allocated and chained there (or becomes the table's first chunk when
+ * `cur` is null). Returns null when the allocation fails.
  */
 function getNextSg(
   machine: Machine,
@@ -562,9 +621,12 @@ function getNextSg(
   if (cur !== null) {
     nextSg = sgNext(cur);
     if (nextSg === null) {
-      throw new DmaError('sg_alloc_append_table_from_pages: appending after the list was ended (left_pages was 0)', {
-        rule: 'sg_alloc_append_table_from_pages: table ended',
-      });
+      throw new DmaError(
+        'sg_alloc_append_table_from_pages: appending after the list was ended (left_pages was 0)',
+        {
+          rule: 'sg_alloc_append_table_from_pages: table ended',
+        },
+      );
     }
     if (!sgIsLast(nextSg) || neededSges === 1) return nextSg;
     if (nextSg.chunk.length !== SG_MAX_SINGLE_ALLOC) {
@@ -683,7 +745,8 @@ export function sgAllocAppendTableFromPages(
         segLen = 0;
         for (; j < n; j++) {
           segLen += PAGE_SIZE;
-          if (segLen >= maxSegment || !pagesAreMergeable(pages[p + j] as number, pages[p + j - 1] as number)) break;
+          if (segLen >= maxSegment || !pagesAreMergeable(pages[p + j] as number, pages[p + j - 1] as number))
+            break;
         }
         const wasAllocated = undo.chunks.length;
         const next = getNextSg(machine, sgtAppend, s, chunks - i + leftPages, undo);
@@ -740,7 +803,7 @@ function rollbackAppend(
 
 /**
  * Builds a table from pages, merging contiguous runs into entries of at most `maxSegment` bytes
- * (kernel: `sg_alloc_table_from_pages_segment`). Returns 0 or -errno; on failure `sgt` is
+ * (kernel: `sg_alloc_table_from_pages_segment`, lib/scatterlist.c). Returns 0 or -errno; on failure `sgt` is
  * untouched and nothing stays allocated. Free with `sgFreeTable`.
  */
 export function sgAllocTableFromPagesSegment(
@@ -790,7 +853,7 @@ export function sgAllocTableFromPages(
 
 /**
  * Copies `buf` into the memory the first `nents` entries describe, in order, up to the shorter of
- * the two (kernel: `sg_copy_from_buffer`). Returns the bytes copied. Differs: no kmap; the
+ * the two (kernel: `sg_copy_from_buffer`, lib/scatterlist.c). Returns the bytes copied. Differs: no kmap; the
  * machine's physical memory is written directly.
  */
 export function sgCopyFromBuffer(machine: Machine, sgl: Scatterlist, nents: number, buf: Uint8Array): number {
@@ -806,7 +869,7 @@ export function sgCopyFromBuffer(machine: Machine, sgl: Scatterlist, nents: numb
 
 /**
  * Copies the memory the first `nents` entries describe into `buf`, up to the shorter of the two
- * (kernel: `sg_copy_to_buffer`). Returns the bytes copied.
+ * (kernel: `sg_copy_to_buffer`, lib/scatterlist.c). Returns the bytes copied.
  */
 export function sgCopyToBuffer(machine: Machine, sgl: Scatterlist, nents: number, buf: Uint8Array): number {
   let done = 0;
@@ -827,9 +890,12 @@ export function sgCopyToBuffer(machine: Machine, sgl: Scatterlist, nents: number
 function entryAt(sgl: Scatterlist, i: number, fn: string): Scatterlist {
   const e = Number.isInteger(i) && i >= 0 ? sgl.chunk[sgl.index + i] : undefined;
   if (e === undefined) {
-    throw new DmaError(`${fn}: entry ${i} from index ${sgl.index} is outside an array of ${sgl.chunk.length}`, {
-      rule: `${fn}: out of bounds`,
-    });
+    throw new DmaError(
+      `${fn}: entry ${i} from index ${sgl.index} is outside an array of ${sgl.chunk.length}`,
+      {
+        rule: `${fn}: out of bounds`,
+      },
+    );
   }
   return e;
 }
@@ -860,7 +926,10 @@ function pfnOf(page: number): number {
   return page / PAGE_SIZE;
 }
 
-/** True if page `a` directly follows page `b` in physical memory (kernel: `pages_are_mergeable`). */
+/**
+ * True if page `a` directly follows page `b` in physical memory (kernel: `pages_are_mergeable`,
+ * lib/scatterlist.c).
+ */
 function pagesAreMergeable(a: number, b: number): boolean {
   return pfnOf(a) === pfnOf(b) + 1;
 }
@@ -872,7 +941,13 @@ function checkUint(fn: string, name: string, value: number, max = UINT_MAX): voi
 }
 
 /** Checks the page array and the byte range the kernel callers promise (offset/size within the pages). */
-function checkPagesArgs(fn: string, pages: readonly number[], nPages: number, offset: number, size: number): void {
+function checkPagesArgs(
+  fn: string,
+  pages: readonly number[],
+  nPages: number,
+  offset: number,
+  size: number,
+): void {
   if (!(Number.isInteger(nPages) && nPages >= 1 && nPages <= pages.length)) {
     throw new DmaError(`${fn}: n_pages ${nPages} is not in 1..${pages.length}`, { rule: `${fn}: n_pages` });
   }

@@ -15,7 +15,7 @@
  * done here on request. Where the kernel WARNs or BUGs, a `DmaError` is thrown and nothing
  * changes.
  */
-import { hex, type Machine, MAX_PAGE_ORDER, PAGE_SHIFT, PAGE_SIZE } from '@iovalink/iommu';
+import { hex, MAX_PAGE_ORDER, type Machine, PAGE_SHIFT, PAGE_SIZE } from '@iovalink/iommu';
 import {
   DMA_ATTR_SKIP_CPU_SYNC,
   DMA_BIDIRECTIONAL,
@@ -32,7 +32,10 @@ import { DmaError } from './errors.js';
 export const IO_TLB_SHIFT = 11;
 /** Bytes in one slot, the unit of allocation (include/linux/swiotlb.h `IO_TLB_SIZE`). */
 export const IO_TLB_SIZE = 1 << IO_TLB_SHIFT;
-/** Most contiguous slots one mapping may use; free runs never cross a segment of this many slots (include/linux/swiotlb.h `IO_TLB_SEGSIZE`). */
+/**
+ * Most contiguous slots one mapping may use; free runs never cross a segment of this many slots
+ * (include/linux/swiotlb.h `IO_TLB_SEGSIZE`).
+ */
 export const IO_TLB_SEGSIZE = 128;
 /** Default pool size, 64 MiB (include/linux/swiotlb.h `IO_TLB_DEFAULT_SIZE`). */
 export const IO_TLB_DEFAULT_SIZE = 64 << 20;
@@ -52,7 +55,7 @@ export interface IoTlbArea {
   index: number;
 }
 
-/** A live bounce mapping, keyed by its bounce address in `IoTlbMem.mappings` (model bookkeeping, no kernel struct). */
+/** A live bounce mapping, keyed by its bounce address in `IoTlbMem.mappings` (model bookkeeping). */
 export interface SwiotlbMapping {
   /** Bounce address returned by `swiotlbTblMapSingle` (the byte that corresponds to `origAddr`). */
   readonly tlbAddr: number;
@@ -101,13 +104,16 @@ export class IoTlbMem {
   readonly blockOrder: number;
   /** Slots in one block. */
   readonly slotsPerBlock: number;
-  /** Per slot: original address of the bytes bounced through it, or -1 when free (kernel: `slots[].orig_addr`). */
+  /** Per slot: original address of the bytes bounced through it, -1 when free (`slots[].orig_addr`). */
   readonly origAddr: Float64Array;
-  /** Per slot: bytes from this slot's start (less the in-slot offset) to the end of its allocation (kernel: `slots[].alloc_size`). */
+  /**
+   * Per slot: bytes from this slot's start (less the in-slot offset) to the end of its allocation
+   * (kernel: `slots[].alloc_size`).
+   */
   readonly allocSize: Int32Array;
   /** Per slot: free slots from here to the end of its segment, 0 when used (kernel: `slots[].list`). */
   readonly list: Uint16Array;
-  /** Per slot: padding slots before the first data slot, valid in the first data slot (kernel: `slots[].pad_slots`). */
+  /** Per slot: padding slots before the data, valid in the first data slot (`slots[].pad_slots`). */
   readonly padSlots: Uint16Array;
   /** Per slot: in-slot offset of the data (kernel: recomputed from the device's `min_align_mask`). */
   readonly alignOffset: Uint16Array;
@@ -155,11 +161,15 @@ export class IoTlbMem {
   static create(machine: Machine, options: IoTlbMemOptions = {}): IoTlbMem | undefined {
     const size = options.size ?? IO_TLB_DEFAULT_SIZE;
     if (!(Number.isSafeInteger(size) && size > 0)) {
-      throw new DmaError(`swiotlb_init_late: size ${size} is not a positive integer`, { rule: 'swiotlb_init: size' });
+      throw new DmaError(`swiotlb_init_late: size ${size} is not a positive integer`, {
+        rule: 'swiotlb_init: size',
+      });
     }
     const want = options.nareas ?? machine.cpus;
     if (!(Number.isInteger(want) && want >= 0 && want <= 4096)) {
-      throw new DmaError(`swiotlb_init_late: nareas ${want} outside 0..4096`, { rule: 'swiotlb_init: nareas' });
+      throw new DmaError(`swiotlb_init_late: nareas ${want} outside 0..4096`, {
+        rule: 'swiotlb_init: nareas',
+      });
     }
     const nslabs0 = alignUp(Math.ceil(size / IO_TLB_SIZE), IO_TLB_SEGSIZE);
     const maxBlockSlots = SLABS_PER_PAGE << MAX_PAGE_ORDER;
@@ -340,9 +350,12 @@ export function swiotlbTblUnmapSingle(
 ): void {
   const m = mem.mappings.get(tlbAddr);
   if (m === undefined) {
-    throw new DmaError(`swiotlb_tbl_unmap_single: ${hex(tlbAddr)} is not the start of a live bounce mapping`, {
-      rule: 'swiotlb_tbl_unmap_single: not mapped',
-    });
+    throw new DmaError(
+      `swiotlb_tbl_unmap_single: ${hex(tlbAddr)} is not the start of a live bounce mapping`,
+      {
+        rule: 'swiotlb_tbl_unmap_single: not mapped',
+      },
+    );
   }
   if (!(Number.isSafeInteger(mappingSize) && mappingSize >= 0)) {
     throw new DmaError(`swiotlb_tbl_unmap_single: size ${mappingSize} is not a non-negative integer`, {
@@ -386,10 +399,16 @@ export function swiotlbSyncSingleForDevice(
  * include/linux/swiotlb.h, kernel/dma/swiotlb.c). Partial ranges, ignored addresses and errors as
  * for `swiotlbSyncSingleForDevice`.
  */
-export function swiotlbSyncSingleForCpu(mem: IoTlbMem, tlbAddr: number, size: number, dir: DmaDataDirection): void {
+export function swiotlbSyncSingleForCpu(
+  mem: IoTlbMem,
+  tlbAddr: number,
+  size: number,
+  dir: DmaDataDirection,
+): void {
   checkSyncArgs('swiotlb_sync_single_for_cpu', size, dir);
   if (!isSwiotlbBuffer(mem, tlbAddr)) return;
-  if (dir === DMA_FROM_DEVICE || dir === DMA_BIDIRECTIONAL) swiotlbBounce(mem, tlbAddr, size, DMA_FROM_DEVICE);
+  if (dir === DMA_FROM_DEVICE || dir === DMA_BIDIRECTIONAL)
+    swiotlbBounce(mem, tlbAddr, size, DMA_FROM_DEVICE);
 }
 
 /**
@@ -482,7 +501,9 @@ function checkMask(mask: number, name: string): void {
 
 function checkSyncArgs(fn: string, size: number, dir: number): void {
   if (!validDmaDirection(dir)) {
-    throw new DmaError(`${fn}: ${dmaDirectionName(dir)} is not a mapping direction`, { rule: `${fn}: direction` });
+    throw new DmaError(`${fn}: ${dmaDirectionName(dir)} is not a mapping direction`, {
+      rule: `${fn}: direction`,
+    });
   }
   if (!(Number.isSafeInteger(size) && size >= 0)) {
     throw new DmaError(`${fn}: size ${size} is not a non-negative integer`, { rule: `${fn}: size` });

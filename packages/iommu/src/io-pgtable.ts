@@ -56,7 +56,7 @@
  *   root; the hardware walk (`lookup`, `iovaToPhys`) always starts at the root and reads PTEs.
  */
 import { Errno } from './errno.js';
-import { IommuError, hex } from './errors.js';
+import { hex, IommuError } from './errors.js';
 import { type IommuIotlbGather, iommuIotlbGatherAddRange } from './iommu-gather.js';
 import { IOMMU_CACHE, IOMMU_MMIO, IOMMU_PRIV, IOMMU_READ, IOMMU_WRITE } from './iommu-prot.js';
 import type { Machine } from './machine.js';
@@ -98,6 +98,8 @@ const LEVEL_SIZE: readonly number[] = [SZ_4K, SZ_2M, SZ_1G, 2 ** 39, 2 ** 48];
 const TOP_LEVEL = IO_PGTABLE_LEVELS - 1;
 /** The low PTE word's flag bits that `mapPages` may set from a prot. */
 const PROT_BITS = IOPTE_READ | IOPTE_WRITE | IOPTE_CACHE | IOPTE_PRIV | IOPTE_MMIO;
+/** A valid leaf at levels 1–2 has both bits. */
+const LEAF_MASK = IOPTE_VALID | IOPTE_LEAF;
 
 if (new Uint8Array(new Uint32Array([1]).buffer)[0] !== 1) {
   // The table views are Uint32Arrays over the frame bytes; the format is little-endian.
@@ -218,10 +220,8 @@ export function freeTablePage(machine: Machine, phys: number): void {
       rule: 'io-pgtable: free of unallocated table page',
     });
   }
-  const pfn = phys / PAGE_SIZE;
-  machine.phys.discardFrame(pfn);
-  // freeFolio rather than freePages: page-alloc.ts declares `freePages` both as a getter and a method.
-  machine.pages.freeFolio({ pfn, order: 0, phys, size: PAGE_SIZE });
+  machine.phys.discardFrame(phys / PAGE_SIZE);
+  machine.pages.freePages(phys, 0);
   machine.counters.pgtablePagesFreed++;
 }
 
@@ -241,10 +241,13 @@ function validCfg(cfg: IoPgtableCfg): boolean {
   );
 }
 
-/** Widens a gather when no driver hook is installed: range plus the smallest leaf size seen. */
-function defaultAddPage(gather: IommuIotlbGather, iova: number, size: number): void {
-  iommuIotlbGatherAddRange(gather, iova, size);
-  if (gather.pgsize === 0 || size < gather.pgsize) gather.pgsize = size;
+/**
+ * Widens a gather when no driver hook is installed, for a run of `len` bytes of `pgsize` leaves:
+ * the range, plus the smallest leaf size seen (one call per run; per-leaf calls would be equal).
+ */
+function defaultAddRun(gather: IommuIotlbGather, iova: number, len: number, pgsize: number): void {
+  iommuIotlbGatherAddRange(gather, iova, len);
+  if (gather.pgsize === 0 || pgsize < gather.pgsize) gather.pgsize = pgsize;
 }
 
 /**
@@ -277,7 +280,12 @@ export class IoPgtable {
   #fIdx = 0;
   #fLevel = 0;
 
-  private constructor(machine: Machine, cfg: IoPgtableCfg, rootPhys: number, tlb: IoPgtableTlbOps | undefined) {
+  private constructor(
+    machine: Machine,
+    cfg: IoPgtableCfg,
+    rootPhys: number,
+    tlb: IoPgtableTlbOps | undefined,
+  ) {
     this.#machine = machine;
     this.cfg = Object.freeze({ pgsizeBitmap: cfg.pgsizeBitmap, ias: cfg.ias, oas: cfg.oas });
     this.#tlb = tlb;
@@ -343,8 +351,10 @@ export class IoPgtable {
     if ((prot & (IOMMU_READ | IOMMU_WRITE)) === 0) return -Errno.EINVAL;
 
     const flags = IOPTE_VALID | IOPTE_LEAF | (protToPte(prot) & PROT_BITS);
-    let lo = paddr % TWO32;
-    let hi = (paddr - lo) / TWO32;
+    // The low address word as an int32 (bit pattern of the unsigned word): it wraps to 0 exactly
+    // when the address crosses a 4 GiB boundary, since pgsize divides 2^32.
+    let lo = (paddr % TWO32) | 0;
+    let hi = Math.floor(paddr / TWO32);
     let pos = iova;
     let remaining = pgcount;
     let written = 0;
@@ -359,22 +369,21 @@ export class IoPgtable {
       const idx = Math.floor(pos / pgsize) % IO_PGTABLE_PTES_PER_TABLE;
       let n = IO_PGTABLE_PTES_PER_TABLE - idx;
       if (n > remaining) n = remaining;
-      let i2 = idx << 1;
-      const stop = i2 + (n << 1);
+      // Leaf by leaf: the entries before a collision are written, the rest are not.
+      const first = idx << 1;
+      const stop = first + (n << 1);
+      let i2 = first;
       for (; i2 < stop; i2 += 2) {
         if ((w[i2] & IOPTE_VALID) !== 0) {
           ret = -Errno.EEXIST;
           break;
         }
-        w[i2] = lo + flags;
+        w[i2] = lo | flags;
         w[i2 + 1] = hi;
-        lo += pgsize;
-        if (lo >= TWO32) {
-          lo -= TWO32;
-          hi++;
-        }
+        lo = (lo + pgsize) | 0;
+        if (lo === 0) hi++;
       }
-      const k = (i2 - (idx << 1)) >> 1;
+      const k = (i2 - first) >> 1;
       t.live += k;
       written += k;
       pos += k * pgsize;
@@ -440,24 +449,34 @@ export class IoPgtable {
       const size = LEVEL_SIZE[lvl];
       if (pos % size !== 0) break; // starts inside a larger leaf: not ours to split
       const w = t.words;
-      let idx = Math.floor(pos / size) % IO_PGTABLE_PTES_PER_TABLE;
+      const idx = Math.floor(pos / size) % IO_PGTABLE_PTES_PER_TABLE;
+      let max = IO_PGTABLE_PTES_PER_TABLE - idx;
+      const left = Math.ceil((end - pos) / size);
+      if (left < max) max = left;
+      // The run of leaves to clear in this table: up to a hole, a table link, or the range end.
       let n = 0;
-      for (;;) {
-        const i2 = idx << 1;
-        const lo = w[i2];
-        if ((lo & IOPTE_VALID) === 0 || (lvl !== 0 && (lo & IOPTE_LEAF) === 0)) break;
-        w[i2] = 0;
-        w[i2 + 1] = 0;
-        n++;
-        if (notify) {
-          if (tlb !== undefined) tlb.addPage(gather, pos, size);
-          else defaultAddPage(gather, pos, size);
+      let i2 = idx << 1;
+      if (lvl === 0) {
+        while (n < max && (w[i2] & IOPTE_VALID) !== 0) {
+          n++;
+          i2 += 2;
         }
-        pos += size;
-        idx++;
-        if (pos >= end || idx === IO_PGTABLE_PTES_PER_TABLE) break;
+      } else {
+        while (n < max && (w[i2] & LEAF_MASK) === LEAF_MASK) {
+          n++;
+          i2 += 2;
+        }
       }
       if (n === 0) break; // a hole (only possible through the walk cache)
+      w.fill(0, idx << 1, i2);
+      if (notify) {
+        if (tlb !== undefined) {
+          for (let k = 0, a = pos; k < n; k++, a += size) tlb.addPage(gather, a, size);
+        } else {
+          defaultAddRun(gather, pos, n * size, size);
+        }
+      }
+      pos += n * size;
       t.live -= n;
       cleared += n;
       unmapped += n * size;
@@ -543,10 +562,13 @@ export class IoPgtable {
       });
     }
     if (iova + size > this.#iasLimit) {
-      throw new IommuError(`read_and_clear_dirty: range ${hex(iova)} +${hex(size)} beyond 2^${this.cfg.ias}`, {
-        rule: 'read_and_clear_dirty: beyond ias',
-        errno: -Errno.EINVAL,
-      });
+      throw new IommuError(
+        `read_and_clear_dirty: range ${hex(iova)} +${hex(size)} beyond 2^${this.cfg.ias}`,
+        {
+          rule: 'read_and_clear_dirty: beyond ias',
+          errno: -Errno.EINVAL,
+        },
+      );
     }
     this.#dirtyWalk(this.#root, TOP_LEVEL, 0, iova, iova + size, noClear, record);
   }

@@ -16,9 +16,10 @@
  * cache non-present translations (VT-d caching mode), which `iotlb_sync_map` must drop.
  * Differs on purpose: no walk (paging-structure) cache, no set associativity.
  */
-import { IommuError, hex } from './errors.js';
-import type { Machine } from './machine.js';
+
 import type { Counters } from './counters.js';
+import { hex, IommuError } from './errors.js';
+import type { Machine } from './machine.js';
 
 /** Key stride of one domain: 2^36 pages of 4 KiB cover the 48-bit IOVA space. */
 const DOMAIN_STRIDE = 2 ** 36;

@@ -15,6 +15,8 @@
  *   reservations merge into one node (the kernel may leave several adjacent nodes).
  * - Magazines hold the tree nodes rather than bare pfns, which saves the lookup when a magazine
  *   is emptied back into the tree; a magazine still counts as the kernel's 1024-byte object.
+ * - Validating a free needs the node; a 64-slot table of recently allocated nodes spares most
+ *   frees the tree descent (model-only: the kernel does not validate, so it has no lookup).
  * - No locks (one thread); "per-CPU" means indexed by `machine.currentCpu`. The depot-trimming
  *   delayed work is a timer on the machine's virtual clock. CPU hot-unplug is the explicit
  *   `freeCpuCachedIovas(cpu)`.
@@ -60,6 +62,8 @@ const IOVA_MAGAZINE_SIZE = 1024;
 /** Largest size (in granules) `allocIovaFast` rounds up and the rcache holds: 32. */
 const IOVA_RCACHE_MAX_PAGES = 2 ** (IOVA_RANGE_CACHE_MAX_SIZE - 1);
 const NS_PER_MS = 1_000_000;
+/** Slots of the recently-allocated hint table that spares most frees their tree lookup. */
+const RECENT_SLOTS = 64;
 
 // Node states.
 const IOVA_LIVE = 0;
@@ -79,7 +83,7 @@ export interface Iova {
   readonly pfnHi: number;
 }
 
-/** One tree range as `IovaDomain.ranges()` reports it. */
+/** One tree range as `IovaDomain.ranges()` reports it. Model-only inspection, no kernel counterpart. */
 export interface IovaRangeInfo {
   pfnLo: number;
   pfnHi: number;
@@ -87,7 +91,10 @@ export interface IovaRangeInfo {
   state: 'allocated' | 'reserved' | 'cached';
 }
 
-/** The fill of one size class of the rcache, as `IovaDomain.rcacheState()` reports it. */
+/**
+ * The fill of one size class of the rcache, as `IovaDomain.rcacheState()` reports it: the
+ * kernel's `struct iova_rcache` / `struct iova_cpu_rcache` reduced to counts (model-only).
+ */
 export interface IovaRcacheInfo {
   /** Size class: ranges of `2^order` granules. */
   order: number;
@@ -182,6 +189,13 @@ export class IovaDomain {
   readonly #rcaches: IovaRcache[] = [];
   /** Flat per-order, per-CPU caches: index `order * cpus + cpu`. */
   readonly #cpuRcaches: IovaCpuRcache[] = [];
+  /**
+   * Recently allocated nodes, indexed by `pfnLo % RECENT_SLOTS`: a model-only hint that lets the
+   * free paths validate their pfn without a tree descent when it was handed out recently. A
+   * hint counts only if it is still live and starts at the pfn (node states make stale hints
+   * harmless); the kernel has no such table because it does not validate `free_iova_fast` at all.
+   */
+  readonly #recent: Array<IovaNode | null> = new Array<IovaNode | null>(RECENT_SLOTS).fill(null);
   /** Magazines currently allocated (for `check`). */
   #magazines = 0;
   #dead = false;
@@ -192,7 +206,9 @@ export class IovaDomain {
    * here that throws `IommuError` (rule `init_iova_domain: granule`).
    */
   constructor(machine: Machine, granule: number, startPfn: number) {
-    if (!(Number.isInteger(granule) && granule >= 1 && granule <= PAGE_SIZE && (granule & (granule - 1)) === 0)) {
+    if (
+      !(Number.isInteger(granule) && granule >= 1 && granule <= PAGE_SIZE && (granule & (granule - 1)) === 0)
+    ) {
       throw new IommuError(`init_iova_domain: granule ${granule} is not a power of two <= ${PAGE_SIZE}`, {
         rule: 'init_iova_domain: granule',
       });
@@ -254,7 +270,7 @@ export class IovaDomain {
     return this.#anchor;
   }
 
-  /** Number of ranges in the tree (allocated, reserved and rcache-held), anchor excluded. */
+  /** Number of ranges in the tree (allocated, reserved and rcache-held), anchor excluded. Model-only. */
   get nodeCount(): number {
     return this.#tree.size - 1;
   }
@@ -290,7 +306,7 @@ export class IovaDomain {
    */
   freeIova(pfn: number): void {
     this.#checkAlive('free_iova');
-    const node = Number.isFinite(pfn) ? this.#tree.findContaining(pfn) : null;
+    const node = Number.isFinite(pfn) ? this.#liveNodeAt(pfn) : null;
     if (node === null || node.state !== IOVA_LIVE) {
       throw new IommuError(`free_iova: pfn ${hex(pfn)} is not in an allocated range${stateNote(node)}`, {
         rule: 'free_iova: not allocated',
@@ -322,14 +338,26 @@ export class IovaDomain {
    */
   reserveIova(pfnLo: number, pfnHi: number): Iova | undefined {
     this.#checkAlive('reserve_iova');
-    if (!(Number.isInteger(pfnLo) && Number.isInteger(pfnHi) && pfnLo >= 0 && pfnLo <= pfnHi && pfnHi <= this.maxPfn)) {
+    if (
+      !(
+        Number.isInteger(pfnLo) &&
+        Number.isInteger(pfnHi) &&
+        pfnLo >= 0 &&
+        pfnLo <= pfnHi &&
+        pfnHi <= this.maxPfn
+      )
+    ) {
       throw new IommuError(`reserve_iova: bad range [${hex(pfnLo)}, ${hex(pfnHi)}]`, {
         rule: 'reserve_iova: bad range',
       });
     }
     // collect every node overlapping [pfnLo, pfnHi]; all of them must be reservations
     const overlapping: IovaNode[] = [];
-    for (let n = this.#tree.firstEndingAtOrAbove(pfnLo); n !== null && n.pfnLo <= pfnHi; n = rbNext(n) as IovaNode) {
+    for (
+      let n = this.#tree.firstEndingAtOrAbove(pfnLo);
+      n !== null && n.pfnLo <= pfnHi;
+      n = rbNext(n) as IovaNode
+    ) {
       if (n.state !== IOVA_RESERVED) {
         throw new IommuError(
           `reserve_iova: [${hex(pfnLo)}, ${hex(pfnHi)}] overlaps allocated range [${hex(n.pfnLo)}, ${hex(n.pfnHi)}]`,
@@ -407,33 +435,43 @@ export class IovaDomain {
    * passed to `allocIovaFast`, unrounded): into the current CPU's rcache of order
    * `order_base_2(size)` when that is below `IOVA_RANGE_CACHE_MAX_SIZE`, else (or when no
    * magazine can be had) back to the tree. Kernel: `free_iova_fast` (drivers/iommu/iova.c).
-   * Differs: checks that `pfn` starts a live range of the matching (rounded) size, throwing
-   * `IommuError` (rules `free_iova_fast: not allocated`, `free_iova_fast: size`) otherwise; the
-   * kernel trusts the caller and would hand the bad range out again later.
+   * Differs: checks that `pfn` starts a live range and that the (rounded) size is not larger
+   * than it, throwing `IommuError` (rules `free_iova_fast: not allocated`, `free_iova_fast: size`)
+   * otherwise; the kernel trusts the caller and would hand the bad range out again later. A
+   * smaller size is accepted and misfiled into the smaller bucket, as in the kernel.
    */
   freeIovaFast(pfn: number, size: number): void {
     if (this.#dead) this.#checkAlive('free_iova_fast');
-    const node = this.#tree.findContaining(pfn);
+    const node = this.#liveNodeAt(pfn);
     if (node === null || node.pfnLo !== pfn || node.state !== IOVA_LIVE) {
-      throw new IommuError(`free_iova_fast: pfn ${hex(pfn)} does not start an allocated range${stateNote(node)}`, {
-        rule: 'free_iova_fast: not allocated',
-      });
+      throw new IommuError(
+        `free_iova_fast: pfn ${hex(pfn)} does not start an allocated range${stateNote(node)}`,
+        {
+          rule: 'free_iova_fast: not allocated',
+        },
+      );
     }
     const nodeSize = node.pfnHi - pfn + 1;
+    // A smaller size than allocated is what dma_iova_destroy does with a short mapped_len: the
+    // kernel files the whole range under the smaller size's bucket (a misfiling, not an overlap),
+    // and so do we. A larger one would hand out memory beyond the range later: refused.
     if (Number.isInteger(size) && size >= 1 && size <= IOVA_RCACHE_MAX_PAGES) {
       const order = 32 - Math.clz32(size - 1);
-      if (nodeSize === 1 << order) {
+      if (1 << order <= nodeSize) {
         if (this.#rcacheInsert(order, node)) return;
         this.#freeNode(node);
         return;
       }
-    } else if (nodeSize === size) {
+    } else if (Number.isInteger(size) && size >= 1 && size <= nodeSize) {
       this.#freeNode(node);
       return;
     }
-    throw new IommuError(`free_iova_fast: size ${size} does not match the range at ${hex(pfn)} (${nodeSize} granules)`, {
-      rule: 'free_iova_fast: size',
-    });
+    throw new IommuError(
+      `free_iova_fast: size ${size} does not match the range at ${hex(pfn)} (${nodeSize} granules)`,
+      {
+        rule: 'free_iova_fast: size',
+      },
+    );
   }
 
   /**
@@ -506,7 +544,7 @@ export class IovaDomain {
   // ---------------------------------------------------------------------------------------------
   // Inspection (tests, reports)
 
-  /** Every range in address order, anchor excluded. O(n). */
+  /** Every range in address order, anchor excluded. O(n). Model-only inspection. */
   ranges(): IovaRangeInfo[] {
     const out: IovaRangeInfo[] = [];
     for (let n = this.#tree.first(); n !== null; n = rbNext(n) as IovaNode | null) {
@@ -517,7 +555,7 @@ export class IovaDomain {
     return out;
   }
 
-  /** The fill of every rcache size class: depot size and per-CPU magazine fill. */
+  /** The fill of every rcache size class: depot size and per-CPU magazine fill. Model-only. */
   rcacheState(): IovaRcacheInfo[] {
     const out: IovaRcacheInfo[] = [];
     if (this.#dead) return out;
@@ -532,7 +570,7 @@ export class IovaDomain {
     return out;
   }
 
-  /** Number of ranges currently held by rcaches (all CPUs and depots). */
+  /** Number of ranges currently held by rcaches (all CPUs and depots). Model-only. */
   get cachedCount(): number {
     let total = 0;
     for (const info of this.rcacheState()) {
@@ -542,7 +580,7 @@ export class IovaDomain {
     return total;
   }
 
-  /** Number of magazines currently allocated (each accounted as 1024 bytes of `iova_magazine`). */
+  /** Number of magazines allocated (each accounted as 1024 bytes of `iova_magazine`). Model-only. */
   get magazineCount(): number {
     return this.#magazines;
   }
@@ -551,6 +589,7 @@ export class IovaDomain {
    * Verifies the domain's invariants and throws `IommuError` (rule `iova: inconsistent`) naming
    * the first violation: rbtree shape, the anchor last, cached nodes in the tree, every cached
    * range in exactly one magazine, full depot magazines, the magazine count. For tests; O(n).
+   * Model-only (the kernel has no such self-check).
    */
   check(): void {
     const fail = (what: string): never => {
@@ -566,7 +605,8 @@ export class IovaDomain {
       ['cached_node', this.#cachedNode],
       ['cached32_node', this.#cached32Node],
     ] as const) {
-      if (n.state === IOVA_FREED || this.#tree.findContaining(n.pfnLo) !== n) fail(`${name} is not in the tree`);
+      if (n.state === IOVA_FREED || this.#tree.findContaining(n.pfnLo) !== n)
+        fail(`${name} is not in the tree`);
     }
     if (this.#dead) return;
     let cachedInTree = 0;
@@ -586,8 +626,10 @@ export class IovaDomain {
         const node = n as IovaNode;
         if (seen.has(node)) fail(`range at ${hex(node.pfnLo)} cached twice`);
         seen.add(node);
-        if (node.pfnHi - node.pfnLo + 1 !== 2 ** order) fail(`range at ${hex(node.pfnLo)} in the wrong size class`);
-        if (this.#tree.findContaining(node.pfnLo) !== node) fail(`cached range at ${hex(node.pfnLo)} not in the tree`);
+        if (node.pfnHi - node.pfnLo + 1 !== 2 ** order)
+          fail(`range at ${hex(node.pfnLo)} in the wrong size class`);
+        if (this.#tree.findContaining(node.pfnLo) !== node)
+          fail(`cached range at ${hex(node.pfnLo)} not in the tree`);
         inMagazines++;
       }
     };
@@ -599,19 +641,32 @@ export class IovaDomain {
         visit(m, order);
         depot++;
       }
-      if (depot !== rcache.depotSize) fail(`depot of order ${order} holds ${depot}, depot_size says ${rcache.depotSize}`);
+      if (depot !== rcache.depotSize)
+        fail(`depot of order ${order} holds ${depot}, depot_size says ${rcache.depotSize}`);
       for (let cpu = 0; cpu < this.#ncpus; cpu++) {
         const cr = this.#cpuRcaches[order * this.#ncpus + cpu] as IovaCpuRcache;
         visit(cr.loaded, order);
         visit(cr.prev, order);
       }
     }
-    if (inMagazines !== cachedInTree) fail(`${cachedInTree} cached ranges in the tree, ${inMagazines} in magazines`);
+    if (inMagazines !== cachedInTree)
+      fail(`${cachedInTree} cached ranges in the tree, ${inMagazines} in magazines`);
     if (magazines !== this.#magazines) fail(`${magazines} magazines reachable, ${this.#magazines} allocated`);
   }
 
   // ---------------------------------------------------------------------------------------------
   // Internals
+
+  /**
+   * The node a free of `pfn` refers to: the recent-allocation hint when it is live and starts at
+   * `pfn`, else the tree node containing `pfn` (callers check the state; a NaN `pfn` must be
+   * excluded by the caller, as every comparison with it is false).
+   */
+  #liveNodeAt(pfn: number): IovaNode | null {
+    const hint = this.#recent[pfn % RECENT_SLOTS];
+    if (hint !== undefined && hint !== null && hint.pfnLo === pfn && hint.state === IOVA_LIVE) return hint;
+    return this.#tree.findContaining(pfn);
+  }
 
   /** `alloc_iova` without argument checks or failure counting; `limit` is inclusive. */
   #allocIova(size: number, limit: number, sizeAligned: boolean): IovaNode | null {
@@ -663,6 +718,7 @@ export class IovaDomain {
     }
     const node = new IovaNode(candidate, candidate + size - 1, IOVA_LIVE);
     this.#tree.insertBefore(node, above);
+    this.#recent[candidate % RECENT_SLOTS] = node;
     // kernel: __cached_rbnode_insert_update
     if (node.pfnHi < this.dma32BitPfn) this.#cached32Node = node;
     else this.#cachedNode = node;
@@ -733,7 +789,9 @@ export class IovaDomain {
     nodes[i] = nodes[last] as IovaNode;
     nodes[last] = null;
     node.state = IOVA_LIVE;
-    return node.pfnLo;
+    const pfn = node.pfnLo;
+    this.#recent[pfn % RECENT_SLOTS] = node;
+    return pfn;
   }
 
   /** Kernel: `__iova_rcache_insert`. False when a new magazine was needed and none could be had. */
@@ -827,13 +885,17 @@ export class IovaDomain {
 
   #checkAlive(fn: string): void {
     if (this.#dead) {
-      throw new IommuError(`${fn}: IOVA domain used after put_iova_domain`, { rule: 'put_iova_domain: use after put' });
+      throw new IommuError(`${fn}: IOVA domain used after put_iova_domain`, {
+        rule: 'put_iova_domain: use after put',
+      });
     }
   }
 
   #checkSize(fn: string, size: number): void {
     if (!(Number.isInteger(size) && size >= 1 && size <= this.maxPfn + 1)) {
-      throw new IommuError(`${fn}: size ${size} is not a positive number of granules`, { rule: `${fn}: size` });
+      throw new IommuError(`${fn}: size ${size} is not a positive number of granules`, {
+        rule: `${fn}: size`,
+      });
     }
   }
 
@@ -842,7 +904,7 @@ export class IovaDomain {
     if (!(Number.isInteger(limitPfn) || limitPfn === Number.POSITIVE_INFINITY) || limitPfn < 0) {
       throw new IommuError(`${fn}: limit_pfn ${limitPfn} is not a pfn`, { rule: `${fn}: limit_pfn` });
     }
-    return limitPfn > this.maxPfn ? this.maxPfn : limitPfn;
+    return Math.min(limitPfn, this.maxPfn);
   }
 }
 

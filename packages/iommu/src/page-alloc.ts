@@ -53,8 +53,8 @@ export class PageAllocator {
     this.totalPages = this.#freePages;
   }
 
-  /** Pages currently free. */
-  get freePages(): number {
+  /** Pages currently free (kernel: `nr_free_pages`). */
+  get nrFreePages(): number {
     return this.#freePages;
   }
 

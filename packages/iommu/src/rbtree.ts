@@ -284,12 +284,12 @@ export class RbRoot<N extends RbNode = RbNode> {
   /** Restores the red-black invariants after linking the red node `z` (kernel: `rb_insert_color`). */
   #insertFixup(z: RbNode): void {
     let p = z.rbParent;
-    while (p !== null && p.rbRed) {
+    while (p?.rbRed) {
       // p is red, so it is not the root and has a parent
       const g = p.rbParent as RbNode;
       if (p === g.rbLeft) {
         const u = g.rbRight;
-        if (u !== null && u.rbRed) {
+        if (u?.rbRed) {
           p.rbRed = false;
           u.rbRed = false;
           g.rbRed = true;
@@ -307,7 +307,7 @@ export class RbRoot<N extends RbNode = RbNode> {
         this.#rotateRight(g);
       } else {
         const u = g.rbLeft;
-        if (u !== null && u.rbRed) {
+        if (u?.rbRed) {
           p.rbRed = false;
           u.rbRed = false;
           g.rbRed = true;

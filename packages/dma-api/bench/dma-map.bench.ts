@@ -1,0 +1,143 @@
+// Benchmarks of the DMA mapping paths, in one process so the ratios are same-run figures.
+// Times are simulator time (how fast this model runs here), never modeled kernel time; counts
+// per op (allocations, metadata bytes, IOVA allocations, invalidations) are what the kernel
+// would spend.
+import { Machine, SZ_4K, IommuDevice, diffCounters } from '@iovalink/iommu';
+import { Bench } from 'tinybench';
+import {
+  DMA_TO_DEVICE,
+  Device,
+  DmaIovaState,
+  SgTable,
+  dmaIovaDestroy,
+  dmaIovaLink,
+  dmaIovaSync,
+  dmaIovaTryAlloc,
+  dmaMapBenchmark,
+  dmaMapSgtable,
+  dmaUnmapSgtable,
+  sgAllocTable,
+  sgFreeTable,
+  sgIter,
+  sgSetPage,
+} from '../src/index.js';
+
+const PAGES = 32;
+
+function rig(translation: 'strict' | 'lazy') {
+  const machine = new Machine({ memSize: 1 << 30 });
+  const iommu = new IommuDevice(machine);
+  const dev = new Device(machine, { iommu, translation, debug: false, dmaParms: { maxSegmentSize: 0xffffffff } });
+  // physically scattered pages, like a real I/O buffer
+  const pages: number[] = [];
+  for (let i = 0; i < PAGES; i++) pages.push(machine.pages.allocPages(0), machine.pages.allocPages(0));
+  const buf = pages.filter((_, i) => i % 2 === 0);
+  return { machine, dev, buf };
+}
+
+function legacyOp(r: ReturnType<typeof rig>): void {
+  const sgt = new SgTable();
+  if (sgAllocTable(r.machine, sgt, PAGES) !== 0) throw new Error('sg alloc');
+  let i = 0;
+  for (const sg of sgIter(sgt.sgl!, PAGES)) sgSetPage(sg, r.buf[i++]!, SZ_4K, 0);
+  if (dmaMapSgtable(r.dev, sgt, DMA_TO_DEVICE) !== 0) throw new Error('map');
+  dmaUnmapSgtable(r.dev, sgt, DMA_TO_DEVICE);
+  sgFreeTable(r.machine, sgt);
+}
+
+const state = new DmaIovaState();
+function twoStepOp(r: ReturnType<typeof rig>): void {
+  if (!dmaIovaTryAlloc(r.dev, state, 0, PAGES * SZ_4K)) throw new Error('try_alloc');
+  for (let i = 0; i < PAGES; i++) {
+    if (dmaIovaLink(r.dev, state, r.buf[i]!, i * SZ_4K, SZ_4K, DMA_TO_DEVICE) !== 0) throw new Error('link');
+  }
+  if (dmaIovaSync(r.dev, state, 0, PAGES * SZ_4K) !== 0) throw new Error('sync');
+  dmaIovaDestroy(r.dev, state, PAGES * SZ_4K, DMA_TO_DEVICE);
+}
+
+/** Counts per op for one path, measured over 1000 ops. */
+function countsPerOp(r: ReturnType<typeof rig>, op: (r: ReturnType<typeof rig>) => void) {
+  const n = 1000;
+  const before = r.machine.counters.snapshot();
+  for (let i = 0; i < n; i++) op(r);
+  const d = diffCounters(before, r.machine.counters.snapshot());
+  const meta = Object.values(d.meta).reduce((a, m) => ({ allocs: a.allocs + m.allocs, bytes: a.bytes + m.bytes }), {
+    allocs: 0,
+    bytes: 0,
+  });
+  const sg = d.meta.scatterlist ?? { allocs: 0, bytes: 0 };
+  return {
+    sgAllocsPerOp: sg.allocs / n,
+    sgBytesPerOp: sg.bytes / n,
+    metaAllocsPerOp: meta.allocs / n,
+    iovaAllocsPerOp: d.events.iovaAllocs / n,
+    pteWritesPerOp: d.events.pteWrites / n,
+    iotlbInvalidationsPerOp: (d.events.iotlbInvRange + d.events.iotlbInvAll) / n,
+  };
+}
+
+export async function runDmaMapBench() {
+  const rows: Array<Record<string, string | number>> = [];
+  // 1) dma_iova_link per 4 KiB page into an allocated state (link + the page-table write)
+  {
+    const r = rig('strict');
+    const big = new DmaIovaState();
+    const N = 4096;
+    if (!dmaIovaTryAlloc(r.dev, big, 0, N * SZ_4K)) throw new Error('try_alloc');
+    const bench = new Bench({ time: 400, warmup: true });
+    let off = 0;
+    bench.add('dmaIovaLink 1×4K into an allocated state', () => {
+      if (off === N) {
+        dmaIovaDestroy(r.dev, big, N * SZ_4K, DMA_TO_DEVICE);
+        dmaIovaTryAlloc(r.dev, big, 0, N * SZ_4K);
+        off = 0;
+      }
+      dmaIovaLink(r.dev, big, r.buf[off % PAGES]!, off * SZ_4K, SZ_4K, DMA_TO_DEVICE);
+      off++;
+    });
+    await bench.run();
+    const t = bench.tasks[0]!.result!;
+    rows.push({ case: 'link per 4K page', path: 'two-step', 'sim ns/op': +(t.latency.mean * 1e6).toFixed(1) });
+  }
+  // 2) 32-page (128 KiB) scattered buffer: legacy sg vs two-step, strict and lazy, interleaved in one bench
+  const results: Record<string, ReturnType<typeof countsPerOp> & { ns: number }> = {};
+  for (const mode of ['strict', 'lazy'] as const) {
+    const rl = rig(mode);
+    const ri = rig(mode);
+    const bench = new Bench({ time: 800, warmup: true });
+    bench.add(`legacy ${mode}`, () => legacyOp(rl));
+    bench.add(`two-step ${mode}`, () => twoStepOp(ri));
+    await bench.run();
+    for (const [i, path] of (['legacy', 'two-step'] as const).entries()) {
+      const ns = bench.tasks[i]!.result!.latency.mean * 1e6;
+      results[`${path} ${mode}`] = { ns, ...countsPerOp(path === 'legacy' ? rl : ri, path === 'legacy' ? legacyOp : twoStepOp) };
+    }
+  }
+  for (const [k, v] of Object.entries(results)) {
+    rows.push({
+      case: '128 KiB map+unmap',
+      path: k,
+      'sim ns/op': +v.ns.toFixed(0),
+      'sg allocs/op': v.sgAllocsPerOp,
+      'sg bytes/op': v.sgBytesPerOp,
+      'IOVA allocs/op': v.iovaAllocsPerOp,
+      'PTE writes/op': v.pteWritesPerOp,
+      'IOTLB inval/op': v.iotlbInvalidationsPerOp,
+    });
+  }
+  console.table(rows);
+  for (const mode of ['strict', 'lazy']) {
+    const l = results[`legacy ${mode}`]!;
+    const t = results[`two-step ${mode}`]!;
+    console.log(`${mode}: two-step / legacy simulator time = ${(t.ns / l.ns).toFixed(2)}×`);
+  }
+  // 3) the dma_map_benchmark port: dma_map_page vs link, same device, same run
+  const bm: Record<string, unknown> = {};
+  for (const mode of ['single', 'link'] as const) {
+    const r = rig('strict');
+    const res = dmaMapBenchmark(r.dev, { mode, loops: 200_000, dmaBits: 64, granule: 1 });
+    bm[mode] = res;
+    console.log(`dma_map_benchmark mode=${mode}: map ${res.mapNs.toFixed(0)} ns, unmap ${res.unmapNs.toFixed(0)} ns (simulator)`);
+  }
+  return { rows, results, mapBenchmark: bm };
+}

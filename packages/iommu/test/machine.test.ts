@@ -1,0 +1,165 @@
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import {
+  FaultInjector,
+  Machine,
+  MachineError,
+  MAX_PAGE_ORDER,
+  PAGE_SIZE,
+  Prng,
+  RESERVED_LOW_PAGES,
+  VirtualClock,
+  isIovalinkError,
+} from '../src/index.js';
+
+describe('PhysMem', () => {
+  it('reads zeros from frames never written and backs only what is touched', () => {
+    const m = new Machine({ memSize: 64 * 2 ** 30 });
+    expect(m.phys.size).toBe(64 * 2 ** 30);
+    expect(m.phys.read(40 * 2 ** 30, 16)).toEqual(new Uint8Array(16));
+    expect(m.phys.backedFrames).toBe(0);
+    m.phys.write(63 * 2 ** 30 + 4090, new Uint8Array([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]));
+    expect(m.phys.backedFrames).toBe(2);
+    expect(Array.from(m.phys.read(63 * 2 ** 30 + 4092, 4))).toEqual([3, 4, 5, 6]);
+  });
+
+  it('rejects access outside RAM with an error naming the address', () => {
+    const m = new Machine({ memSize: 1 << 20 });
+    expect(() => m.phys.read((1 << 20) - 2, 4)).toThrow(/0xffffe.*outside RAM/);
+    try {
+      m.phys.write(1 << 20, new Uint8Array(1));
+    } catch (e) {
+      expect(e).toBeInstanceOf(MachineError);
+      expect(isIovalinkError(e)).toBe(true);
+      expect((e as MachineError).rule).toBe('phys-mem: outside RAM');
+    }
+  });
+
+  it('copies and fills across frame boundaries', () => {
+    const m = new Machine({ memSize: 1 << 22 });
+    m.phys.fill(PAGE_SIZE - 3, 6, 0xab);
+    m.phys.copy(3 * PAGE_SIZE - 1, PAGE_SIZE - 3, 6);
+    expect(Array.from(m.phys.read(3 * PAGE_SIZE - 2, 8))).toEqual([0, 0xab, 0xab, 0xab, 0xab, 0xab, 0xab, 0]);
+  });
+});
+
+describe('alloc_pages / __free_pages (buddy)', () => {
+  it('never hands out the reserved low 1 MiB, and splits larger blocks', () => {
+    const m = new Machine({ memSize: 8 << 20 });
+    const total = m.pages.nrFreePages;
+    expect(total).toBe((8 << 20) / PAGE_SIZE - RESERVED_LOW_PAGES);
+    const p = m.pages.allocPages(0);
+    expect(p).toBeGreaterThanOrEqual(RESERVED_LOW_PAGES * PAGE_SIZE);
+    expect(m.pages.nrFreePages).toBe(total - 1);
+    const q = m.pages.allocPages(3);
+    expect(q % (8 * PAGE_SIZE)).toBe(0);
+    m.pages.freePages(p, 0);
+    m.pages.freePages(q, 3);
+    expect(m.pages.nrFreePages).toBe(total);
+  });
+
+  it('coalesces buddies back to the maximal blocks', () => {
+    const m = new Machine({ memSize: 16 << 20 });
+    const before = m.pages.buddyinfo();
+    const pages = Array.from({ length: 1024 }, () => m.pages.allocPages(0));
+    expect(new Set(pages).size).toBe(1024);
+    for (const p of m.rng.shuffle(pages)) m.pages.freePages(p, 0);
+    expect(m.pages.buddyinfo()).toEqual(before);
+  });
+
+  it('returns 0 when exhausted and when the page_alloc fault fires, without losing pages', () => {
+    const m = new Machine({ memSize: 2 << 20 });
+    m.faults.failNth('page_alloc', 2);
+    const a = m.pages.allocPages(0);
+    expect(a).not.toBe(0);
+    expect(m.pages.allocPages(0)).toBe(0);
+    const free = m.pages.nrFreePages;
+    expect(m.pages.allocPages(MAX_PAGE_ORDER)).toBe(0);
+    expect(m.pages.nrFreePages).toBe(free);
+  });
+
+  it('throws on double free and order mismatch and changes nothing', () => {
+    const m = new Machine({ memSize: 4 << 20 });
+    const p = m.pages.allocPages(2);
+    expect(() => m.pages.freePages(p, 1)).toThrow(/order 2, freed with 1/);
+    m.pages.freePages(p, 2);
+    const free = m.pages.nrFreePages;
+    expect(() => m.pages.freePages(p, 2)).toThrow(/not an allocated block/);
+    expect(m.pages.nrFreePages).toBe(free);
+    expect(() => m.pages.allocPages(11)).toThrow(/order 11/);
+  });
+
+  it('keeps allocations disjoint and balanced for random alloc/free sequences', () => {
+    fc.assert(
+      fc.property(fc.array(fc.tuple(fc.boolean(), fc.integer({ min: 0, max: 4 })), { maxLength: 200 }), (ops) => {
+        const m = new Machine({ memSize: 8 << 20 });
+        const total = m.pages.nrFreePages;
+        const live: Array<[number, number]> = [];
+        for (const [alloc, order] of ops) {
+          if (alloc || live.length === 0) {
+            const p = m.pages.allocPages(order);
+            if (p === 0) continue;
+            for (const [q, o] of live) {
+              const end = p + (PAGE_SIZE << order);
+              const qend = q + (PAGE_SIZE << o);
+              expect(p < qend && q < end).toBe(false);
+            }
+            expect(p % (PAGE_SIZE << order)).toBe(0);
+            live.push([p, order]);
+          } else {
+            const [p, o] = live.splice(order % live.length, 1)[0]!;
+            m.pages.freePages(p, o);
+          }
+        }
+        for (const [p, o] of live) m.pages.freePages(p, o);
+        expect(m.pages.nrFreePages).toBe(total);
+      }),
+      { numRuns: 50 },
+    );
+  });
+});
+
+describe('VirtualClock', () => {
+  it('fires timers in deadline order only when time passes them', () => {
+    const c = new VirtualClock();
+    const fired: string[] = [];
+    c.setTimer(10, () => fired.push('b'));
+    c.setTimer(5, () => fired.push('a'));
+    const t = c.setTimer(7, () => fired.push('x'));
+    c.cancel(t);
+    c.advance(4);
+    expect(fired).toEqual([]);
+    c.advance(6);
+    expect(fired).toEqual(['a', 'b']);
+    expect(c.nowNs).toBe(10);
+  });
+});
+
+describe('Prng and FaultInjector', () => {
+  it('is reproducible from a seed', () => {
+    const a = new Prng(42);
+    const b = new Prng(42);
+    const xs = Array.from({ length: 5 }, () => a.u32());
+    expect(Array.from({ length: 5 }, () => b.u32())).toEqual(xs);
+    expect(new Prng(43).u32()).not.toBe(xs[0]);
+  });
+
+  it('fails the Nth call, N times, then disarms', () => {
+    const f = new FaultInjector(new Prng(1));
+    f.failNth('iova_alloc', 3, 2);
+    const r = Array.from({ length: 6 }, () => f.shouldFail('iova_alloc'));
+    expect(r).toEqual([false, false, true, true, false, false]);
+    expect(f.injected.get('iova_alloc')).toBe(2);
+    expect(f.shouldFail('pgtable_page')).toBe(false);
+  });
+});
+
+describe('Machine', () => {
+  it('validates cpus and runs code on a chosen CPU', () => {
+    expect(() => new Machine({ cpus: 0 })).toThrow(/cpus/);
+    const m = new Machine({ cpus: 4, memSize: 1 << 22 });
+    expect(m.onCpu(3, () => m.currentCpu)).toBe(3);
+    expect(m.currentCpu).toBe(0);
+    expect(() => m.setCpu(4)).toThrow(/cpu 4/);
+  });
+});
