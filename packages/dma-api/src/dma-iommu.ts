@@ -80,11 +80,21 @@ export function iommuDmaInitDomain(dev: Device, domain: IommuDomain): IommuDmaCo
 
 /** The device's DMA domain and cookie; throws when the device does not use iommu-dma. */
 export function devDmaDomain(dev: Device): { domain: IommuDomain; cookie: IommuDmaCookie } {
+  return { domain: devDomain(dev), cookie: devCookie(dev) };
+}
+
+/** The device's DMA-API domain (hot path: no allocation); throws when it has none. */
+export function devDomain(dev: Device): IommuDomain {
   const domain = dev.domain;
   if (!dev.dmaIommu || domain === undefined) {
     throw new DmaError(`${dev}: not behind an IOMMU DMA domain`, { rule: 'iommu_dma: not dma_iommu' });
   }
-  return { domain, cookie: iommuDmaCookie(domain) };
+  return domain;
+}
+
+/** The device's DMA cookie (hot path: no allocation); throws when it has none. */
+export function devCookie(dev: Device): IommuDmaCookie {
+  return iommuDmaCookie(devDomain(dev));
 }
 
 /** Offset of `addr` within the IOVA granule (kernel: `iova_offset`). */

@@ -30,7 +30,7 @@ import {
   dmaInfoToProt,
   validDmaDirection,
 } from './dma-direction.js';
-import { devDmaDomain, devUseSwiotlb, iommuDmaAllocIova, iommuDmaFreeIova, iovaAlignUp } from './dma-iommu.js';
+import { devCookie, devDomain, devUseSwiotlb, iommuDmaAllocIova, iommuDmaFreeIova, iovaAlignUp } from './dma-iommu.js';
 import { DmaDebugError, DmaError } from './errors.js';
 import { isSwiotlbBuffer, swiotlbTblMapSingle, swiotlbTblUnmapSingle } from './swiotlb.js';
 import { DMA_MAPPING_ERROR } from './dma-direction.js';
@@ -70,8 +70,8 @@ export function dmaIovaTryAlloc(dev: Device, state: DmaIovaState, phys: number, 
   state.usedSwiotlb = false;
   if (!dev.dmaIommu) return false;
   if (!(size > 0) || !Number.isSafeInteger(size)) return false;
-  const { domain, cookie } = devDmaDomain(dev);
-  const iovad = cookie.iovad;
+  const domain = devDomain(dev);
+  const iovad = devCookie(dev).iovad;
   const pad = phys % iovad.granule;
   const len = iovaAlignUp(iovad, size + pad);
   const iova = iommuDmaAllocIova(dev, domain, len, dev.dmaMask);
@@ -92,9 +92,8 @@ function checkState(dev: Device, state: DmaIovaState, what: string): void {
 
 /** Maps `size` granule-aligned bytes at bus `addr` without IOTLB sync (kernel: `__dma_iova_link`). */
 function iovaLinkRaw(dev: Device, addr: number, phys: number, size: number, dir: DmaDataDirection, attrs: number): number {
-  const { domain } = devDmaDomain(dev);
   if (!dev.coherent && (attrs & (DMA_ATTR_SKIP_CPU_SYNC | DMA_ATTR_MMIO)) === 0) dev.machine.counters.cpuCacheSyncs++;
-  return iommuMapNosync(domain, addr, phys, size, dmaInfoToProt(dir, dev.coherent, attrs));
+  return iommuMapNosync(devDomain(dev), addr, phys, size, dmaInfoToProt(dir, dev.coherent, attrs));
 }
 
 /**
@@ -111,8 +110,7 @@ function bounceAndLink(
   startPad: number,
 ): number {
   const mem = dev.swiotlb;
-  const { cookie } = devDmaDomain(dev);
-  const iovad = cookie.iovad;
+  const iovad = devCookie(dev).iovad;
   if (attrs & DMA_ATTR_MMIO) return -Errno.EPERM;
   if (mem === undefined) return -Errno.ENOMEM;
   const bouncePhys = swiotlbTblMapSingle(mem, phys, bounceLen, iovad.granule - 1, dev.dmaParms.minAlignMask, dir, attrs, dev.untrusted);
@@ -151,9 +149,8 @@ export function dmaIovaLink(
       { rule: 'dma_iova_link: outside allocated IOVA' },
     );
   }
-  dev.machine.phys.check(phys, size);
-  const { cookie } = devDmaDomain(dev);
-  const iovad = cookie.iovad;
+  if (phys < 0 || phys + size > dev.machine.phys.size) dev.machine.phys.check(phys, size);
+  const iovad = devCookie(dev).iovad;
   const granule = iovad.granule;
   const pad = phys % granule;
   if (pad !== 0 && offset !== 0) return -Errno.EIO;
@@ -181,8 +178,7 @@ function linkSwiotlb(
   dir: DmaDataDirection,
   attrs: number,
 ): number {
-  const { cookie } = devDmaDomain(dev);
-  const granule = cookie.iovad.granule;
+  const granule = devCookie(dev).iovad.granule;
   const addr = state.addr + offset;
   const startPad = phys % granule;
   const endPad = (phys + size) % granule;
@@ -224,15 +220,15 @@ function linkSwiotlb(
  */
 export function dmaIovaSync(dev: Device, state: DmaIovaState, offset: number, size: number): number {
   checkState(dev, state, 'dma_iova_sync');
-  const { domain, cookie } = devDmaDomain(dev);
-  const pad = state.addr % cookie.iovad.granule;
-  return iommuSyncMap(domain, state.addr + offset - pad, iovaAlignUp(cookie.iovad, size + pad));
+  const iovad = devCookie(dev).iovad;
+  const pad = state.addr % iovad.granule;
+  return iommuSyncMap(devDomain(dev), state.addr + offset - pad, iovaAlignUp(iovad, size + pad));
 }
 
 /** Slow teardown walk: CPU syncs and bounce releases granule by granule (kernel: `iommu_dma_iova_unlink_range_slow`). */
 function unlinkSlow(dev: Device, start: number, end: number, dir: DmaDataDirection, attrs: number): void {
-  const { domain, cookie } = devDmaDomain(dev);
-  const granule = cookie.iovad.granule;
+  const domain = devDomain(dev);
+  const granule = devCookie(dev).iovad.granule;
   let addr = start;
   while (addr < end) {
     const len = Math.min(granule - (addr % granule), end - addr);
@@ -260,7 +256,8 @@ function unlinkRange(
   attrs: number,
   freeIova: boolean,
 ): void {
-  const { domain, cookie } = devDmaDomain(dev);
+  const domain = devDomain(dev);
+  const cookie = devCookie(dev);
   const iovad = cookie.iovad;
   const addr = state.addr + offset;
   const pad = addr % iovad.granule;
@@ -308,10 +305,9 @@ export function dmaIovaUnlink(
 export function dmaIovaFree(dev: Device, state: DmaIovaState): void {
   checkState(dev, state, 'dma_iova_free');
   dev.debug?.checkFree(state);
-  const { domain, cookie } = devDmaDomain(dev);
-  const iovad = cookie.iovad;
+  const iovad = devCookie(dev).iovad;
   const pad = state.addr % iovad.granule;
-  iommuDmaFreeIova(domain, state.addr - pad, iovaAlignUp(iovad, state.size + pad), undefined);
+  iommuDmaFreeIova(devDomain(dev), state.addr - pad, iovaAlignUp(iovad, state.size + pad), undefined);
   dev.debug?.iovaRelease(state);
 }
 

@@ -37,9 +37,9 @@
  * arithmetic (no BigInt): word 0 = `addr % 2^32 + flags`, word 1 = `floor(addr / 2^32)`.
  *
  * Deliberate differences from the kernel:
- * - Mapping over an existing leaf, or over a table (which here always holds at least one entry),
- *   returns -EEXIST as io-pgtable-arm does; generic_pt returns -EADDRINUSE for the same case, and
- *   io-pgtable-arm would free a table that sits where a block is mapped.
+ * - Mapping over an existing leaf, or over a table that still holds a leaf somewhere below it,
+ *   returns -EEXIST as io-pgtable-arm does (generic_pt returns -EADDRINUSE). A block mapped where
+ *   a table with no leaf below it sits frees that table first, as both kernels do.
  * - `mapPages` maps all `pgcount` leaves (crossing table boundaries) in one call; arm-lpae maps at
  *   most up to the end of one table per call and lets iommu_map loop. Bad size, alignment and range
  *   are checked up front for the whole run (-EINVAL/-ERANGE), where the kernel WARNs and checks only
@@ -48,10 +48,11 @@
  *   leaf and counts its full size (generic_pt; AMD and VT-d too). A request starting inside a larger
  *   leaf, or at a hole, stops there. (io-pgtable-arm since v6.13, commit 33729a5fc0ca, instead WARNs
  *   "Unmap of a partial large IOPTE is not allowed" and returns 0.)
- * - A page-table page that becomes empty on unmap is unlinked at once and handed to the caller on
- *   `gather.freelist` (generic_pt frees a table only when the unmap range covers it entirely;
- *   io-pgtable-arm never frees on unmap). Tables left empty by a failed map are freed immediately:
- *   they never held a translation.
+ * - A page-table page is unlinked on unmap, and handed to the caller on `gather.freelist`, only
+ *   when it became empty and the unmap range covers its whole span (generic_pt; VT-d's
+ *   `dma_pte_clear_level` likewise frees only tables wholly inside the range; io-pgtable-arm never
+ *   frees on unmap). So small map/unmap cycles reuse their tables, as in the kernel. Tables left
+ *   empty by a failed map are freed immediately: they never held a translation.
  * - A software walk cache (the last table used per leaf level) spares map/unmap the walk from the
  *   root; the hardware walk (`lookup`, `iovaToPhys`) always starts at the root and reads PTEs.
  */
@@ -374,7 +375,7 @@ export class IoPgtable {
       const stop = first + (n << 1);
       let i2 = first;
       for (; i2 < stop; i2 += 2) {
-        if ((w[i2] & IOPTE_VALID) !== 0) {
+        if ((w[i2] & IOPTE_VALID) !== 0 && !(leafLevel > 0 && this.#freeEmptySubtree(t, i2 >> 1))) {
           ret = -Errno.EEXIST;
           break;
         }
@@ -476,13 +477,18 @@ export class IoPgtable {
           defaultAddRun(gather, pos, n * size, size);
         }
       }
+      const runStart = pos;
       pos += n * size;
       t.live -= n;
       cleared += n;
       unmapped += n * size;
-      // Collapse: unlink tables that became empty, bottom-up, after their leaves were gathered.
+      // Collapse: unlink tables that became empty and lie wholly inside this unmap's range,
+      // bottom-up, after their leaves were gathered.
       let c = t;
       while (c.live === 0 && c !== root) {
+        const span = LEVEL_SIZE[c.level + 1]!;
+        const base = Math.floor(runStart / span) * span;
+        if (base < iova || base + span > end) break;
         const p = c.parent!;
         this.#unlink(c);
         gather.freelist.push(c.phys);
@@ -654,6 +660,42 @@ export class IoPgtable {
       this.#cacheTable[t.level] = undefined;
       this.#cacheKey[t.level] = -1;
     }
+  }
+
+  /**
+   * If `t[idx]` links a table with no leaf anywhere below it, frees that subtree (unlinking it)
+   * and returns true; returns false for a leaf or a subtree that still maps something. A table
+   * with no valid entry was never reachable by a translation, so it is freed at once.
+   */
+  #freeEmptySubtree(t: PtTable, idx: number): boolean {
+    const lo = t.words[idx << 1];
+    if ((lo & IOPTE_LEAF) !== 0) return false;
+    const c = this.#child(t, idx);
+    if (!this.#subtreeEmpty(c)) return false;
+    this.#freeSubtree(c);
+    return true;
+  }
+
+  #subtreeEmpty(t: PtTable): boolean {
+    if (t.live === 0) return true;
+    if (t.level === 0) return false;
+    const w = t.words;
+    for (let i = 0; i < IO_PGTABLE_PTES_PER_TABLE; i++) {
+      const lo = w[i << 1];
+      if ((lo & IOPTE_VALID) === 0) continue;
+      if ((lo & IOPTE_LEAF) !== 0 || !this.#subtreeEmpty(this.#child(t, i))) return false;
+    }
+    return true;
+  }
+
+  #freeSubtree(t: PtTable): void {
+    if (t.level > 0 && t.live > 0) {
+      for (let i = 0; i < IO_PGTABLE_PTES_PER_TABLE; i++) {
+        if ((t.words[i << 1] & IOPTE_VALID) !== 0) this.#freeSubtree(this.#child(t, i));
+      }
+    }
+    this.#unlink(t);
+    freeTablePage(this.#machine, t.phys);
   }
 
   /** After -ENOMEM, frees the empty tables the failed walk left on its path (they never mapped anything). */

@@ -24,7 +24,8 @@ function lowBit31(x: number): number {
 
 /** Highest set bit of `x` (0 < x < 2^32). */
 function highBit32(x: number): number {
-  return 2 ** (31 - Math.clz32(x));
+  const b = 31 - Math.clz32(x);
+  return b === 31 ? 2147483648 : 1 << b;
 }
 
 /** Smallest page size a domain supports (the IOVA granule). */
@@ -56,6 +57,14 @@ export function iommuPgsize(
   out: PgsizeCount | undefined,
 ): number {
   const bitmap = domain.pgsizeBitmap;
+  // fast path: smaller than the second page size → only the smallest fits, and no run can be
+  // shortened for a larger page that cannot fit anyway
+  const min = bitmap & -bitmap;
+  const rest = bitmap & (bitmap - 1);
+  if (rest === 0 || size < (rest & -rest)) {
+    if (out !== undefined) out.count = Math.floor(size / min);
+    return min;
+  }
   // sizes no larger than `size`
   let pgsizes = size >= TWO_31 ? bitmap : bitmap & (highBit32(size) * 2 - 1);
   // sizes to which iova and paddr are both aligned
