@@ -24,5 +24,8 @@ for (const f of files) {
 const pkg = basename(resolve(dir, '..'));
 mkdirSync(resolve(dir, '..', 'bench-results'), { recursive: true });
 const out = resolve(dir, '..', 'bench-results', `${pkg}.json`);
-writeFileSync(out, `${JSON.stringify({ date: new Date().toISOString(), node: process.version, results }, null, 2)}\n`);
+writeFileSync(
+  out,
+  `${JSON.stringify({ date: new Date().toISOString(), node: process.version, results }, null, 2)}\n`,
+);
 console.log(`\nresults written to ${out}`);

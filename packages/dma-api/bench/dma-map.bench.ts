@@ -2,13 +2,12 @@
 // Times are simulator time (how fast this model runs here), never modeled kernel time; counts
 // per op (allocations, metadata bytes, IOVA allocations, invalidations) are what the kernel
 // would spend.
-import { Machine, SZ_4K, IommuDevice, diffCounters } from '@iovalink/iommu';
+import { diffCounters, IommuDevice, Machine, SZ_4K } from '@iovalink/iommu';
 import { Bench } from 'tinybench';
 import {
-  DMA_TO_DEVICE,
   Device,
+  DMA_TO_DEVICE,
   DmaIovaState,
-  SgTable,
   dmaIovaDestroy,
   dmaIovaLink,
   dmaIovaSync,
@@ -16,6 +15,7 @@ import {
   dmaMapBenchmark,
   dmaMapSgtable,
   dmaUnmapSgtable,
+  SgTable,
   sgAllocTable,
   sgFreeTable,
   sgIter,
@@ -27,7 +27,12 @@ const PAGES = 32;
 function rig(translation: 'strict' | 'lazy') {
   const machine = new Machine({ memSize: 1 << 30 });
   const iommu = new IommuDevice(machine);
-  const dev = new Device(machine, { iommu, translation, debug: false, dmaParms: { maxSegmentSize: 0xffffffff } });
+  const dev = new Device(machine, {
+    iommu,
+    translation,
+    debug: false,
+    dmaParms: { maxSegmentSize: 0xffffffff },
+  });
   // physically scattered pages, like a real I/O buffer
   const pages: number[] = [];
   for (let i = 0; i < PAGES; i++) pages.push(machine.pages.allocPages(0), machine.pages.allocPages(0));
@@ -61,10 +66,13 @@ function countsPerOp(r: ReturnType<typeof rig>, op: (r: ReturnType<typeof rig>) 
   const before = r.machine.counters.snapshot();
   for (let i = 0; i < n; i++) op(r);
   const d = diffCounters(before, r.machine.counters.snapshot());
-  const meta = Object.values(d.meta).reduce((a, m) => ({ allocs: a.allocs + m.allocs, bytes: a.bytes + m.bytes }), {
-    allocs: 0,
-    bytes: 0,
-  });
+  const meta = Object.values(d.meta).reduce(
+    (a, m) => ({ allocs: a.allocs + m.allocs, bytes: a.bytes + m.bytes }),
+    {
+      allocs: 0,
+      bytes: 0,
+    },
+  );
   const sg = d.meta.scatterlist ?? { allocs: 0, bytes: 0 };
   return {
     sgAllocsPerOp: sg.allocs / n,
@@ -97,7 +105,11 @@ export async function runDmaMapBench() {
     });
     await bench.run();
     const t = bench.tasks[0]!.result!;
-    rows.push({ case: 'link per 4K page', path: 'two-step', 'sim ns/op': +(t.latency.mean * 1e6).toFixed(1) });
+    rows.push({
+      case: 'link per 4K page',
+      path: 'two-step',
+      'sim ns/op': +(t.latency.mean * 1e6).toFixed(1),
+    });
   }
   // 2) 32-page (128 KiB) scattered buffer: legacy sg vs two-step, strict and lazy, interleaved in one bench
   const results: Record<string, ReturnType<typeof countsPerOp> & { ns: number }> = {};
@@ -110,7 +122,10 @@ export async function runDmaMapBench() {
     await bench.run();
     for (const [i, path] of (['legacy', 'two-step'] as const).entries()) {
       const ns = bench.tasks[i]!.result!.latency.mean * 1e6;
-      results[`${path} ${mode}`] = { ns, ...countsPerOp(path === 'legacy' ? rl : ri, path === 'legacy' ? legacyOp : twoStepOp) };
+      results[`${path} ${mode}`] = {
+        ns,
+        ...countsPerOp(path === 'legacy' ? rl : ri, path === 'legacy' ? legacyOp : twoStepOp),
+      };
     }
   }
   for (const [k, v] of Object.entries(results)) {
@@ -137,7 +152,9 @@ export async function runDmaMapBench() {
     const r = rig('strict');
     const res = dmaMapBenchmark(r.dev, { mode, loops: 200_000, dmaBits: 64, granule: 1 });
     bm[mode] = res;
-    console.log(`dma_map_benchmark mode=${mode}: map ${res.mapNs.toFixed(0)} ns, unmap ${res.unmapNs.toFixed(0)} ns (simulator)`);
+    console.log(
+      `dma_map_benchmark mode=${mode}: map ${res.mapNs.toFixed(0)} ns, unmap ${res.unmapNs.toFixed(0)} ns (simulator)`,
+    );
   }
   return { rows, results, mapBenchmark: bm };
 }

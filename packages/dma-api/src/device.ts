@@ -7,6 +7,7 @@
  */
 import {
   DmaEngine,
+  hex,
   IOMMU_DOMAIN_BLOCKED,
   IOMMU_DOMAIN_DMA,
   IOMMU_DOMAIN_DMA_FQ,
@@ -15,7 +16,6 @@ import {
   type IommuDomain,
   type IommuFault,
   type Machine,
-  hex,
 } from '@iovalink/iommu';
 import { DmaDebug } from './dma-debug.js';
 import { iommuDmaInitDomain } from './dma-iommu.js';
@@ -119,7 +119,8 @@ export class Device {
     this.pci32bitWorkaround = pci;
     this.dmaParms = {
       maxSegmentSize: options.dmaParms?.maxSegmentSize ?? DMA_DEFAULT_MAX_SEGMENT_SIZE,
-      segmentBoundaryMask: options.dmaParms?.segmentBoundaryMask ?? (pci ? 0xffffffff : DMA_DEFAULT_SEG_BOUNDARY),
+      segmentBoundaryMask:
+        options.dmaParms?.segmentBoundaryMask ?? (pci ? 0xffffffff : DMA_DEFAULT_SEG_BOUNDARY),
       minAlignMask: options.dmaParms?.minAlignMask ?? 0,
     };
     this.coherent = options.coherent ?? true;
@@ -144,9 +145,12 @@ export class Device {
       if (this.untrusted && type === IOMMU_DOMAIN_IDENTITY) type = IOMMU_DOMAIN_DMA;
       domain = this.iommu.domainAlloc(type);
       if (domain === undefined) {
-        throw new DmaError(`${this.name}: could not allocate the default IOMMU domain (out of page-table pages)`, {
-          rule: 'iommu_setup_default_domain: alloc',
-        });
+        throw new DmaError(
+          `${this.name}: could not allocate the default IOMMU domain (out of page-table pages)`,
+          {
+            rule: 'iommu_setup_default_domain: alloc',
+          },
+        );
       }
       domain.faultHandler = (_d, fault) => {
         this.faults.push(fault);

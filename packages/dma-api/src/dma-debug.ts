@@ -78,7 +78,10 @@ export class DmaDebug {
       if (this.#recent.includes(devAddr)) {
         this.#fail('dma_unmap: double unmap', `device driver unmaps ${hex(devAddr)} a second time`);
       }
-      this.#fail('dma_unmap: not mapped', `device driver frees DMA memory it has not allocated [${hex(devAddr)}]`);
+      this.#fail(
+        'dma_unmap: not mapped',
+        `device driver frees DMA memory it has not allocated [${hex(devAddr)}]`,
+      );
     }
     if (e.size !== size) {
       this.#fail(
@@ -110,14 +113,21 @@ export class DmaDebug {
   // ---- scatterlists -----------------------------------------------------------------------
 
   /** Records a mapped list (kernel: `debug_dma_map_sg`). */
-  addSg(sgl: Scatterlist, nents: number, mappedEnts: number, dir: DmaDataDirection, segments: Array<[number, number]>): void {
+  addSg(
+    sgl: Scatterlist,
+    nents: number,
+    mappedEnts: number,
+    dir: DmaDataDirection,
+    segments: Array<[number, number]>,
+  ): void {
     this.#sg.set(sgl, { nents, mappedEnts, dir, segments });
   }
 
   /** Checks an sg unmap (kernel: `debug_dma_unmap_sg` → `check_unmap`). */
   checkUnmapSg(sgl: Scatterlist, nents: number, dir: DmaDataDirection): void {
     const e = this.#sg.get(sgl);
-    if (e === undefined) this.#fail('dma_unmap_sg: not mapped', 'device driver unmaps a scatterlist it has not mapped');
+    if (e === undefined)
+      this.#fail('dma_unmap_sg: not mapped', 'device driver unmaps a scatterlist it has not mapped');
     if (e.nents !== nents) {
       this.#fail(
         'dma_unmap_sg: wrong nents',
@@ -159,7 +169,10 @@ export class DmaDebug {
       }
     }
     if (mapDir === undefined) {
-      this.#fail('dma_sync: outside a mapping', `device driver syncs [${hex(devAddr)}, +${size}) that is not (wholly) mapped`);
+      this.#fail(
+        'dma_sync: outside a mapping',
+        `device driver syncs [${hex(devAddr)}, +${size}) that is not (wholly) mapped`,
+      );
     }
     if (mapDir !== DMA_BIDIRECTIONAL && mapDir !== dir) {
       this.#fail(
@@ -178,7 +191,8 @@ export class DmaDebug {
 
   #iovaEntry(state: object, what: string): IovaEntry {
     const e = this.#iova.get(state);
-    if (e === undefined) this.#fail(`${what}: no IOVA allocated`, `${what} on a state without a live IOVA allocation`);
+    if (e === undefined)
+      this.#fail(`${what}: no IOVA allocated`, `${what} on a state without a live IOVA allocation`);
     return e;
   }
 
@@ -212,7 +226,10 @@ export class DmaDebug {
   checkUnlink(state: object, offset: number, size: number): void {
     const e = this.#iovaEntry(state, 'dma_iova_unlink');
     if (coveredBytes(e.links, offset, offset + size) !== size) {
-      this.#fail('dma_iova_unlink: not linked', `unlink of [${hex(offset)}, +${hex(size)}) which is not (wholly) linked`);
+      this.#fail(
+        'dma_iova_unlink: not linked',
+        `unlink of [${hex(offset)}, +${hex(size)}) which is not (wholly) linked`,
+      );
     }
   }
 

@@ -14,7 +14,7 @@ import {
   DMA_MAPPING_ERROR,
   type DmaDataDirection,
 } from './dma-direction.js';
-import { SG_DMA_SWIOTLB, type Scatterlist, sgIter } from './scatterlist.js';
+import { type Scatterlist, SG_DMA_SWIOTLB, sgIter } from './scatterlist.js';
 import {
   isSwiotlbBuffer,
   swiotlbSyncSingleForCpu,
@@ -38,7 +38,13 @@ export function isSwiotlbForceBounce(dev: Device): boolean {
  * forced or when the mask cannot reach it, else returns the physical address. Returns the bus
  * address or DMA_MAPPING_ERROR.
  */
-export function dmaDirectMapPhys(dev: Device, phys: number, size: number, dir: DmaDataDirection, attrs: number): number {
+export function dmaDirectMapPhys(
+  dev: Device,
+  phys: number,
+  size: number,
+  dir: DmaDataDirection,
+  attrs: number,
+): number {
   if (isSwiotlbForceBounce(dev) || !dmaCapable(dev, phys, size)) {
     if (attrs & DMA_ATTR_MMIO) return DMA_MAPPING_ERROR;
     const mem = dev.swiotlb;
@@ -52,7 +58,8 @@ export function dmaDirectMapPhys(dev: Device, phys: number, size: number, dir: D
     dev.usedSwiotlb = true;
     return tlb;
   }
-  if (!dev.coherent && (attrs & (DMA_ATTR_SKIP_CPU_SYNC | DMA_ATTR_MMIO)) === 0) dev.machine.counters.cpuCacheSyncs++;
+  if (!dev.coherent && (attrs & (DMA_ATTR_SKIP_CPU_SYNC | DMA_ATTR_MMIO)) === 0)
+    dev.machine.counters.cpuCacheSyncs++;
   return phys;
 }
 
@@ -60,21 +67,38 @@ export function dmaDirectMapPhys(dev: Device, phys: number, size: number, dir: D
  * Unmaps a direct mapping (kernel: `dma_direct_unmap_phys`): CPU sync for non-coherent devices,
  * then releases a bounce slot, copying back for FROM_DEVICE/BIDIRECTIONAL.
  */
-export function dmaDirectUnmapPhys(dev: Device, addr: number, size: number, dir: DmaDataDirection, attrs: number): void {
-  if (!dev.coherent && (attrs & (DMA_ATTR_SKIP_CPU_SYNC | DMA_ATTR_MMIO)) === 0) dev.machine.counters.cpuCacheSyncs++;
+export function dmaDirectUnmapPhys(
+  dev: Device,
+  addr: number,
+  size: number,
+  dir: DmaDataDirection,
+  attrs: number,
+): void {
+  if (!dev.coherent && (attrs & (DMA_ATTR_SKIP_CPU_SYNC | DMA_ATTR_MMIO)) === 0)
+    dev.machine.counters.cpuCacheSyncs++;
   const mem = dev.swiotlb;
   if (mem !== undefined && isSwiotlbBuffer(mem, addr)) swiotlbTblUnmapSingle(mem, addr, size, dir, attrs);
 }
 
 /** Syncs for the CPU (kernel: `dma_direct_sync_single_for_cpu`). */
-export function dmaDirectSyncSingleForCpu(dev: Device, addr: number, size: number, dir: DmaDataDirection): void {
+export function dmaDirectSyncSingleForCpu(
+  dev: Device,
+  addr: number,
+  size: number,
+  dir: DmaDataDirection,
+): void {
   if (!dev.coherent) dev.machine.counters.cpuCacheSyncs++;
   const mem = dev.swiotlb;
   if (mem !== undefined && isSwiotlbBuffer(mem, addr)) swiotlbSyncSingleForCpu(mem, addr, size, dir);
 }
 
 /** Syncs for the device (kernel: `dma_direct_sync_single_for_device`). */
-export function dmaDirectSyncSingleForDevice(dev: Device, addr: number, size: number, dir: DmaDataDirection): void {
+export function dmaDirectSyncSingleForDevice(
+  dev: Device,
+  addr: number,
+  size: number,
+  dir: DmaDataDirection,
+): void {
   const mem = dev.swiotlb;
   if (mem !== undefined && isSwiotlbBuffer(mem, addr)) swiotlbSyncSingleForDevice(mem, addr, size, dir);
   if (!dev.coherent) dev.machine.counters.cpuCacheSyncs++;
@@ -84,7 +108,13 @@ export function dmaDirectSyncSingleForDevice(dev: Device, addr: number, size: nu
  * Maps each entry on its own (kernel: `dma_direct_map_sg`): no merging, one DMA segment per
  * entry. Returns nents, or -EIO after unmapping the entries already mapped.
  */
-export function dmaDirectMapSg(dev: Device, sgl: Scatterlist, nents: number, dir: DmaDataDirection, attrs: number): number {
+export function dmaDirectMapSg(
+  dev: Device,
+  sgl: Scatterlist,
+  nents: number,
+  dir: DmaDataDirection,
+  attrs: number,
+): number {
   let i = 0;
   for (const s of sgIter(sgl, nents)) {
     const addr = dmaDirectMapPhys(dev, s.page + s.offset, s.length, dir, attrs);
@@ -101,7 +131,13 @@ export function dmaDirectMapSg(dev: Device, sgl: Scatterlist, nents: number, dir
 }
 
 /** Unmaps a direct-mapped list (kernel: `dma_direct_unmap_sg`). */
-export function dmaDirectUnmapSg(dev: Device, sgl: Scatterlist, nents: number, dir: DmaDataDirection, attrs: number): void {
+export function dmaDirectUnmapSg(
+  dev: Device,
+  sgl: Scatterlist,
+  nents: number,
+  dir: DmaDataDirection,
+  attrs: number,
+): void {
   for (const s of sgIter(sgl, nents)) {
     dmaDirectUnmapPhys(dev, s.dmaAddress, s.dmaLength, dir, attrs);
     s.dmaFlags &= ~SG_DMA_SWIOTLB;

@@ -6,7 +6,13 @@
  * `fq_flush_iotlb`, `fq_flush_timeout`. Differs on purpose: no single-queue mode for IOMMUs that
  * shadow on flush (32768 entries, 1 s), no locking.
  */
-import { freeTablePage, type IommuDomain, type IovaDomain, type Timer, iommuFlushIotlbAll } from '@iovalink/iommu';
+import {
+  freeTablePage,
+  type IommuDomain,
+  type IovaDomain,
+  iommuFlushIotlbAll,
+  type Timer,
+} from '@iovalink/iommu';
 
 /** Ring entries per CPU (kernel: `IOVA_DEFAULT_FQ_SIZE` = 256; one slot stays empty). */
 export const IOVA_DEFAULT_FQ_SIZE = 256;

@@ -8,6 +8,8 @@
  * no MSI cookies; CPU cache maintenance is counted, not simulated.
  */
 import {
+  Errno,
+  hex,
   type IommuDomain,
   IovaDomain,
   iommuIotlbGatherInit,
@@ -16,12 +18,9 @@ import {
   iommuMap,
   iommuMapSg,
   iommuUnmapFast,
-  Errno,
   SG_DMA_BUS_ADDRESS,
-  hex,
 } from '@iovalink/iommu';
 import type { Device } from './device.js';
-import { FlushQueue } from './dma-iommu-fq.js';
 import {
   DMA_ATTR_MMIO,
   DMA_ATTR_SKIP_CPU_SYNC,
@@ -31,10 +30,16 @@ import {
   type DmaDataDirection,
   dmaInfoToProt,
 } from './dma-direction.js';
+import { FlushQueue } from './dma-iommu-fq.js';
 import { DmaError } from './errors.js';
-import { SG_DMA_SWIOTLB, type Scatterlist, sgIter, sgNext } from './scatterlist.js';
-import { isSwiotlbBuffer, swiotlbTblMapSingle, swiotlbTblUnmapSingle } from './swiotlb.js';
-import { swiotlbSyncSingleForCpu, swiotlbSyncSingleForDevice } from './swiotlb.js';
+import { type Scatterlist, SG_DMA_SWIOTLB, sgIter, sgNext } from './scatterlist.js';
+import {
+  isSwiotlbBuffer,
+  swiotlbSyncSingleForCpu,
+  swiotlbSyncSingleForDevice,
+  swiotlbTblMapSingle,
+  swiotlbTblUnmapSingle,
+} from './swiotlb.js';
 
 /** The x86 MSI window every PCI domain reserves (kernel: IOMMU_RESV_MSI, 0xfee00000–0xfeefffff). */
 export const MSI_RANGE_START = 0xfee00000;
@@ -71,7 +76,8 @@ export function iommuDmaInitDomain(dev: Device, domain: IommuDomain): IommuDmaCo
   const shift = Math.log2(granule);
   const startPfn = Math.max(1, Math.floor(domain.geometry.apertureStart / granule));
   const iovad = new IovaDomain(dev.machine, granule, startPfn);
-  if (dev.isPci) iovad.reserveIova(Math.floor(MSI_RANGE_START / 2 ** shift), Math.floor(MSI_RANGE_END / 2 ** shift));
+  if (dev.isPci)
+    iovad.reserveIova(Math.floor(MSI_RANGE_START / 2 ** shift), Math.floor(MSI_RANGE_END / 2 ** shift));
   const fq = domain.isFq ? new FlushQueue(domain, iovad) : undefined;
   const cookie: IommuDmaCookie = { iovad, fq };
   domain.iovaCookie = cookie;
@@ -159,7 +165,13 @@ export function iommuDmaFreeIova(
  * Maps `[phys, phys + size)` into a fresh IOVA range (kernel: `__iommu_dma_map`): granule-widened,
  * `iommu_map` with sync. Returns the bus address of `phys`, or DMA_MAPPING_ERROR.
  */
-export function __iommuDmaMap(dev: Device, phys: number, size: number, prot: number, dmaMask: number): number {
+export function __iommuDmaMap(
+  dev: Device,
+  phys: number,
+  size: number,
+  prot: number,
+  dmaMask: number,
+): number {
   const { domain, cookie } = devDmaDomain(dev);
   const iovad = cookie.iovad;
   if (dev.dmaParms.minAlignMask > iovad.granule - 1) {
@@ -210,11 +222,13 @@ export function devUseSwiotlb(dev: Device): boolean {
 }
 
 function cpuSyncForDevice(dev: Device, attrs: number): void {
-  if (!dev.coherent && (attrs & (DMA_ATTR_SKIP_CPU_SYNC | DMA_ATTR_MMIO)) === 0) dev.machine.counters.cpuCacheSyncs++;
+  if (!dev.coherent && (attrs & (DMA_ATTR_SKIP_CPU_SYNC | DMA_ATTR_MMIO)) === 0)
+    dev.machine.counters.cpuCacheSyncs++;
 }
 
 function cpuSyncForCpu(dev: Device, attrs: number): void {
-  if (!dev.coherent && (attrs & (DMA_ATTR_SKIP_CPU_SYNC | DMA_ATTR_MMIO)) === 0) dev.machine.counters.cpuCacheSyncs++;
+  if (!dev.coherent && (attrs & (DMA_ATTR_SKIP_CPU_SYNC | DMA_ATTR_MMIO)) === 0)
+    dev.machine.counters.cpuCacheSyncs++;
 }
 
 /**
@@ -222,7 +236,13 @@ function cpuSyncForCpu(dev: Device, attrs: number): void {
  * untrusted devices bounce unaligned buffers through swiotlb (slot aligned like the granule),
  * then `__iommuDmaMap`. Returns the bus address or DMA_MAPPING_ERROR.
  */
-export function iommuDmaMapPhys(dev: Device, phys: number, size: number, dir: DmaDataDirection, attrs: number): number {
+export function iommuDmaMapPhys(
+  dev: Device,
+  phys: number,
+  size: number,
+  dir: DmaDataDirection,
+  attrs: number,
+): number {
   const { domain, cookie } = devDmaDomain(dev);
   const iovad = cookie.iovad;
   const prot = dmaInfoToProt(dir, dev.coherent, attrs);
@@ -232,7 +252,16 @@ export function iommuDmaMapPhys(dev: Device, phys: number, size: number, dir: Dm
     if (attrs & DMA_ATTR_MMIO) return DMA_MAPPING_ERROR;
     const mem = dev.swiotlb;
     if (mem === undefined) return DMA_MAPPING_ERROR;
-    p = swiotlbTblMapSingle(mem, phys, size, iovad.granule - 1, dev.dmaParms.minAlignMask, dir, attrs, dev.untrusted);
+    p = swiotlbTblMapSingle(
+      mem,
+      phys,
+      size,
+      iovad.granule - 1,
+      dev.dmaParms.minAlignMask,
+      dir,
+      attrs,
+      dev.untrusted,
+    );
     if (p === DMA_MAPPING_ERROR) return DMA_MAPPING_ERROR;
     dev.usedSwiotlb = true;
     bounced = true;
@@ -273,7 +302,12 @@ export function iommuDmaUnmapPhys(
 }
 
 /** Syncs a streaming mapping for the CPU (kernel: `iommu_dma_sync_single_for_cpu`). */
-export function iommuDmaSyncSingleForCpu(dev: Device, dmaHandle: number, size: number, dir: DmaDataDirection): void {
+export function iommuDmaSyncSingleForCpu(
+  dev: Device,
+  dmaHandle: number,
+  size: number,
+  dir: DmaDataDirection,
+): void {
   const { domain } = devDmaDomain(dev);
   const phys = iommuIovaToPhys(domain, dmaHandle);
   if (!dev.coherent) dev.machine.counters.cpuCacheSyncs++;
@@ -283,7 +317,12 @@ export function iommuDmaSyncSingleForCpu(dev: Device, dmaHandle: number, size: n
 }
 
 /** Syncs a streaming mapping for the device (kernel: `iommu_dma_sync_single_for_device`). */
-export function iommuDmaSyncSingleForDevice(dev: Device, dmaHandle: number, size: number, dir: DmaDataDirection): void {
+export function iommuDmaSyncSingleForDevice(
+  dev: Device,
+  dmaHandle: number,
+  size: number,
+  dir: DmaDataDirection,
+): void {
   const { domain } = devDmaDomain(dev);
   const phys = iommuIovaToPhys(domain, dmaHandle);
   if (dev.swiotlb !== undefined && phys !== 0 && isSwiotlbBuffer(dev.swiotlb, phys)) {
@@ -293,7 +332,13 @@ export function iommuDmaSyncSingleForDevice(dev: Device, dmaHandle: number, size
 }
 
 /** Untrusted path of map_sg: every entry mapped on its own (kernel: `iommu_dma_map_sg_swiotlb`). */
-function iommuDmaMapSgSwiotlb(dev: Device, sgl: Scatterlist, nents: number, dir: DmaDataDirection, attrs: number): number {
+function iommuDmaMapSgSwiotlb(
+  dev: Device,
+  sgl: Scatterlist,
+  nents: number,
+  dir: DmaDataDirection,
+  attrs: number,
+): number {
   let i = 0;
   for (const s of sgIter(sgl, nents)) {
     const addr = iommuDmaMapPhys(dev, s.page + s.offset, s.length, dir, attrs);
@@ -375,7 +420,13 @@ function invalidateSg(sgl: Scatterlist, nents: number): void {
  * DMA segments (≤ nents), or -errno (-ENOMEM when IOVA space ran out, -EINVAL for other mapping
  * failures, -EIO for a failed bounce) with the list restored and nothing left mapped.
  */
-export function iommuDmaMapSg(dev: Device, sgl: Scatterlist, nents: number, dir: DmaDataDirection, attrs: number): number {
+export function iommuDmaMapSg(
+  dev: Device,
+  sgl: Scatterlist,
+  nents: number,
+  dir: DmaDataDirection,
+  attrs: number,
+): number {
   const { domain, cookie } = devDmaDomain(dev);
   const iovad = cookie.iovad;
   if (devUseSwiotlb(dev)) return iommuDmaMapSgSwiotlb(dev, sgl, nents, dir, attrs);
@@ -420,7 +471,13 @@ export function iommuDmaMapSg(dev: Device, sgl: Scatterlist, nents: number, dir:
  * Unmaps a list mapped by `iommuDmaMapSg` (kernel: `iommu_dma_unmap_sg`): one `__iommuDmaUnmap` of
  * the span from the first to the last DMA segment; per-entry unmaps for bounced lists.
  */
-export function iommuDmaUnmapSg(dev: Device, sgl: Scatterlist, nents: number, dir: DmaDataDirection, attrs: number): void {
+export function iommuDmaUnmapSg(
+  dev: Device,
+  sgl: Scatterlist,
+  nents: number,
+  dir: DmaDataDirection,
+  attrs: number,
+): void {
   if ((sgl.dmaFlags & SG_DMA_SWIOTLB) !== 0) {
     for (const s of sgIter(sgl, nents)) {
       iommuDmaUnmapPhys(dev, s.dmaAddress, s.dmaLength, dir, attrs);

@@ -13,27 +13,34 @@
  */
 import {
   Errno,
+  hex,
   iommuIotlbGatherInit,
   iommuIotlbSync,
   iommuIovaToPhys,
   iommuMapNosync,
   iommuSyncMap,
   iommuUnmapFast,
-  hex,
 } from '@iovalink/iommu';
 import type { Device } from './device.js';
 import {
   DMA_ATTR_MMIO,
   DMA_ATTR_SKIP_CPU_SYNC,
+  DMA_MAPPING_ERROR,
   type DmaDataDirection,
   dmaDirectionName,
   dmaInfoToProt,
   validDmaDirection,
 } from './dma-direction.js';
-import { devCookie, devDomain, devUseSwiotlb, iommuDmaAllocIova, iommuDmaFreeIova, iovaAlignUp } from './dma-iommu.js';
+import {
+  devCookie,
+  devDomain,
+  devUseSwiotlb,
+  iommuDmaAllocIova,
+  iommuDmaFreeIova,
+  iovaAlignUp,
+} from './dma-iommu.js';
 import { DmaDebugError, DmaError } from './errors.js';
 import { isSwiotlbBuffer, swiotlbTblMapSingle, swiotlbTblUnmapSingle } from './swiotlb.js';
-import { DMA_MAPPING_ERROR } from './dma-direction.js';
 
 /** Bytes the kernel's `struct dma_iova_state` occupies (addr + size), embedded in the caller. */
 export const DMA_IOVA_STATE_SIZE = 16;
@@ -84,15 +91,26 @@ export function dmaIovaTryAlloc(dev: Device, state: DmaIovaState, phys: number, 
 
 function checkState(dev: Device, state: DmaIovaState, what: string): void {
   if (!dmaUseIova(state)) {
-    throw new DmaDebugError(`${what}: ${dev.name}: the state holds no IOVA (dma_iova_try_alloc failed or was not called)`, {
-      rule: `${what}: no IOVA allocated`,
-    });
+    throw new DmaDebugError(
+      `${what}: ${dev.name}: the state holds no IOVA (dma_iova_try_alloc failed or was not called)`,
+      {
+        rule: `${what}: no IOVA allocated`,
+      },
+    );
   }
 }
 
 /** Maps `size` granule-aligned bytes at bus `addr` without IOTLB sync (kernel: `__dma_iova_link`). */
-function iovaLinkRaw(dev: Device, addr: number, phys: number, size: number, dir: DmaDataDirection, attrs: number): number {
-  if (!dev.coherent && (attrs & (DMA_ATTR_SKIP_CPU_SYNC | DMA_ATTR_MMIO)) === 0) dev.machine.counters.cpuCacheSyncs++;
+function iovaLinkRaw(
+  dev: Device,
+  addr: number,
+  phys: number,
+  size: number,
+  dir: DmaDataDirection,
+  attrs: number,
+): number {
+  if (!dev.coherent && (attrs & (DMA_ATTR_SKIP_CPU_SYNC | DMA_ATTR_MMIO)) === 0)
+    dev.machine.counters.cpuCacheSyncs++;
   return iommuMapNosync(devDomain(dev), addr, phys, size, dmaInfoToProt(dir, dev.coherent, attrs));
 }
 
@@ -113,10 +131,26 @@ function bounceAndLink(
   const iovad = devCookie(dev).iovad;
   if (attrs & DMA_ATTR_MMIO) return -Errno.EPERM;
   if (mem === undefined) return -Errno.ENOMEM;
-  const bouncePhys = swiotlbTblMapSingle(mem, phys, bounceLen, iovad.granule - 1, dev.dmaParms.minAlignMask, dir, attrs, dev.untrusted);
+  const bouncePhys = swiotlbTblMapSingle(
+    mem,
+    phys,
+    bounceLen,
+    iovad.granule - 1,
+    dev.dmaParms.minAlignMask,
+    dir,
+    attrs,
+    dev.untrusted,
+  );
   if (bouncePhys === DMA_MAPPING_ERROR) return -Errno.ENOMEM;
   dev.usedSwiotlb = true;
-  const ret = iovaLinkRaw(dev, addr - startPad, bouncePhys - startPad, iovaAlignUp(iovad, bounceLen + startPad), dir, attrs);
+  const ret = iovaLinkRaw(
+    dev,
+    addr - startPad,
+    bouncePhys - startPad,
+    iovaAlignUp(iovad, bounceLen + startPad),
+    dir,
+    attrs,
+  );
   if (ret !== 0) swiotlbTblUnmapSingle(mem, bouncePhys, bounceLen, dir, attrs | DMA_ATTR_SKIP_CPU_SYNC);
   return ret;
 }
@@ -210,7 +244,8 @@ function linkSwiotlb(
       mapped += left;
     }
   }
-  if (ret !== 0 && mapped > 0) unlinkRange(dev, state, offset, mapped, dir, attrs | DMA_ATTR_SKIP_CPU_SYNC, false);
+  if (ret !== 0 && mapped > 0)
+    unlinkRange(dev, state, offset, mapped, dir, attrs | DMA_ATTR_SKIP_CPU_SYNC, false);
   return ret;
 }
 
@@ -238,7 +273,8 @@ function unlinkSlow(dev: Device, start: number, end: number, dir: DmaDataDirecti
         rule: 'dma_iova_unlink: no translation',
       });
     }
-    if (!dev.coherent && (attrs & (DMA_ATTR_SKIP_CPU_SYNC | DMA_ATTR_MMIO)) === 0) dev.machine.counters.cpuCacheSyncs++;
+    if (!dev.coherent && (attrs & (DMA_ATTR_SKIP_CPU_SYNC | DMA_ATTR_MMIO)) === 0)
+      dev.machine.counters.cpuCacheSyncs++;
     if (dev.swiotlb !== undefined && isSwiotlbBuffer(dev.swiotlb, phys)) {
       swiotlbTblUnmapSingle(dev.swiotlb, phys, len, dir, attrs);
     }
@@ -316,7 +352,13 @@ export function dmaIovaFree(dev: Device, state: DmaIovaState): void {
  * domains invalidate once and free at once; lazy domains skip the invalidation and queue the IOVA
  * on the flush queue. `mappedLen` 0 only frees. The linked range must be exactly `[0, mappedLen)`.
  */
-export function dmaIovaDestroy(dev: Device, state: DmaIovaState, mappedLen: number, dir: DmaDataDirection, attrs = 0): void {
+export function dmaIovaDestroy(
+  dev: Device,
+  state: DmaIovaState,
+  mappedLen: number,
+  dir: DmaDataDirection,
+  attrs = 0,
+): void {
   checkState(dev, state, 'dma_iova_destroy');
   if (mappedLen === 0) {
     dmaIovaFree(dev, state);

@@ -4,10 +4,13 @@
  * and a port of the kernel's DMA map benchmark.
  */
 export {
+  createDevice,
+  Device,
+  type DeviceOptions,
+  type DeviceTranslation,
   DMA_DEFAULT_MAX_SEGMENT_SIZE,
   DMA_DEFAULT_SEG_BOUNDARY,
-  Device,
-  createDevice,
+  type DmaParms,
   devIsDmaCoherent,
   dmaBitMask,
   dmaGetMask,
@@ -21,9 +24,6 @@ export {
   dmaSetMaxSegSize,
   dmaSetSegBoundary,
   useDmaIommu,
-  type DeviceOptions,
-  type DeviceTranslation,
-  type DmaParms,
 } from './device.js';
 export { DmaDebug, dmaDebugDeviceTeardown } from './dma-debug.js';
 export {
@@ -46,14 +46,13 @@ export {
   DMA_MAPPING_ERROR,
   DMA_NONE,
   DMA_TO_DEVICE,
+  type DmaDataDirection,
   dmaDirectionName,
   dmaInfoToProt,
   validDmaDirection,
-  type DmaDataDirection,
 } from './dma-direction.js';
 export {
-  MSI_RANGE_END,
-  MSI_RANGE_START,
+  type IommuDmaCookie,
   iommuDmaAllocIova,
   iommuDmaCookie,
   iommuDmaFreeIova,
@@ -62,7 +61,8 @@ export {
   iommuDmaMapSg,
   iommuDmaUnmapPhys,
   iommuDmaUnmapSg,
-  type IommuDmaCookie,
+  MSI_RANGE_END,
+  MSI_RANGE_START,
 } from './dma-iommu.js';
 export { FlushQueue, IOVA_DEFAULT_FQ_SIZE, IOVA_DEFAULT_FQ_TIMEOUT } from './dma-iommu-fq.js';
 export {
@@ -90,9 +90,9 @@ export {
 export {
   dmaMapPage,
   dmaMapPhys,
+  dmaMappingError,
   dmaMapSgAttrs,
   dmaMapSgtable,
-  dmaMappingError,
   dmaSyncSgtableForCpu,
   dmaSyncSgtableForDevice,
   dmaSyncSingleForCpu,
@@ -103,18 +103,18 @@ export {
   dmaUnmapSgtable,
 } from './mapping.js';
 export {
+  forEachSg,
+  forEachSgtableDmaSg,
+  forEachSgtableSg,
+  Scatterlist,
   SG_CHUNK_SIZE,
   SG_DMA_BUS_ADDRESS,
   SG_DMA_SWIOTLB,
   SG_ENTRY_SIZE,
   SG_MAX_SINGLE_ALLOC,
   SG_TABLE_SIZE,
-  Scatterlist,
   SgAppendTable,
   SgTable,
-  forEachSg,
-  forEachSgtableDmaSg,
-  forEachSgtableSg,
   sgAllocAppendTableFromPages,
   sgAllocTable,
   sgAllocTableFromPages,
@@ -142,6 +142,7 @@ export {
   IO_TLB_SHIFT,
   IO_TLB_SIZE,
   IoTlbMem,
+  type IoTlbMemOptions,
   isSwiotlbBuffer,
   swiotlbMaxMappingSize,
   swiotlbOrigAddr,
@@ -149,5 +150,4 @@ export {
   swiotlbSyncSingleForDevice,
   swiotlbTblMapSingle,
   swiotlbTblUnmapSingle,
-  type IoTlbMemOptions,
 } from './swiotlb.js';

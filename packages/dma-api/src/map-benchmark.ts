@@ -7,7 +7,7 @@
  * this model runs on the host), never modeled kernel time; `mode: 'link'` (two-step API: try_alloc
  * + link + sync, then destroy) is our extension — the kernel tool only has the single-map mode.
  */
-import { type Device, dmaSetMask, dmaBitMask } from './device.js';
+import { type Device, dmaBitMask, dmaSetMask } from './device.js';
 import { DMA_BIDIRECTIONAL, DMA_FROM_DEVICE, DMA_TO_DEVICE, type DmaDataDirection } from './dma-direction.js';
 import { DmaIovaState, dmaIovaDestroy, dmaIovaLink, dmaIovaSync, dmaIovaTryAlloc } from './dma-iova.js';
 import { DmaError } from './errors.js';
@@ -89,19 +89,27 @@ export function dmaMapBenchmark(dev: Device, params: MapBenchmarkParams = {}): M
   checkRange('dma_trans_ns', p.dmaTransNs, 0, DMA_MAP_MAX_TRANS_DELAY);
   checkRange('granule', p.granule, 1, 1024);
   if (p.node !== -1 && p.node !== 0) checkRange('node', p.node, -1, 0);
-  const dir: DmaDataDirection = p.dmaDir === 1 ? DMA_TO_DEVICE : p.dmaDir === 2 ? DMA_FROM_DEVICE : DMA_BIDIRECTIONAL;
+  const dir: DmaDataDirection =
+    p.dmaDir === 1 ? DMA_TO_DEVICE : p.dmaDir === 2 ? DMA_FROM_DEVICE : DMA_BIDIRECTIONAL;
   const machine = dev.machine;
   const size = p.granule * 4096;
   const order = Math.ceil(Math.log2(p.granule));
   const oldMask = dev.dmaMask;
   if (dmaSetMask(dev, dmaBitMask(p.dmaBits)) !== 0) {
-    throw new DmaError('dma_map_benchmark: failed to set the DMA mask', { rule: 'map_benchmark_ioctl: -EINVAL', errno: -22 });
+    throw new DmaError('dma_map_benchmark: failed to set the DMA mask', {
+      rule: 'map_benchmark_ioctl: -EINVAL',
+      errno: -22,
+    });
   }
   const bufs: number[] = [];
   try {
     for (let t = 0; t < p.threads; t++) {
       const b = machine.pages.allocPages(order);
-      if (b === 0) throw new DmaError('dma_map_benchmark: out of memory for the buffer', { rule: 'map_benchmark: -ENOMEM', errno: -12 });
+      if (b === 0)
+        throw new DmaError('dma_map_benchmark: out of memory for the buffer', {
+          rule: 'map_benchmark: -ENOMEM',
+          errno: -12,
+        });
       if (dir !== DMA_FROM_DEVICE) machine.phys.fill(b, size, 0x66);
       bufs.push(b);
     }
@@ -124,13 +132,20 @@ export function dmaMapBenchmark(dev: Device, params: MapBenchmarkParams = {}): M
       const m0 = performance.now();
       if (p.mode === 'single') {
         addr = dmaMapPage(dev, buf, 0, size, dir, 0);
-        if (dmaMappingError(dev, addr)) throw new DmaError('dma_map_benchmark: map failed', { rule: 'map_benchmark: -ENOMEM', errno: -12 });
+        if (dmaMappingError(dev, addr))
+          throw new DmaError('dma_map_benchmark: map failed', { rule: 'map_benchmark: -ENOMEM', errno: -12 });
       } else {
         if (!dmaIovaTryAlloc(dev, state, buf, size)) {
-          throw new DmaError('dma_map_benchmark: dma_iova_try_alloc failed (no IOMMU DMA domain?)', { rule: 'map_benchmark: -ENOMEM', errno: -12 });
+          throw new DmaError('dma_map_benchmark: dma_iova_try_alloc failed (no IOMMU DMA domain?)', {
+            rule: 'map_benchmark: -ENOMEM',
+            errno: -12,
+          });
         }
         if (dmaIovaLink(dev, state, buf, 0, size, dir, 0) !== 0 || dmaIovaSync(dev, state, 0, size) !== 0) {
-          throw new DmaError('dma_map_benchmark: link failed', { rule: 'map_benchmark: -ENOMEM', errno: -12 });
+          throw new DmaError('dma_map_benchmark: link failed', {
+            rule: 'map_benchmark: -ENOMEM',
+            errno: -12,
+          });
         }
       }
       const m1 = performance.now();
@@ -174,7 +189,8 @@ export function dmaMapBenchmark(dev: Device, params: MapBenchmarkParams = {}): M
 
 /** The tool's three output lines (tools/testing/selftests/dma/dma_map_benchmark.c). */
 export function formatMapBenchmark(r: MapBenchmarkResult): string {
-  const dirName = r.params.dmaDir === 1 ? 'TO_DEVICE' : r.params.dmaDir === 2 ? 'FROM_DEVICE' : 'BIDIRECTIONAL';
+  const dirName =
+    r.params.dmaDir === 1 ? 'TO_DEVICE' : r.params.dmaDir === 2 ? 'FROM_DEVICE' : 'BIDIRECTIONAL';
   return [
     `dma mapping mode: ${r.params.mode === 'single' ? 'DMA_MAP_SINGLE_MODE' : 'DMA_IOVA_LINK_MODE'}`,
     `dma mapping benchmark: threads:${r.params.threads} seconds:${r.params.seconds} node:${r.params.node} dir:${dirName} granule: ${r.params.granule}`,

@@ -14,7 +14,12 @@ import {
   dmaDirectUnmapPhys,
   dmaDirectUnmapSg,
 } from './dma-direct.js';
-import { DMA_MAPPING_ERROR, type DmaDataDirection, dmaDirectionName, validDmaDirection } from './dma-direction.js';
+import {
+  DMA_MAPPING_ERROR,
+  type DmaDataDirection,
+  dmaDirectionName,
+  validDmaDirection,
+} from './dma-direction.js';
 import {
   iommuDmaMapPhys,
   iommuDmaMapSg,
@@ -42,7 +47,13 @@ export function checkDmaArgs(dev: Device, dir: number, what: string): asserts di
  * Maps a physically contiguous buffer for streaming DMA (kernel: `dma_map_phys`). Returns the bus
  * address, or DMA_MAPPING_ERROR (test it with `dmaMappingError`).
  */
-export function dmaMapPhys(dev: Device, phys: number, size: number, dir: DmaDataDirection, attrs = 0): number {
+export function dmaMapPhys(
+  dev: Device,
+  phys: number,
+  size: number,
+  dir: DmaDataDirection,
+  attrs = 0,
+): number {
   checkDmaArgs(dev, dir, 'dma_map_phys');
   dev.machine.phys.check(phys, size);
   const addr = dev.dmaIommu
@@ -56,7 +67,14 @@ export function dmaMapPhys(dev: Device, phys: number, size: number, dir: DmaData
 }
 
 /** Maps `size` bytes at `offset` in `page` (kernel: `dma_map_page_attrs`); `page` is a physical address. */
-export function dmaMapPage(dev: Device, page: number, offset: number, size: number, dir: DmaDataDirection, attrs = 0): number {
+export function dmaMapPage(
+  dev: Device,
+  page: number,
+  offset: number,
+  size: number,
+  dir: DmaDataDirection,
+  attrs = 0,
+): number {
   return dmaMapPhys(dev, page + offset, size, dir, attrs);
 }
 
@@ -67,7 +85,13 @@ export function dmaMappingError(dev: Device, addr: number): boolean {
 }
 
 /** Unmaps a buffer mapped by `dmaMapPhys` (kernel: `dma_unmap_phys`). */
-export function dmaUnmapPhys(dev: Device, addr: number, size: number, dir: DmaDataDirection, attrs = 0): void {
+export function dmaUnmapPhys(
+  dev: Device,
+  addr: number,
+  size: number,
+  dir: DmaDataDirection,
+  attrs = 0,
+): void {
   checkDmaArgs(dev, dir, 'dma_unmap_phys');
   dev.debug?.checkUnmapSingle(addr, size, dir);
   if (dev.dmaIommu) iommuDmaUnmapPhys(dev, addr, size, dir, attrs);
@@ -77,7 +101,13 @@ export function dmaUnmapPhys(dev: Device, addr: number, size: number, dir: DmaDa
 }
 
 /** Unmaps a page mapping (kernel: `dma_unmap_page_attrs`). */
-export function dmaUnmapPage(dev: Device, addr: number, size: number, dir: DmaDataDirection, attrs = 0): void {
+export function dmaUnmapPage(
+  dev: Device,
+  addr: number,
+  size: number,
+  dir: DmaDataDirection,
+  attrs = 0,
+): void {
   dmaUnmapPhys(dev, addr, size, dir, attrs);
 }
 
@@ -102,7 +132,8 @@ function mapSg(dev: Device, sgl: Scatterlist, nents: number, dir: DmaDataDirecti
     dev.debug?.addSg(sgl, nents, ents, dir, segmentsOf(sgl, ents));
     return ents;
   }
-  if (ents === -Errno.EINVAL || ents === -Errno.ENOMEM || ents === -Errno.EIO || ents === -Errno.EREMOTEIO) return ents;
+  if (ents === -Errno.EINVAL || ents === -Errno.ENOMEM || ents === -Errno.EIO || ents === -Errno.EREMOTEIO)
+    return ents;
   return -Errno.EIO;
 }
 
@@ -110,13 +141,24 @@ function mapSg(dev: Device, sgl: Scatterlist, nents: number, dir: DmaDataDirecti
  * Maps a scatterlist (kernel: `dma_map_sg_attrs`): returns the number of DMA segments, or 0 on
  * any error. Unmap with the original `nents`, not the returned count.
  */
-export function dmaMapSgAttrs(dev: Device, sgl: Scatterlist, nents: number, dir: DmaDataDirection, attrs = 0): number {
-  const r = mapSg(dev, sgl, nents, dir, attrs);
-  return r < 0 ? 0 : r;
+export function dmaMapSgAttrs(
+  dev: Device,
+  sgl: Scatterlist,
+  nents: number,
+  dir: DmaDataDirection,
+  attrs = 0,
+): number {
+  return Math.max(0, mapSg(dev, sgl, nents, dir, attrs));
 }
 
 /** Unmaps a scatterlist (kernel: `dma_unmap_sg_attrs`); `nents` must be the count passed to map. */
-export function dmaUnmapSgAttrs(dev: Device, sgl: Scatterlist, nents: number, dir: DmaDataDirection, attrs = 0): void {
+export function dmaUnmapSgAttrs(
+  dev: Device,
+  sgl: Scatterlist,
+  nents: number,
+  dir: DmaDataDirection,
+  attrs = 0,
+): void {
   checkDmaArgs(dev, dir, 'dma_unmap_sg');
   dev.debug?.checkUnmapSg(sgl, nents, dir);
   if (dev.dmaIommu) iommuDmaUnmapSg(dev, sgl, nents, dir, attrs);
@@ -140,7 +182,9 @@ export function dmaMapSgtable(dev: Device, sgt: SgTable, dir: DmaDataDirection, 
 /** Unmaps an sg_table (kernel: `dma_unmap_sgtable`). */
 export function dmaUnmapSgtable(dev: Device, sgt: SgTable, dir: DmaDataDirection, attrs = 0): void {
   if (sgt.sgl === null) {
-    throw new DmaError(`dma_unmap_sgtable: ${dev.name}: the table has no entries`, { rule: 'dma_unmap_sg: not mapped' });
+    throw new DmaError(`dma_unmap_sgtable: ${dev.name}: the table has no entries`, {
+      rule: 'dma_unmap_sg: not mapped',
+    });
   }
   dmaUnmapSgAttrs(dev, sgt.sgl, sgt.origNents, dir, attrs);
 }

@@ -1,26 +1,26 @@
-import { SZ_4K, iommuIovaToPhys } from '@iovalink/iommu';
+import { iommuIovaToPhys, SZ_4K } from '@iovalink/iommu';
 import { describe, expect, it } from 'vitest';
 import {
-  DMA_BIDIRECTIONAL,
+  type Device,
+  type DMA_BIDIRECTIONAL,
   DMA_FROM_DEVICE,
   DMA_TO_DEVICE,
-  type Device,
   DmaDebugError,
   DmaError,
   DmaIovaState,
-  SgTable,
   dmaDebugDeviceTeardown,
   dmaIovaDestroy,
   dmaIovaFree,
   dmaIovaLink,
   dmaIovaTryAlloc,
   dmaMapPhys,
-  dmaMapSgtable,
   dmaMappingError,
+  dmaMapSgtable,
   dmaSyncSingleForCpu,
   dmaUnmapPhys,
   dmaUnmapSgAttrs,
   dmaUnmapSgtable,
+  SgTable,
   sgAllocTable,
   sgFreeTable,
   sgIter,
@@ -87,7 +87,9 @@ describe('dma-debug check_unmap', () => {
   it('missing dma_mapping_error check', () => {
     const { dev, addr, snapshot } = mapped();
     const before = snapshot();
-    expect(rule(() => dmaUnmapPhys(dev, addr, SZ_4K, DMA_TO_DEVICE))).toBe('dma_unmap: mapping error not checked');
+    expect(rule(() => dmaUnmapPhys(dev, addr, SZ_4K, DMA_TO_DEVICE))).toBe(
+      'dma_unmap: mapping error not checked',
+    );
     expect(snapshot()).toEqual(before);
     dmaMappingError(dev, addr);
     dmaUnmapPhys(dev, addr, SZ_4K, DMA_TO_DEVICE);
@@ -103,7 +105,9 @@ describe('dma-debug check_unmap', () => {
     for (const sg of sgIter(sgt.sgl!, 2)) sgSetPage(sg, base + SZ_4K * i++, SZ_4K, 0);
     expect(dmaMapSgtable(dev, sgt, DMA_TO_DEVICE)).toBe(0);
     expect(sgt.nents).toBe(1);
-    expect(rule(() => dmaUnmapSgAttrs(dev, sgt.sgl!, sgt.nents, DMA_TO_DEVICE))).toBe('dma_unmap_sg: wrong nents');
+    expect(rule(() => dmaUnmapSgAttrs(dev, sgt.sgl!, sgt.nents, DMA_TO_DEVICE))).toBe(
+      'dma_unmap_sg: wrong nents',
+    );
     expect(dev.debug!.liveCount).toBe(1);
     dmaUnmapSgtable(dev, sgt, DMA_TO_DEVICE);
     sgFreeTable(rig.machine, sgt);
@@ -113,7 +117,9 @@ describe('dma-debug check_unmap', () => {
 describe('dma-debug check_sync', () => {
   it('sync outside a mapping', () => {
     const { dev, addr } = mapped();
-    expect(rule(() => dmaSyncSingleForCpu(dev, addr + SZ_4K, 16, DMA_TO_DEVICE))).toBe('dma_sync: outside a mapping');
+    expect(rule(() => dmaSyncSingleForCpu(dev, addr + SZ_4K, 16, DMA_TO_DEVICE))).toBe(
+      'dma_sync: outside a mapping',
+    );
   });
 
   it('sync in the wrong direction', () => {
@@ -143,7 +149,9 @@ describe('dma-debug and the two-step API', () => {
     expect(rule(() => dmaIovaFree(dev, state))).toBe('dma_iova_free: links left');
     expect(rig.machine.counters.pteWrites).toBe(w1);
     dmaIovaDestroy(dev, state, 2 * SZ_4K, DMA_TO_DEVICE);
-    expect(rule(() => dmaIovaLink(dev, state, phys, 0, SZ_4K, DMA_TO_DEVICE))).toBe('dma_iova_link: no IOVA allocated');
+    expect(rule(() => dmaIovaLink(dev, state, phys, 0, SZ_4K, DMA_TO_DEVICE))).toBe(
+      'dma_iova_link: no IOVA allocated',
+    );
   });
 
   it('a link after one that ended inside a granule', () => {

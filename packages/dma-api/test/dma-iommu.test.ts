@@ -2,26 +2,26 @@ import { Errno, SZ_4K } from '@iovalink/iommu';
 import { patternBytes } from '@iovalink/iommu/testing';
 import { describe, expect, it } from 'vitest';
 import {
+  type Device,
   DMA_BIDIRECTIONAL,
   DMA_FROM_DEVICE,
   DMA_MAPPING_ERROR,
   DMA_TO_DEVICE,
-  type Device,
-  SgTable,
   dmaDebugDeviceTeardown,
   dmaMapPage,
   dmaMapPhys,
+  dmaMappingError,
   dmaMapSgAttrs,
   dmaMapSgtable,
-  dmaMappingError,
   dmaUnmapPhys,
   dmaUnmapSgtable,
+  SgTable,
   sgAllocTable,
   sgFreeTable,
   sgIter,
   sgSetPage,
 } from '../src/index.js';
-import { type DmaRig, createDmaRig, createKindDevice } from '../src/testing/index.js';
+import { createDmaRig, createKindDevice, type DmaRig } from '../src/testing/index.js';
 import { deviceRead, deviceReadFaults } from './helpers.js';
 
 /** Builds a table from [phys, length] pairs. */
@@ -88,7 +88,9 @@ describe('iommu_dma_map_sg', () => {
 
   it('pads so that no entry straddles the segment boundary, and never merges across it', () => {
     const rig = createDmaRig();
-    const dev = createKindDevice(rig, 'strict', { dmaParms: { segmentBoundaryMask: 0x3fff, maxSegmentSize: 1 << 20 } });
+    const dev = createKindDevice(rig, 'strict', {
+      dmaParms: { segmentBoundaryMask: 0x3fff, maxSegmentSize: 1 << 20 },
+    });
     // 3 pages then 2 pages: the second entry would straddle a 16 KiB boundary → padded
     const sgt = table(rig, [
       [0x5000000, 3 * SZ_4K],

@@ -1,11 +1,11 @@
-import { Errno, IommuDevice, Machine, SZ_4K, iommuIovaToPhys } from '@iovalink/iommu';
+import { Errno, IommuDevice, iommuIovaToPhys, Machine, SZ_4K } from '@iovalink/iommu';
 import { patternBytes } from '@iovalink/iommu/testing';
 import { describe, expect, it } from 'vitest';
 import {
+  Device,
   DMA_BIDIRECTIONAL,
   DMA_FROM_DEVICE,
   DMA_TO_DEVICE,
-  Device,
   DmaDebugError,
   DmaIovaState,
   dmaDebugDeviceTeardown,
@@ -71,10 +71,14 @@ describe('dma_iova_link / dma_iova_sync', () => {
     const { machine } = rig;
     const pages = [machine.pages.allocPages(0), machine.pages.allocPages(0), machine.pages.allocPages(0)];
     const data = patternBytes(3 * SZ_4K, 7);
-    pages.forEach((p, i) => machine.phys.write(p, data.subarray(i * SZ_4K, (i + 1) * SZ_4K)));
+    pages.forEach((p, i) => {
+      machine.phys.write(p, data.subarray(i * SZ_4K, (i + 1) * SZ_4K));
+    });
     const state = new DmaIovaState();
     expect(dmaIovaTryAlloc(dev, state, 0, 3 * SZ_4K)).toBe(true);
-    pages.forEach((p, i) => expect(dmaIovaLink(dev, state, p, i * SZ_4K, SZ_4K, DMA_TO_DEVICE)).toBe(0));
+    pages.forEach((p, i) => {
+      expect(dmaIovaLink(dev, state, p, i * SZ_4K, SZ_4K, DMA_TO_DEVICE)).toBe(0);
+    });
     expect(dmaIovaSync(dev, state, 0, 3 * SZ_4K)).toBe(0);
     expect(machine.counters.iotlbInvRange + machine.counters.iotlbInvAll).toBe(0);
     expect(deviceRead(dev, state.addr, 3 * SZ_4K)).toEqual(data);
@@ -191,7 +195,8 @@ describe('dma_iova_destroy', () => {
     const state = new DmaIovaState();
     expect(dmaIovaTryAlloc(dev, state, 0, 8 * SZ_4K)).toBe(true);
     const addr = state.addr;
-    for (let i = 0; i < 8; i++) expect(dmaIovaLink(dev, state, page + i * SZ_4K, i * SZ_4K, SZ_4K, DMA_FROM_DEVICE)).toBe(0);
+    for (let i = 0; i < 8; i++)
+      expect(dmaIovaLink(dev, state, page + i * SZ_4K, i * SZ_4K, SZ_4K, DMA_FROM_DEVICE)).toBe(0);
     dmaIovaDestroy(dev, state, 8 * SZ_4K, DMA_FROM_DEVICE);
     expect(rig.machine.counters.iotlbInvRange).toBe(1);
     expect(rig.machine.counters.iotlbInvAll).toBe(0);

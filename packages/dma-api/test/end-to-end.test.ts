@@ -3,32 +3,32 @@ import { allocScatteredPages, patternBytes } from '@iovalink/iommu/testing';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import {
+  type Device,
   DMA_FROM_DEVICE,
   DMA_MAPPING_ERROR,
   DMA_TO_DEVICE,
-  type Device,
   type DmaDataDirection,
   DmaIovaState,
-  SgTable,
   dmaDebugDeviceTeardown,
   dmaIovaDestroy,
+  dmaIovaFree,
   dmaIovaLink,
   dmaIovaSync,
   dmaIovaTryAlloc,
   dmaIovaUnlink,
-  dmaIovaFree,
   dmaMapPhys,
-  dmaMapSgtable,
   dmaMappingError,
+  dmaMapSgtable,
   dmaUnmapPhys,
   dmaUnmapSgtable,
   iommuDmaCookie,
+  SgTable,
   sgAllocTable,
   sgFreeTable,
   sgIter,
   sgSetPage,
 } from '../src/index.js';
-import { DEVICE_KINDS, type DmaRig, createDmaRig, createKindDevice } from '../src/testing/index.js';
+import { createDmaRig, createKindDevice, DEVICE_KINDS, type DmaRig } from '../src/testing/index.js';
 
 const PAGES = 8;
 
@@ -54,16 +54,28 @@ function mapIova(dev: Device, pages: number[], dir: DmaDataDirection) {
   const state = new DmaIovaState();
   const len = pages.length * SZ_4K;
   if (dmaIovaTryAlloc(dev, state, 0, len)) {
-    pages.forEach((p, i) => expect(dmaIovaLink(dev, state, p, i * SZ_4K, SZ_4K, dir)).toBe(0));
+    pages.forEach((p, i) => {
+      expect(dmaIovaLink(dev, state, p, i * SZ_4K, SZ_4K, dir)).toBe(0);
+    });
     expect(dmaIovaSync(dev, state, 0, len)).toBe(0);
-    return { segs: [[state.addr, len] as const], unmap: () => dmaIovaDestroy(dev, state, len, dir), iova: true };
+    return {
+      segs: [[state.addr, len] as const],
+      unmap: () => dmaIovaDestroy(dev, state, len, dir),
+      iova: true,
+    };
   }
   const segs = pages.map((p) => {
     const a = dmaMapPhys(dev, p, SZ_4K, dir);
     expect(dmaMappingError(dev, a)).toBe(false);
     return [a, SZ_4K] as const;
   });
-  return { segs, unmap: () => segs.forEach(([a]) => dmaUnmapPhys(dev, a, SZ_4K, dir)), iova: false };
+  return {
+    segs,
+    unmap: () => {
+      for (const [a] of segs) dmaUnmapPhys(dev, a, SZ_4K, dir);
+    },
+    iova: false,
+  };
 }
 
 describe.each(DEVICE_KINDS)('end to end on a %s device', (kind) => {
@@ -73,7 +85,9 @@ describe.each(DEVICE_KINDS)('end to end on a %s device', (kind) => {
       const dev = createKindDevice(rig, kind);
       const pages = allocScatteredPages(rig.machine, PAGES);
       const data = patternBytes(PAGES * SZ_4K, 11);
-      pages.forEach((p, i) => rig.machine.phys.write(p, data.subarray(i * SZ_4K, (i + 1) * SZ_4K)));
+      pages.forEach((p, i) => {
+        rig.machine.phys.write(p, data.subarray(i * SZ_4K, (i + 1) * SZ_4K));
+      });
       // to the device
       const out = path === 'sg' ? mapSg(rig, dev, pages, DMA_TO_DEVICE) : mapIova(dev, pages, DMA_TO_DEVICE);
       const got = new Uint8Array(PAGES * SZ_4K);
@@ -94,14 +108,17 @@ describe.each(DEVICE_KINDS)('end to end on a %s device', (kind) => {
       }
       // from the device
       const upd = patternBytes(PAGES * SZ_4K, 12);
-      const inn = path === 'sg' ? mapSg(rig, dev, pages, DMA_FROM_DEVICE) : mapIova(dev, pages, DMA_FROM_DEVICE);
+      const inn =
+        path === 'sg' ? mapSg(rig, dev, pages, DMA_FROM_DEVICE) : mapIova(dev, pages, DMA_FROM_DEVICE);
       off = 0;
       for (const [a, l] of inn.segs) {
         expect(dev.engine.write(a, upd.subarray(off, off + l))).toBe(0);
         off += l;
       }
       inn.unmap();
-      pages.forEach((p, i) => expect(rig.machine.phys.read(p, SZ_4K)).toEqual(upd.subarray(i * SZ_4K, (i + 1) * SZ_4K)));
+      for (const [i, p] of pages.entries()) {
+        expect(rig.machine.phys.read(p, SZ_4K)).toEqual(upd.subarray(i * SZ_4K, (i + 1) * SZ_4K));
+      }
       dmaDebugDeviceTeardown(dev);
       expect(rig.swiotlb.usedSlots).toBe(0);
       if (dev.dmaIommu && path === 'iova') expect(rig.machine.counters.iovaAllocs).toBe(2);
@@ -153,7 +170,12 @@ describe('two-step API under random interleavings and faults', () => {
                 const pages = 1 + (which % 8);
                 const st = new DmaIovaState();
                 if (dmaIovaTryAlloc(dev, st, 0, pages * SZ_4K)) {
-                  states.push({ st, pages, linked: new Array(pages).fill(false), phys: pool + (which % 56) * SZ_4K });
+                  states.push({
+                    st,
+                    pages,
+                    linked: new Array(pages).fill(false),
+                    phys: pool + (which % 56) * SZ_4K,
+                  });
                 }
                 break;
               }
@@ -194,7 +216,9 @@ describe('two-step API under random interleavings and faults', () => {
             check();
           }
           for (const s of states) {
-            s.linked.forEach((l, i) => l && dmaIovaUnlink(dev, s.st, i * SZ_4K, SZ_4K, DMA_TO_DEVICE));
+            s.linked.forEach((l, i) => {
+              l && dmaIovaUnlink(dev, s.st, i * SZ_4K, SZ_4K, DMA_TO_DEVICE);
+            });
             dmaIovaFree(dev, s.st);
           }
           expect(pgtbl.leafCount).toBe(0);

@@ -2,39 +2,28 @@
  * @iovalink/iommu — the simulated machine and the IOMMU layer: physical memory and its buddy
  * allocator, the IOMMU page-table format and IOTLB, the iommu core, and the IOVA allocator.
  */
-export { VirtualClock, type Timer } from './clock.js';
-export { COUNTER_NAMES, Counters, diffCounters, type CounterName, type CounterSnapshot, type MetaStat } from './counters.js';
-export { Errno, errnoName, type ErrnoName, type ErrnoValue } from './errno.js';
+export { type Timer, VirtualClock } from './clock.js';
 export {
+  COUNTER_NAMES,
+  type CounterName,
+  type CounterSnapshot,
+  Counters,
+  diffCounters,
+  type MetaStat,
+} from './counters.js';
+export { DmaEngine } from './dma-engine.js';
+export { Errno, type ErrnoName, type ErrnoValue, errnoName } from './errno.js';
+export {
+  hex,
   IommuError,
   IovalinkError,
-  MachineError,
-  hex,
-  isIovalinkError,
   type IovalinkErrorOptions,
+  isIovalinkError,
+  MachineError,
 } from './errors.js';
 export { FaultInjector, type FaultPoint } from './fault-inject.js';
 export {
-  iommuIotlbGatherAddRange,
-  iommuIotlbGatherInit,
-  iommuIotlbGatherIsDisjoint,
-  iommuIotlbGatherIsEmpty,
-  iommuIotlbGatherReset,
-  type IommuIotlbGather,
-} from './iommu-gather.js';
-export { IOMMU_CACHE, IOMMU_MMIO, IOMMU_NOEXEC, IOMMU_PRIV, IOMMU_READ, IOMMU_WRITE } from './iommu-prot.js';
-export { DEFAULT_MEM_SIZE, Machine, type MachineOptions } from './machine.js';
-export {
-  MAX_PAGE_ORDER,
-  PageAllocator,
-  RESERVED_LOW_PAGES,
-  pfnToPhys,
-  physToPfn,
-  type Folio,
-} from './page-alloc.js';
-export { PAGE_SHIFT, PAGE_SIZE, PhysMem } from './phys-mem.js';
-export { DmaEngine } from './dma-engine.js';
-export {
+  freeTablePage,
   IO_PGTABLE_LEVELS,
   IO_PGTABLE_PTES_PER_TABLE,
   IOPTE_CACHE,
@@ -46,40 +35,12 @@ export {
   IOPTE_VALID,
   IOPTE_WRITE,
   IoPgtable,
-  freeTablePage,
   type IoPgtableCfg,
   type IoPgtableTlbOps,
   type PteLookup,
 } from './io-pgtable.js';
 export {
-  DEFAULT_PGSIZE_BITMAP,
-  IommuDevice,
-  SZ_1G,
-  SZ_2M,
-  SZ_4K,
-  type IommuDeviceOptions,
-} from './iommu-device.js';
-export {
-  IOMMU_DOMAIN_BLOCKED,
-  IOMMU_DOMAIN_DMA,
-  IOMMU_DOMAIN_DMA_FQ,
-  IOMMU_DOMAIN_IDENTITY,
-  IOMMU_DOMAIN_UNMANAGED,
-  IOMMU_FAULT_READ,
-  IOMMU_FAULT_WRITE,
-  IommuDomain,
-  __IOMMU_DOMAIN_DMA_API,
-  __IOMMU_DOMAIN_DMA_FQ,
-  __IOMMU_DOMAIN_PAGING,
-  __IOMMU_DOMAIN_PT,
-  iommuDomainTypeName,
-  type IommuDomainGeometry,
-  type IommuDomainType,
-  type IommuFault,
-  type IommuFaultHandler,
-} from './iommu-domain.js';
-export {
-  SG_DMA_BUS_ADDRESS,
+  type IommuSgEntry,
   iommuDomainAlloc,
   iommuDomainFree,
   iommuFlushIotlbAll,
@@ -96,14 +57,51 @@ export {
   iommuSyncMap,
   iommuUnmap,
   iommuUnmapFast,
-  type IommuSgEntry,
   type PgsizeCount,
+  SG_DMA_BUS_ADDRESS,
 } from './iommu.js';
+export {
+  DEFAULT_PGSIZE_BITMAP,
+  IommuDevice,
+  type IommuDeviceOptions,
+  SZ_1G,
+  SZ_2M,
+  SZ_4K,
+} from './iommu-device.js';
+export {
+  __IOMMU_DOMAIN_DMA_API,
+  __IOMMU_DOMAIN_DMA_FQ,
+  __IOMMU_DOMAIN_PAGING,
+  __IOMMU_DOMAIN_PT,
+  IOMMU_DOMAIN_BLOCKED,
+  IOMMU_DOMAIN_DMA,
+  IOMMU_DOMAIN_DMA_FQ,
+  IOMMU_DOMAIN_IDENTITY,
+  IOMMU_DOMAIN_UNMANAGED,
+  IOMMU_FAULT_READ,
+  IOMMU_FAULT_WRITE,
+  IommuDomain,
+  type IommuDomainGeometry,
+  type IommuDomainType,
+  type IommuFault,
+  type IommuFaultHandler,
+  iommuDomainTypeName,
+} from './iommu-domain.js';
+export {
+  type IommuIotlbGather,
+  iommuIotlbGatherAddRange,
+  iommuIotlbGatherInit,
+  iommuIotlbGatherIsDisjoint,
+  iommuIotlbGatherIsEmpty,
+  iommuIotlbGatherReset,
+} from './iommu-gather.js';
+export { IOMMU_CACHE, IOMMU_MMIO, IOMMU_NOEXEC, IOMMU_PRIV, IOMMU_READ, IOMMU_WRITE } from './iommu-prot.js';
 export { Iotlb, type IotlbEntry } from './iotlb.js';
 export {
   IOVA_DEPOT_DELAY_MS,
   IOVA_MAG_SIZE,
   IOVA_RANGE_CACHE_MAX_SIZE,
+  type Iova,
   IovaDomain,
   iovaAlign,
   iovaMask,
@@ -111,6 +109,15 @@ export {
   iovaPfn,
   iovaRcacheRange,
   iovaShift,
-  type Iova,
 } from './iova.js';
+export { DEFAULT_MEM_SIZE, Machine, type MachineOptions } from './machine.js';
+export {
+  type Folio,
+  MAX_PAGE_ORDER,
+  PageAllocator,
+  pfnToPhys,
+  physToPfn,
+  RESERVED_LOW_PAGES,
+} from './page-alloc.js';
+export { PAGE_SHIFT, PAGE_SIZE, PhysMem } from './phys-mem.js';
 export { Prng } from './prng.js';

@@ -5,6 +5,7 @@
  * failure comes from fault injection), driver ops are the `IommuDevice` methods.
  */
 import { Errno } from './errno.js';
+import type { IommuDevice } from './iommu-device.js';
 import {
   IOMMU_DOMAIN_BLOCKED,
   IOMMU_DOMAIN_IDENTITY,
@@ -12,7 +13,6 @@ import {
   type IommuDomainType,
   type IommuFaultHandler,
 } from './iommu-domain.js';
-import type { IommuDevice } from './iommu-device.js';
 import { type IommuIotlbGather, iommuIotlbGatherInit } from './iommu-gather.js';
 
 const TWO_31 = 2 ** 31;
@@ -98,12 +98,19 @@ const mappedScratch = { mapped: 0 };
  * page-table page, -ERANGE beyond the address size). On error everything this call mapped is
  * unmapped again before returning.
  */
-export function iommuMapNosync(domain: IommuDomain, iova: number, paddr: number, size: number, prot: number): number {
+export function iommuMapNosync(
+  domain: IommuDomain,
+  iova: number,
+  paddr: number,
+  size: number,
+  prot: number,
+): number {
   const pgtbl = domain.pgtbl;
   if (!domain.isPaging || pgtbl === undefined) return -Errno.EINVAL;
   const min = lowBit31(domain.pgsizeBitmap);
   if (!aligned(iova, min) || !aligned(paddr, min) || !aligned(size, min) || size < 0) return -Errno.EINVAL;
-  if (!Number.isSafeInteger(iova) || !Number.isSafeInteger(paddr) || iova < 0 || paddr < 0) return -Errno.EINVAL;
+  if (!Number.isSafeInteger(iova) || !Number.isSafeInteger(paddr) || iova < 0 || paddr < 0)
+    return -Errno.EINVAL;
   domain.iommu.machine.counters.iommuMapCalls++;
   const origIova = iova;
   const origSize = size;
@@ -141,7 +148,13 @@ export function iommuSyncMap(domain: IommuDomain, iova: number, size: number): n
  * Maps and syncs (kernel: `iommu_map`): `iommuMapNosync` then `iommuSyncMap`; if the sync fails
  * the range is unmapped and the error returned.
  */
-export function iommuMap(domain: IommuDomain, iova: number, paddr: number, size: number, prot: number): number {
+export function iommuMap(
+  domain: IommuDomain,
+  iova: number,
+  paddr: number,
+  size: number,
+  prot: number,
+): number {
   const ret = iommuMapNosync(domain, iova, paddr, size, prot);
   if (ret !== 0) return ret;
   const sync = iommuSyncMap(domain, iova, size);
@@ -186,7 +199,12 @@ export function iommuUnmap(domain: IommuDomain, iova: number, size: number): num
  * Unmaps into the caller's gather; the caller owns the IOTLB sync (kernel: `iommu_unmap_fast`).
  * With `gather.queued` the driver skips per-range invalidation: a flush queue will flush all.
  */
-export function iommuUnmapFast(domain: IommuDomain, iova: number, size: number, gather: IommuIotlbGather): number {
+export function iommuUnmapFast(
+  domain: IommuDomain,
+  iova: number,
+  size: number,
+  gather: IommuIotlbGather,
+): number {
   return iommuUnmapInner(domain, iova, size, gather);
 }
 
@@ -224,7 +242,12 @@ export const SG_DMA_BUS_ADDRESS = 1 << 0;
  * `iommuSyncMap` covers the whole range. Returns bytes mapped, or -errno after unmapping
  * everything it mapped. Entries must already be granule-aligned.
  */
-export function iommuMapSg(domain: IommuDomain, iova: number, sg: Iterable<IommuSgEntry>, prot: number): number {
+export function iommuMapSg(
+  domain: IommuDomain,
+  iova: number,
+  sg: Iterable<IommuSgEntry>,
+  prot: number,
+): number {
   let mapped = 0;
   let start = 0;
   let len = 0;

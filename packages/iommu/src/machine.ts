@@ -41,7 +41,9 @@ export class Machine {
   constructor(options: MachineOptions = {}) {
     const cpus = options.cpus ?? 2;
     if (!(Number.isInteger(cpus) && cpus >= 1 && cpus <= 4096)) {
-      throw new MachineError(`machine: cpus must be an integer in 1..4096, got ${cpus}`, { rule: 'machine: cpus' });
+      throw new MachineError(`machine: cpus must be an integer in 1..4096, got ${cpus}`, {
+        rule: 'machine: cpus',
+      });
     }
     this.cpus = cpus;
     this.rng = new Prng(options.seed ?? 1);

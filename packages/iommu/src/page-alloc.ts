@@ -6,7 +6,7 @@
  * 1 MiB is reserved so physical address 0 is never handed out (0 means "no page", like NULL).
  */
 import type { Counters } from './counters.js';
-import { MachineError, hex } from './errors.js';
+import { hex, MachineError } from './errors.js';
 import type { FaultInjector } from './fault-inject.js';
 import { PAGE_SHIFT, PAGE_SIZE } from './phys-mem.js';
 
@@ -116,9 +116,12 @@ export class PageAllocator {
       });
     }
     if (have !== order) {
-      throw new MachineError(`free_pages: ${hex(phys)} was allocated with order ${have}, freed with ${order}`, {
-        rule: 'free_pages: order mismatch',
-      });
+      throw new MachineError(
+        `free_pages: ${hex(phys)} was allocated with order ${have}, freed with ${order}`,
+        {
+          rule: 'free_pages: order mismatch',
+        },
+      );
     }
     this.#allocated.delete(pfn);
     this.#freePages += 1 << order;

@@ -4,7 +4,7 @@
  * what is touched. Kernel counterpart: the memory `struct page`s describe (mm/memory-model).
  * Frames live in a two-level table indexed by pfn, so lookup is two array reads.
  */
-import { MachineError, hex } from './errors.js';
+import { hex, MachineError } from './errors.js';
 
 /** log2 of the CPU page size. */
 export const PAGE_SHIFT = 12;

@@ -11,10 +11,6 @@ import {
   IOMMU_WRITE,
   IommuDevice,
   type IommuDomain,
-  Machine,
-  SZ_1G,
-  SZ_2M,
-  SZ_4K,
   iommuDomainFree,
   iommuIotlbGatherInit,
   iommuIotlbSync,
@@ -28,6 +24,10 @@ import {
   iommuSyncMap,
   iommuUnmap,
   iommuUnmapFast,
+  Machine,
+  SZ_1G,
+  SZ_2M,
+  SZ_4K,
 } from '../src/index.js';
 
 const RW = IOMMU_READ | IOMMU_WRITE;
@@ -164,7 +164,6 @@ describe('iommu_map / iommu_unmap', () => {
     expect(iommuUnmap(domain, SZ_2M - 2 * SZ_4K, 4 * SZ_4K)).toBe(4 * SZ_4K);
     iommuDomainFree(domain);
     expect(machine.pages.nrFreePages).toBe(free0 + 1); // + the root, allocated before free0
-
   });
 
   it('keeps tables on a partial unmap, and frees a covered table only after the IOTLB sync', () => {
@@ -229,7 +228,9 @@ describe('iommu_map / iommu_unmap', () => {
             }
           }
           for (let p = 0; p < 1100; p++) {
-            expect(iommuIovaToPhys(domain, 0x80000000 + p * SZ_4K + 7)).toBe(ref.has(p) ? ref.get(p)! + 7 : 0);
+            expect(iommuIovaToPhys(domain, 0x80000000 + p * SZ_4K + 7)).toBe(
+              ref.has(p) ? ref.get(p)! + 7 : 0,
+            );
           }
           for (const p of [...ref.keys()]) iommuUnmap(domain, 0x80000000 + p * SZ_4K, SZ_4K);
           expect(domain.pgtbl!.leafCount).toBe(0);
@@ -332,7 +333,9 @@ describe('IOTLB and the DMA engine', () => {
     const { machine, iommu } = setup();
     machine.phys.write(0x200000, new Uint8Array([9]));
     const buf = new Uint8Array(1);
-    expect(new DmaEngine(machine, 'a', iommu.domainAlloc(IOMMU_DOMAIN_IDENTITY)!).read(0x200000, buf)).toBe(0);
+    expect(new DmaEngine(machine, 'a', iommu.domainAlloc(IOMMU_DOMAIN_IDENTITY)!).read(0x200000, buf)).toBe(
+      0,
+    );
     expect(buf[0]).toBe(9);
     expect(new DmaEngine(machine, 'b', iommu.domainAlloc(IOMMU_DOMAIN_BLOCKED)!).read(0x200000, buf)).toBe(
       -Errno.EFAULT,

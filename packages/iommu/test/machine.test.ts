@@ -2,14 +2,14 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import {
   FaultInjector,
+  isIovalinkError,
+  MAX_PAGE_ORDER,
   Machine,
   MachineError,
-  MAX_PAGE_ORDER,
   PAGE_SIZE,
   Prng,
   RESERVED_LOW_PAGES,
   VirtualClock,
-  isIovalinkError,
 } from '../src/index.js';
 
 describe('PhysMem', () => {
@@ -91,29 +91,32 @@ describe('alloc_pages / __free_pages (buddy)', () => {
 
   it('keeps allocations disjoint and balanced for random alloc/free sequences', () => {
     fc.assert(
-      fc.property(fc.array(fc.tuple(fc.boolean(), fc.integer({ min: 0, max: 4 })), { maxLength: 200 }), (ops) => {
-        const m = new Machine({ memSize: 8 << 20 });
-        const total = m.pages.nrFreePages;
-        const live: Array<[number, number]> = [];
-        for (const [alloc, order] of ops) {
-          if (alloc || live.length === 0) {
-            const p = m.pages.allocPages(order);
-            if (p === 0) continue;
-            for (const [q, o] of live) {
-              const end = p + (PAGE_SIZE << order);
-              const qend = q + (PAGE_SIZE << o);
-              expect(p < qend && q < end).toBe(false);
+      fc.property(
+        fc.array(fc.tuple(fc.boolean(), fc.integer({ min: 0, max: 4 })), { maxLength: 200 }),
+        (ops) => {
+          const m = new Machine({ memSize: 8 << 20 });
+          const total = m.pages.nrFreePages;
+          const live: Array<[number, number]> = [];
+          for (const [alloc, order] of ops) {
+            if (alloc || live.length === 0) {
+              const p = m.pages.allocPages(order);
+              if (p === 0) continue;
+              for (const [q, o] of live) {
+                const end = p + (PAGE_SIZE << order);
+                const qend = q + (PAGE_SIZE << o);
+                expect(p < qend && q < end).toBe(false);
+              }
+              expect(p % (PAGE_SIZE << order)).toBe(0);
+              live.push([p, order]);
+            } else {
+              const [p, o] = live.splice(order % live.length, 1)[0]!;
+              m.pages.freePages(p, o);
             }
-            expect(p % (PAGE_SIZE << order)).toBe(0);
-            live.push([p, order]);
-          } else {
-            const [p, o] = live.splice(order % live.length, 1)[0]!;
-            m.pages.freePages(p, o);
           }
-        }
-        for (const [p, o] of live) m.pages.freePages(p, o);
-        expect(m.pages.nrFreePages).toBe(total);
-      }),
+          for (const [p, o] of live) m.pages.freePages(p, o);
+          expect(m.pages.nrFreePages).toBe(total);
+        },
+      ),
       { numRuns: 50 },
     );
   });
