@@ -18,6 +18,7 @@ import {
   iommuMap,
   iommuMapSg,
   iommuUnmapFast,
+  modPow2,
   SG_DMA_BUS_ADDRESS,
 } from '@iovalink/iommu';
 import type { Device } from './device.js';
@@ -105,12 +106,14 @@ export function devCookie(dev: Device): IommuDmaCookie {
 
 /** Offset of `addr` within the IOVA granule (kernel: `iova_offset`). */
 export function iovaOffsetOf(iovad: IovaDomain, addr: number): number {
-  return addr % iovad.granule;
+  return modPow2(addr, iovad.granule);
 }
 
 /** `size` rounded up to the granule (kernel: `iova_align`). */
 export function iovaAlignUp(iovad: IovaDomain, size: number): number {
-  return Math.ceil(size / iovad.granule) * iovad.granule;
+  const g = iovad.granule;
+  const r = modPow2(size, g);
+  return r === 0 ? size : size + g - r;
 }
 
 /**

@@ -5,6 +5,7 @@
  * page: earlier pages have moved, the faulting one never touches memory. Kernel counterpart: the
  * device side of DMA (PCIe memory reads/writes through the IOMMU); no kernel source file.
  */
+import { modPow2 } from './bits.js';
 import { Errno } from './errno.js';
 import type { IommuDomain } from './iommu-domain.js';
 import type { Machine } from './machine.js';
@@ -41,7 +42,7 @@ export class DmaEngine {
     let done = 0;
     while (done < dst.length) {
       const a = bus + done;
-      const n = Math.min(PAGE_SIZE - (a % PAGE_SIZE), dst.length - done);
+      const n = Math.min(PAGE_SIZE - modPow2(a, PAGE_SIZE), dst.length - done);
       const pa = this.#translate(a, false);
       if (pa < 0 || pa + n > this.machine.phys.size) return this.#fail(a);
       this.machine.phys.readInto(pa, dst.subarray(done, done + n));
@@ -59,7 +60,7 @@ export class DmaEngine {
     let done = 0;
     while (done < src.length) {
       const a = bus + done;
-      const n = Math.min(PAGE_SIZE - (a % PAGE_SIZE), src.length - done);
+      const n = Math.min(PAGE_SIZE - modPow2(a, PAGE_SIZE), src.length - done);
       const pa = this.#translate(a, true);
       if (pa < 0 || pa + n > this.machine.phys.size) return this.#fail(a);
       this.machine.phys.write(pa, src.subarray(done, done + n));

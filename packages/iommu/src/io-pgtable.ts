@@ -56,6 +56,7 @@
  * - A software walk cache (the last table used per leaf level) spares map/unmap the walk from the
  *   root; the hardware walk (`lookup`, `iovaToPhys`) always starts at the root and reads PTEs.
  */
+import { INV_TWO32, isAlignedPow2, lo32, modPow2 } from './bits.js';
 import { Errno } from './errno.js';
 import { hex, IommuError } from './errors.js';
 import { type IommuIotlbGather, iommuIotlbGatherAddRange } from './iommu-gather.js';
@@ -96,6 +97,10 @@ const SZ_1G = 1 << 30;
 const TWO32 = 4294967296;
 /** Bytes mapped by one entry at each level, plus the whole-tree size at index 4. */
 const LEVEL_SIZE: readonly number[] = [SZ_4K, SZ_2M, SZ_1G, 2 ** 39, 2 ** 48];
+/** Exact reciprocals of LEVEL_SIZE (multiplying by them is exact and avoids division). */
+const LEVEL_INV: readonly number[] = LEVEL_SIZE.map((x) => 1 / x);
+const INV_2M = 1 / SZ_2M;
+const PTE_IDX_MASK = 511;
 const TOP_LEVEL = IO_PGTABLE_LEVELS - 1;
 /** The low PTE word's flag bits that `mapPages` may set from a prot. */
 const PROT_BITS = IOPTE_READ | IOPTE_WRITE | IOPTE_CACHE | IOPTE_PRIV | IOPTE_MMIO;
@@ -345,8 +350,8 @@ export class IoPgtable {
     else return -Errno.EINVAL;
     if ((this.cfg.pgsizeBitmap & pgsize) === 0) return -Errno.EINVAL;
     if (!(Number.isSafeInteger(pgcount) && pgcount >= 1)) return -Errno.EINVAL;
-    if (!(Number.isSafeInteger(iova) && iova >= 0 && iova % pgsize === 0)) return -Errno.EINVAL;
-    if (!(Number.isSafeInteger(paddr) && paddr >= 0 && paddr % pgsize === 0)) return -Errno.EINVAL;
+    if (!(Number.isSafeInteger(iova) && iova >= 0 && isAlignedPow2(iova, pgsize))) return -Errno.EINVAL;
+    if (!(Number.isSafeInteger(paddr) && paddr >= 0 && isAlignedPow2(paddr, pgsize))) return -Errno.EINVAL;
     const size = pgsize * pgcount;
     if (iova + size > this.#iasLimit || paddr + size > this.#oasLimit) return -Errno.ERANGE;
     if ((prot & (IOMMU_READ | IOMMU_WRITE)) === 0) return -Errno.EINVAL;
@@ -354,8 +359,9 @@ export class IoPgtable {
     const flags = IOPTE_VALID | IOPTE_LEAF | (protToPte(prot) & PROT_BITS);
     // The low address word as an int32 (bit pattern of the unsigned word): it wraps to 0 exactly
     // when the address crosses a 4 GiB boundary, since pgsize divides 2^32.
-    let lo = (paddr % TWO32) | 0;
-    let hi = Math.floor(paddr / TWO32);
+    let lo = lo32(paddr) | 0;
+    let hi = Math.floor(paddr * INV_TWO32);
+    const inv = LEVEL_INV[leafLevel]!;
     let pos = iova;
     let remaining = pgcount;
     let written = 0;
@@ -367,7 +373,7 @@ export class IoPgtable {
         break;
       }
       const w = t.words;
-      const idx = Math.floor(pos / pgsize) % IO_PGTABLE_PTES_PER_TABLE;
+      const idx = Math.floor(pos * inv) & PTE_IDX_MASK;
       let n = IO_PGTABLE_PTES_PER_TABLE - idx;
       if (n > remaining) n = remaining;
       // Leaf by leaf: the entries before a collision are written, the rest are not.
@@ -413,7 +419,7 @@ export class IoPgtable {
     if (!(pgsize === SZ_4K || pgsize === SZ_2M || pgsize === SZ_1G)) return 0;
     if ((this.cfg.pgsizeBitmap & pgsize) === 0) return 0;
     if (!(Number.isSafeInteger(pgcount) && pgcount >= 1)) return 0;
-    if (!(Number.isSafeInteger(iova) && iova >= 0 && iova % pgsize === 0)) return 0;
+    if (!(Number.isSafeInteger(iova) && iova >= 0 && isAlignedPow2(iova, pgsize))) return 0;
     const end = iova + pgsize * pgcount;
     if (end > this.#iasLimit) return 0;
 
@@ -426,7 +432,7 @@ export class IoPgtable {
     outer: while (pos < end) {
       let t: PtTable;
       let lvl: number;
-      const key0 = Math.floor(pos / SZ_2M);
+      const key0 = Math.floor(pos * INV_2M);
       const cached = this.#cacheTable[0];
       if (cached !== undefined && this.#cacheKey[0] === key0) {
         t = cached;
@@ -435,7 +441,7 @@ export class IoPgtable {
         t = root;
         lvl = TOP_LEVEL;
         for (;;) {
-          const idx = Math.floor(pos / LEVEL_SIZE[lvl]) % IO_PGTABLE_PTES_PER_TABLE;
+          const idx = Math.floor(pos * LEVEL_INV[lvl]!) & PTE_IDX_MASK;
           const lo = t.words[idx << 1];
           if ((lo & IOPTE_VALID) === 0) break outer;
           if (lvl === 0 || (lo & IOPTE_LEAF) !== 0) break;
@@ -448,9 +454,9 @@ export class IoPgtable {
         }
       }
       const size = LEVEL_SIZE[lvl];
-      if (pos % size !== 0) break; // starts inside a larger leaf: not ours to split
+      if (!isAlignedPow2(pos, size)) break; // starts inside a larger leaf: not ours to split
       const w = t.words;
-      const idx = Math.floor(pos / size) % IO_PGTABLE_PTES_PER_TABLE;
+      const idx = Math.floor(pos * LEVEL_INV[lvl]!) & PTE_IDX_MASK;
       let max = IO_PGTABLE_PTES_PER_TABLE - idx;
       const left = Math.ceil((end - pos) / size);
       if (left < max) max = left;
@@ -487,7 +493,7 @@ export class IoPgtable {
       let c = t;
       while (c.live === 0 && c !== root) {
         const span = LEVEL_SIZE[c.level + 1]!;
-        const base = Math.floor(runStart / span) * span;
+        const base = Math.floor(runStart * LEVEL_INV[c.level + 1]!) * span;
         if (base < iova || base + span > end) break;
         const p = c.parent!;
         this.#unlink(c);
@@ -509,7 +515,7 @@ export class IoPgtable {
     if (!this.#find(iova)) return 0;
     const w = this.#fTable!.words;
     const i2 = this.#fIdx << 1;
-    return pteAddr(w[i2], w[i2 + 1]) + (iova % LEVEL_SIZE[this.#fLevel]);
+    return pteAddr(w[i2], w[i2 + 1]) + modPow2(iova, LEVEL_SIZE[this.#fLevel]!);
   }
 
   /**
@@ -524,7 +530,7 @@ export class IoPgtable {
     const i2 = this.#fIdx << 1;
     const lo = w[i2];
     const size = LEVEL_SIZE[this.#fLevel];
-    out.leafIova = iova - (iova % size);
+    out.leafIova = iova - modPow2(iova, size);
     out.leafPhys = pteAddr(lo, w[i2 + 1]);
     out.leafSize = size;
     out.prot = pteToProt(lo);
@@ -601,12 +607,12 @@ export class IoPgtable {
 
   /** The table holding level-`leafLevel` entries for `pos`, allocating tables on the way down. */
   #leafTable(pos: number, leafLevel: number): PtTable | undefined {
-    const key = Math.floor(pos / LEVEL_SIZE[leafLevel + 1]);
+    const key = Math.floor(pos * LEVEL_INV[leafLevel + 1]!);
     const cached = this.#cacheTable[leafLevel];
     if (cached !== undefined && this.#cacheKey[leafLevel] === key) return cached;
     let t = this.#root;
     for (let lvl = TOP_LEVEL; lvl > leafLevel; lvl--) {
-      const idx = Math.floor(pos / LEVEL_SIZE[lvl]) % IO_PGTABLE_PTES_PER_TABLE;
+      const idx = Math.floor(pos * LEVEL_INV[lvl]!) & PTE_IDX_MASK;
       const lo = t.words[idx << 1];
       if ((lo & IOPTE_VALID) !== 0) {
         if ((lo & IOPTE_LEAF) !== 0) {
@@ -638,7 +644,7 @@ export class IoPgtable {
     t.parent = parent;
     t.parentIdx = idx;
     this.#tables.set(t.pfn, t);
-    const lo = phys % TWO32;
+    const lo = lo32(phys);
     parent.words[idx << 1] = lo + IOPTE_VALID;
     parent.words[(idx << 1) + 1] = (phys - lo) / TWO32;
     parent.live++;
@@ -730,7 +736,7 @@ export class IoPgtable {
     if (!(iova >= 0 && iova < this.#iasLimit)) return false;
     let t = this.#root;
     for (let lvl = TOP_LEVEL; ; lvl--) {
-      const idx = Math.floor(iova / LEVEL_SIZE[lvl]) % IO_PGTABLE_PTES_PER_TABLE;
+      const idx = Math.floor(iova * LEVEL_INV[lvl]!) & PTE_IDX_MASK;
       const lo = t.words[idx << 1];
       if ((lo & IOPTE_VALID) === 0) return false;
       if (lvl === 0 || (lo & IOPTE_LEAF) !== 0) {

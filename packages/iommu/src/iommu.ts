@@ -4,6 +4,7 @@
  * `drivers/iommu/iommu.c` (v6.17). Differs on purpose: no groups, no GFP flags (allocation
  * failure comes from fault injection), driver ops are the `IommuDevice` methods.
  */
+import { isAlignedPow2, lo32, modPow2 } from './bits.js';
 import { Errno } from './errno.js';
 import type { IommuDevice } from './iommu-device.js';
 import {
@@ -35,7 +36,7 @@ export function iommuMinPgsize(domain: IommuDomain): number {
 
 /** True if `x` is a multiple of `align` (a power of two ≤ 2^30). */
 function aligned(x: number, align: number): boolean {
-  return x % align === 0;
+  return isAlignedPow2(x, align);
 }
 
 /** Result holder for `iommuPgsize`'s count (kernel: the `count` out-parameter). */
@@ -68,7 +69,7 @@ export function iommuPgsize(
   // sizes no larger than `size`
   let pgsizes = size >= TWO_31 ? bitmap : bitmap & (highBit32(size) * 2 - 1);
   // sizes to which iova and paddr are both aligned
-  const merge = (iova % TWO_31) | (paddr % TWO_31);
+  const merge = (lo32(iova) | lo32(paddr)) & 0x7fffffff;
   if (merge !== 0) pgsizes &= lowBit31(merge) * 2 - 1;
   if (pgsizes === 0) {
     throw new RangeError(`iommu_pgsize: no page size for iova ${iova} paddr ${paddr} size ${size}`);
@@ -79,8 +80,8 @@ export function iommuPgsize(
   let runSize = size;
   if (larger !== 0) {
     const next = lowBit31(larger);
-    if (iova % next === paddr % next) {
-      const offset = next - (iova % next);
+    if (modPow2(iova, next) === modPow2(paddr, next)) {
+      const offset = next - modPow2(iova, next);
       if (offset + next <= size) runSize = offset;
     }
   }
