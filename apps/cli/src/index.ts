@@ -1,0 +1,19 @@
+/**
+ * `iovalink` as a library: the cost model and the command builders, for tools that embed the
+ * command line or reuse its measurements.
+ */
+
+export { buildProgram } from './cli.js';
+export {
+  COST_MODEL_PRESETS,
+  type CostEntry,
+  type CostModel,
+  CostModelError,
+  type CostModelPreset,
+  loadCostModel,
+  loadPreset,
+  type MetaCost,
+  modeledNs,
+  validateCostModel,
+} from './cost-model.js';
+export { createRig, IOMMU_MODES, type IommuMode, type Rig, type RigOptions } from './rig.js';

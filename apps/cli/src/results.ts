@@ -1,0 +1,93 @@
+/**
+ * What a workload run produces, per path: the counts the kernel would spend per operation,
+ * simulator time and modeled kernel time. Shared by the demo table, JSON output and the HTML
+ * report, so all three always show the same figures.
+ */
+import { type CounterSnapshot, diffCounters, type Machine } from '@iovalink/iommu';
+import { type CostModel, modeledNs } from './cost-model.js';
+
+/** The two DMA paths every consumer runs. */
+export type DmaPath = 'sg' | 'iova';
+
+/** Human name of a path. */
+export const PATH_LABEL: Record<DmaPath, string> = { sg: 'scatterlist (legacy)', iova: 'two-step IOVA' };
+
+/** One path's result for one workload (all per-op figures are averages over `ops`). */
+export interface PathResult {
+  path: DmaPath;
+  ops: number;
+  /** Simulator time per op: how fast this model ran here (ns). */
+  simNsPerOp: number;
+  /** Modeled kernel time per op: counts × cost model (ns). */
+  modeledNsPerOp: number;
+  /** Heap metadata bytes allocated per op, all kinds. */
+  metaBytesPerOp: number;
+  /** Heap allocations per op, all kinds. */
+  allocsPerOp: number;
+  /** Scatterlist bytes per op (scatterlist + sg_pool kinds). */
+  sgBytesPerOp: number;
+  iovaAllocsPerOp: number;
+  pteWritesPerOp: number;
+  iotlbInvalidationsPerOp: number;
+  bounceBytesPerOp: number;
+  /** Bytes of mapping metadata per 4 KiB page kept while mapped (for memory-per-page charts). */
+  metaBytesPerPage: number;
+  /** Data verified end to end. */
+  verified: boolean;
+}
+
+/** One workload, both paths. */
+export interface WorkloadResult {
+  /** e.g. "block 4 KiB random read". */
+  name: string;
+  subsystem: 'block' | 'odp' | 'vfio';
+  /** Bytes moved per op (request size, MR size, state size). */
+  bytesPerOp: number;
+  paths: PathResult[];
+}
+
+/** A whole demo or sweep. */
+export interface RunReport {
+  title: string;
+  costModel: string;
+  iommu: string;
+  seed: number;
+  workloads: WorkloadResult[];
+}
+
+/** Builds a PathResult from the counters of a run. */
+export function pathResult(
+  path: DmaPath,
+  ops: number,
+  simNs: number,
+  before: CounterSnapshot,
+  machine: Machine,
+  model: CostModel,
+  extra: { pages: number; keptMetaBytes: number; verified: boolean },
+): PathResult {
+  const d = diffCounters(before, machine.counters.snapshot());
+  let metaBytes = 0;
+  let allocs = 0;
+  let sgBytes = 0;
+  for (const [k, s] of Object.entries(d.meta)) {
+    metaBytes += s.bytes;
+    allocs += s.allocs;
+    if (k === 'scatterlist' || k === 'sg_pool') sgBytes += s.bytes;
+  }
+  const per = (x: number) => (ops > 0 ? x / ops : 0);
+  return {
+    path,
+    ops,
+    simNsPerOp: per(simNs),
+    modeledNsPerOp: per(modeledNs(model, d)),
+    metaBytesPerOp: per(metaBytes),
+    allocsPerOp: per(allocs),
+    sgBytesPerOp: per(sgBytes),
+    iovaAllocsPerOp: per(d.events.iovaAllocs),
+    pteWritesPerOp: per(d.events.pteWrites),
+    iotlbInvalidationsPerOp: per(d.events.iotlbInvRange + d.events.iotlbInvAll),
+    bounceBytesPerOp: per(d.events.bounceBytes),
+    metaBytesPerPage: extra.pages > 0 ? extra.keptMetaBytes / extra.pages : 0,
+    verified: extra.verified,
+  };
+}
