@@ -330,7 +330,8 @@ export class IoPgtable {
    * error (the core unmaps them). -EINVAL: `pgsize` not in the bitmap, iova/paddr not aligned to it,
    * `pgcount` < 1, or `prot` has neither READ nor WRITE (v6.17 io-pgtable-arm and generic_pt; older
    * arm-lpae returned 0 and mapped nothing). -ERANGE: the run ends beyond 2^ias or its output beyond 2^oas.
-   * -EEXIST: a leaf, or a table, already sits where a leaf goes (generic_pt: -EADDRINUSE).
+   * -EEXIST: a leaf, or a table with a leaf somewhere below it, already sits where a leaf goes
+   * (generic_pt: -EADDRINUSE); a table with no leaf below it is freed and replaced.
    * -ENOMEM: a page-table page could not be allocated.
    */
   mapPages(
@@ -409,9 +410,10 @@ export class IoPgtable {
    * the bytes unmapped; `iova + result` is where unmapping stopped (a hole, or a leaf that starts
    * before the current position). Never splits a leaf: one that starts inside the range is removed
    * whole and its full size counted, so the result can exceed the request. Each cleared leaf is
-   * reported to the driver's `addPage` hook unless `gather.queued`; tables that become empty are
-   * unlinked and their physical addresses pushed to `gather.freelist`, to be freed with
-   * `freeTablePage` after the IOTLB sync. Returns 0 for a size not in the bitmap, an unaligned
+   * reported to the driver's `addPage` hook unless `gather.queued`; a table that becomes empty
+   * and whose whole span lies inside the requested range is unlinked and its physical address
+   * pushed to `gather.freelist`, to be freed with `freeTablePage` after the IOTLB sync. (Differs
+   * slightly from generic_pt, which frees only after a pass with no hole.) Returns 0 for a size not in the bitmap, an unaligned
    * iova, or a range beyond 2^ias (kernel: WARN and 0).
    */
   unmapPages(iova: number, pgsize: number, pgcount: number, gather: IommuIotlbGather): number {
@@ -670,8 +672,9 @@ export class IoPgtable {
 
   /**
    * If `t[idx]` links a table with no leaf anywhere below it, frees that subtree (unlinking it)
-   * and returns true; returns false for a leaf or a subtree that still maps something. A table
-   * with no valid entry was never reachable by a translation, so it is freed at once.
+   * and returns true; returns false for a leaf or a subtree that still maps something. No leaf
+   * below means no translation can come from it, and the model has no walk cache to flush, so it
+   * is freed at once (the kernel flushes its walk caches before freeing a replaced table).
    */
   #freeEmptySubtree(t: PtTable, idx: number): boolean {
     const lo = t.words[idx << 1];

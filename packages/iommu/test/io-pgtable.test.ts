@@ -66,6 +66,23 @@ function drain(m: Machine, g: IommuIotlbGather): void {
   iommuIotlbGatherReset(g);
 }
 
+/**
+ * Page-table memory is accounted for: every page allocated and not freed is a live table of `pt`
+ * (call with every gather drained), and `nr_free_pages` is `free0` (before the root) less those.
+ */
+function expectTablesAccounted(m: Machine, pt: IoPgtable, free0: number): void {
+  expect(m.counters.pgtablePagesAllocated - m.counters.pgtablePagesFreed).toBe(pt.tablePages);
+  expect(freeCount(m)).toBe(free0 - pt.tablePages);
+}
+
+/** `destroy()` returns every table page: the counters balance and `nr_free_pages` is back to `free0`. */
+function destroyAndCheck(m: Machine, pt: IoPgtable, free0: number): void {
+  pt.destroy();
+  expect(pt.tablePages).toBe(0);
+  expect(m.counters.pgtablePagesAllocated).toBe(m.counters.pgtablePagesFreed);
+  expect(freeCount(m)).toBe(free0);
+}
+
 function sizesOf(bitmap: number): number[] {
   return [SZ_4K, SZ_2M, SZ_1G].filter((s) => (bitmap & s) !== 0);
 }
@@ -188,14 +205,19 @@ describe('arm_lpae_run_tests (io-pgtable-arm selftest, ported)', () => {
 });
 
 describe('generic_pt kunit_iommu_pt (ported)', () => {
-  it('map_simple: one page of every size, one entry each, unmap all → zero entries', () => {
-    const { m, pt } = setup();
+  it('map_simple: one page of every size, one entry each, unmap all → zero entries, tables kept', () => {
+    const { m, pt, free0 } = setup();
     const out = { mapped: 0 };
     const at = [0, SZ_1G, SZ_2G];
-    sizesOf(ALL).forEach((size, i) => {
-      expect(pt.mapPages(at[i]!, 0x10_0000_0000 + i * SZ_1G, size, 1, RW, out)).toBe(0);
-    });
+    const mapAll = (): void => {
+      sizesOf(ALL).forEach((size, i) => {
+        expect(pt.mapPages(at[i]!, 0x10_0000_0000 + i * SZ_1G, size, 1, RW, out)).toBe(0);
+      });
+    };
+    mapAll();
     expect(pt.leafCount).toBe(3);
+    // root, level 2, level-1 tables for GiB 0 and 1, the level-0 table for the first 2 MiB
+    expect(pt.tablePages).toBe(5);
     sizesOf(ALL).forEach((size, i) => {
       const l: PteLookup = { leafIova: 0, leafPhys: 0, leafSize: 0, prot: 0, dirty: false };
       expect(pt.lookup(at[i]! + size - 1, l)).toBe(true);
@@ -209,14 +231,25 @@ describe('generic_pt kunit_iommu_pt (ported)', () => {
     });
     sizesOf(ALL).forEach((size, i) => {
       expect(unmapSync(m, pt, at[i]!, size, 1)).toBe(size);
+      expect(pt.iovaToPhys(at[i]!)).toBe(0);
     });
     expect(pt.leafCount).toBe(0);
-    expect(pt.tablePages).toBe(1);
+    // No unmap covered a whole table's span: the emptied tables stay linked.
+    expect(pt.tablePages).toBe(5);
+    expect(m.counters.pgtablePagesFreed).toBe(0);
+    expectTablesAccounted(m, pt, free0);
+    // ...and mapping the same again reuses them.
+    const allocated = m.counters.pgtablePagesAllocated;
+    mapAll();
+    expect(m.counters.pgtablePagesAllocated).toBe(allocated);
+    expect(pt.leafCount).toBe(3);
+    destroyAndCheck(m, pt, free0);
   });
 
-  it('map_table_to_oa: fill a 2 MiB region with 4K pages, unmap half, then page by page → tables collapse', () => {
+  it('map_table_to_oa: fill a 2 MiB region with 4K pages, unmap in pieces (tables kept), remap, unmap whole', () => {
     const { m, pt, free0 } = setup();
     const out = { mapped: 0 };
+    const c = m.counters;
     const base = 5 * SZ_1G + 7 * SZ_2M;
     expect(pt.mapPages(base, 0x2000_0000, SZ_4K, 512, RW, out)).toBe(0);
     expect(out.mapped).toBe(SZ_2M);
@@ -231,14 +264,31 @@ describe('generic_pt kunit_iommu_pt (ported)', () => {
     for (let i = 256; i < 511; i++) expect(pt.unmapPages(base + i * SZ_4K, SZ_4K, 1, g)).toBe(SZ_4K);
     expect(g.freelist).toHaveLength(0);
     expect(pt.unmapPages(base + 511 * SZ_4K, SZ_4K, 1, g)).toBe(SZ_4K);
-    // Level-0, level-1 and level-2 tables became empty: unlinked, not yet freed.
-    expect(g.freelist).toHaveLength(3);
+    // The level-0 table is empty, but no single unmap covered its 2 MiB: it stays linked.
+    expect(g.freelist).toHaveLength(0);
     expect(pt.leafCount).toBe(0);
-    expect(pt.tablePages).toBe(1);
+    expect(pt.tablePages).toBe(4);
+    expect(c.pgtablePagesFreed).toBe(0);
+    expect(freeCount(m)).toBe(free0 - 4);
+
+    // Mapping the region again reuses every table.
+    expect(pt.mapPages(base, 0x3000_0000, SZ_4K, 512, RW, out)).toBe(0);
+    expect(c.pgtablePagesAllocated).toBe(4);
+    expect(pt.iovaToPhys(base + 300 * SZ_4K)).toBe(0x3000_0000 + 300 * SZ_4K);
+
+    // Unmapping the whole 2 MiB-aligned region as one range frees the level-0 table via the
+    // freelist; the level-1 table (1 GiB span) and level-2 table stay.
+    expect(pt.unmapPages(base, SZ_4K, 512, g)).toBe(SZ_2M);
+    expect(g.freelist).toHaveLength(1);
+    expect(pt.leafCount).toBe(0);
+    expect(pt.tablePages).toBe(3);
+    // Unlinked, not yet freed.
     expect(freeCount(m)).toBe(free0 - 4);
     drain(m, g);
-    expect(freeCount(m)).toBe(free0 - 1);
-    expect(m.counters.pgtablePagesFreed).toBe(3);
+    expect(freeCount(m)).toBe(free0 - 3);
+    expect(c.pgtablePagesFreed).toBe(1);
+    expectTablesAccounted(m, pt, free0);
+    destroyAndCheck(m, pt, free0);
   });
 
   it('unmap_split: a small unmap at the start of a large leaf removes it whole, not the neighbour', () => {
@@ -292,16 +342,30 @@ describe('generic_pt kunit_iommu_pt (ported)', () => {
     expect(pt.iovaToPhys(start - 1)).toBe(0);
     expect(pt.iovaToPhys(end)).toBe(0);
     // iommu_unmap-style teardown
-    let iova = start;
-    while (iova < end) {
-      const { pgsize, count } = iommuPgsize(ALL, iova, iova, end - iova);
-      const n = unmapSync(m, pt, iova, pgsize, count);
-      expect(n).toBe(pgsize * count);
-      iova += n;
-    }
+    const teardown = (): void => {
+      let iova = start;
+      while (iova < end) {
+        const { pgsize, count } = iommuPgsize(ALL, iova, iova, end - iova);
+        const n = unmapSync(m, pt, iova, pgsize, count);
+        expect(n).toBe(pgsize * count);
+        iova += n;
+      }
+    };
+    teardown();
     expect(pt.leafCount).toBe(0);
-    expect(pt.tablePages).toBe(1);
-    expect(freeCount(m)).toBe(free0 - 1);
+    expect(pt.iovaToPhys(start)).toBe(0);
+    expect(pt.iovaToPhys(end - 1)).toBe(0);
+    // No run covered a whole 1 GiB level-1 table (nor the 512 GiB level-2 table): all stay.
+    expect(pt.tablePages).toBe(4);
+    expect(m.counters.pgtablePagesFreed).toBe(0);
+    expectTablesAccounted(m, pt, free0);
+    // The same map again needs no new table page.
+    expect(mapLikeCore(pt, start, start, end - start)).toHaveLength(3);
+    expect(m.counters.pgtablePagesAllocated).toBe(4);
+    expect(pt.leafCount).toBe(20);
+    teardown();
+    expect(pt.leafCount).toBe(0);
+    destroyAndCheck(m, pt, free0);
   });
 
   it('iommu_pgsize shortens a run so the next can use a larger page (4 MiB at 0x1000)', () => {
@@ -356,9 +420,20 @@ describe('arm_lpae_map_pages', () => {
     expect(c.pteWrites).toBe(4 + 255);
     expect(pt.tablePages).toBe(4);
     expect(pt.leafCount).toBe(256);
+    // Not covering the level-0 table's 2 MiB: leaves cleared, tables kept.
     expect(unmapSync(m, pt, 0, SZ_4K, 256)).toBe(256 * SZ_4K);
-    expect(c.pteClears).toBe(256 + 3);
+    expect(c.pteClears).toBe(256);
+    expect(c.pgtablePagesFreed).toBe(0);
+    expect(pt.tablePages).toBe(4);
+    // Remapping reuses the tables: only the leaf run is written.
+    expect(pt.mapPages(0, 0x300000, SZ_4K, 256, RW, out)).toBe(0);
+    expect(c.pteWrites).toBe(4 + 255 + 256);
+    expect(c.pgtablePagesAllocated).toBe(4);
+    // An unmap covering the whole level-2 span (512 GiB) unlinks all three tables: 3 link clears.
+    expect(unmapSync(m, pt, 0, SZ_1G, 512)).toBe(256 * SZ_4K);
+    expect(c.pteClears).toBe(256 + 256 + 3);
     expect(c.pgtablePagesFreed).toBe(3);
+    expect(pt.tablePages).toBe(1);
   });
 
   it('maps a run across table boundaries', () => {
@@ -480,7 +555,11 @@ describe('arm_lpae_unmap_pages', () => {
     expect(pt.mapPages(SZ_2M, 0x100000, SZ_4K, 4, RW, out)).toBe(0);
     expect(unmapSync(m, pt, 0, SZ_4K, 516)).toBe(SZ_2M + 4 * SZ_4K);
     expect(pt.leafCount).toBe(0);
-    expect(pt.tablePages).toBe(1);
+    expect(pt.iovaToPhys(0)).toBe(0);
+    expect(pt.iovaToPhys(SZ_2M)).toBe(0);
+    // The range covers only 16 KiB of the level-0 table under [2M, 4M): it stays.
+    expect(pt.tablePages).toBe(4);
+    expect(m.counters.pgtablePagesFreed).toBe(0);
   });
 
   it('returns 0 for a size not in the bitmap, an unaligned iova, or a range beyond 2^ias', () => {
@@ -506,31 +585,40 @@ describe('arm_lpae_unmap_pages', () => {
       },
     );
     const out = { mapped: 0 };
-    expect(pt.mapPages(0, 0x100000, SZ_4K, 3, RW, out)).toBe(0);
+    expect(pt.mapPages(0, 0x100000, SZ_4K, 512, RW, out)).toBe(0);
     expect(pt.mapPages(SZ_2M, SZ_1G, SZ_2M, 1, RW, out)).toBe(0);
     const g = iommuIotlbGatherInit();
-    expect(pt.unmapPages(0, SZ_4K, 3, g)).toBe(3 * SZ_4K);
-    expect(calls).toEqual([
+    // [0, 2M): covers the level-0 table, which empties and is unlinked after its leaves were added.
+    expect(pt.unmapPages(0, SZ_4K, 512, g)).toBe(SZ_2M);
+    expect(calls).toHaveLength(512);
+    expect(calls.slice(0, 3)).toEqual([
       [0, SZ_4K, 0],
       [SZ_4K, SZ_4K, 0],
       [2 * SZ_4K, SZ_4K, 0],
     ]);
+    expect(calls.every(([iova, size, freed], i) => iova === i * SZ_4K && size === SZ_4K && freed === 0)).toBe(
+      true,
+    );
     expect(g.freelist).toHaveLength(1); // the level-0 table; the level-1 table still holds the block
     expect(pt.unmapPages(SZ_2M, SZ_2M, 1, g)).toBe(SZ_2M);
-    expect(calls[3]).toEqual([SZ_2M, SZ_2M, 1]);
-    expect(g.freelist).toHaveLength(3);
+    expect(calls[512]).toEqual([SZ_2M, SZ_2M, 1]);
+    // The level-1 table is now empty, but [2M, 4M) does not cover its 1 GiB: it stays linked.
+    expect(g.freelist).toHaveLength(1);
+    expect(pt.tablePages).toBe(3);
   });
 
   it('skips the hook for a queued (flush-queue) gather but still hands over the tables', () => {
     const calls: number[] = [];
     const { pt } = setup({}, { addPage: (_g, iova) => calls.push(iova) });
     const out = { mapped: 0 };
-    expect(pt.mapPages(0, 0x100000, SZ_4K, 3, RW, out)).toBe(0);
+    expect(pt.mapPages(0, 0x100000, SZ_4K, 512, RW, out)).toBe(0);
     const g = iommuIotlbGatherInit(true);
-    expect(pt.unmapPages(0, SZ_4K, 3, g)).toBe(3 * SZ_4K);
+    // One range covering the whole 512 GiB level-2 span: level-0, level-1 and level-2 tables go.
+    expect(pt.unmapPages(0, SZ_1G, 512, g)).toBe(SZ_2M);
     expect(calls).toEqual([]);
     expect(g.freelist).toHaveLength(3);
     expect(g.end).toBe(0);
+    expect(pt.tablePages).toBe(1);
   });
 
   it('without a hook, widens the gather range itself', () => {
@@ -543,6 +631,176 @@ describe('arm_lpae_unmap_pages', () => {
     expect(g.start).toBe(SZ_2M - 2 * SZ_4K);
     expect(g.end).toBe(2 * SZ_2M - 1);
     expect(g.pgsize).toBe(SZ_4K);
+  });
+});
+
+describe('page-table pages on unmap and on block maps (generic_pt __unmap_range, VT-d dma_pte_clear_level)', () => {
+  /** Physical address of the table linked at `tablePhys[idx]`. */
+  function linkAt(m: Machine, tablePhys: number, idx: number): number {
+    const pte = readPte(m, tablePhys, idx);
+    expect(pte[0] & (IOPTE_VALID | IOPTE_LEAF)).toBe(IOPTE_VALID);
+    return pteAddress(pte);
+  }
+
+  it('an emptied table goes to the freelist only when one unmap range covers its whole span', () => {
+    const { m, pt, free0 } = setup();
+    const out = { mapped: 0 };
+    const c = m.counters;
+    const base = 3 * SZ_1G + 2 * SZ_2M;
+    // Level-0 table A = [base, base + 2M) full, B = [base + 2M, base + 4M) holding 8 pages.
+    expect(pt.mapPages(base, 0x100000, SZ_4K, 520, RW, out)).toBe(0);
+    expect(pt.tablePages).toBe(5);
+    const l1 = linkAt(m, linkAt(m, pt.rootPhys, 0), 3);
+    const a = linkAt(m, l1, 2);
+    const b = linkAt(m, l1, 3);
+    const g = iommuIotlbGatherInit();
+
+    // Non-covering: A is emptied by two calls, neither covering [base, base + 2M); the second runs
+    // past A's end into B and empties B too, but covers neither A's start nor B's end.
+    expect(pt.unmapPages(base, SZ_4K, 1, g)).toBe(SZ_4K);
+    expect(pt.unmapPages(base + SZ_4K, SZ_4K, 519, g)).toBe(519 * SZ_4K);
+    expect(pt.leafCount).toBe(0);
+    expect(g.freelist).toHaveLength(0);
+    expect(pt.tablePages).toBe(5);
+    expect(linkAt(m, l1, 2)).toBe(a);
+    expect(linkAt(m, l1, 3)).toBe(b);
+    drain(m, g);
+    expect(c.pgtablePagesFreed).toBe(0);
+    expectTablesAccounted(m, pt, free0);
+
+    // The empty tables are reused by the next map of the range.
+    expect(pt.mapPages(base, 0x200000, SZ_4K, 520, RW, out)).toBe(0);
+    expect(c.pgtablePagesAllocated).toBe(5);
+    expect(pt.iovaToPhys(base + 519 * SZ_4K)).toBe(0x200000 + 519 * SZ_4K);
+
+    // Covering A (one 2 MiB unmap): A is unlinked onto the freelist; the rest stays.
+    expect(pt.unmapPages(base, SZ_2M, 1, g)).toBe(SZ_2M);
+    expect(g.freelist).toEqual([a]);
+    expect(readPte(m, l1, 2)).toEqual([0, 0]);
+    // Covering B ([base + 2M, base + 4M) as 512 pages; the unmap stops at B's first hole, after
+    // B emptied): B goes too. The level-1 table is now empty but its 1 GiB is not covered.
+    expect(pt.unmapPages(base + SZ_2M, SZ_4K, 512, g)).toBe(8 * SZ_4K);
+    expect(g.freelist).toEqual([a, b]);
+    expect(pt.tablePages).toBe(3);
+    expect(freeCount(m)).toBe(free0 - 5); // unlinked, not yet freed
+    drain(m, g);
+    expect(c.pgtablePagesFreed).toBe(2);
+    expectTablesAccounted(m, pt, free0);
+
+    // A table that was already empty is not visited by a later covering unmap: the walk stops at
+    // the first hole, so unmapping nothing frees nothing.
+    expect(pt.unmapPages(3 * SZ_1G, SZ_1G, 1, g)).toBe(0);
+    expect(g.freelist).toHaveLength(0);
+    expect(pt.tablePages).toBe(3);
+    destroyAndCheck(m, pt, free0);
+  });
+
+  it('a block mapped where only empty tables are linked frees that subtree at once and writes the block', () => {
+    const { m, pt, free0 } = setup();
+    const out = { mapped: 0 };
+    const c = m.counters;
+    const l: PteLookup = { leafIova: 0, leafPhys: 0, leafSize: 0, prot: 0, dirty: false };
+    const x = 5 * SZ_1G + 2 * SZ_2M;
+    // Leave an empty level-0 table at x's 2 MiB slot.
+    expect(pt.mapPages(x + 5 * SZ_4K, 0x100000, SZ_4K, 3, RW, out)).toBe(0);
+    expect(unmapSync(m, pt, x + 5 * SZ_4K, SZ_4K, 3)).toBe(3 * SZ_4K);
+    expect(pt.tablePages).toBe(4);
+    const l2 = linkAt(m, pt.rootPhys, 0);
+    const l1 = linkAt(m, l2, 5);
+    linkAt(m, l1, 2);
+    const free = freeCount(m);
+
+    // 2 MiB block over the empty level-0 table.
+    expect(pt.mapPages(x, 0x4000_0000, SZ_2M, 1, RW, out)).toBe(0);
+    expect(out.mapped).toBe(SZ_2M);
+    expect(c.pgtablePagesFreed).toBe(1); // freed immediately (freeTablePage), not via a gather
+    expect(c.pgtablePagesAllocated).toBe(4);
+    expect(pt.tablePages).toBe(3);
+    expect(freeCount(m)).toBe(free + 1);
+    expect(readPte(m, l1, 2)).toEqual([
+      (0x4000_0000 | IOPTE_VALID | IOPTE_LEAF | IOPTE_READ | IOPTE_WRITE) >>> 0,
+      0,
+    ]);
+    expect(pt.lookup(x + 0x12345, l)).toBe(true);
+    expect(l).toEqual({ leafIova: x, leafPhys: 0x4000_0000, leafSize: SZ_2M, prot: RW, dirty: false });
+    expect(pt.leafCount).toBe(1);
+    expectTablesAccounted(m, pt, free0);
+
+    // 1 GiB block over a level-1 table whose subtree holds only an empty level-0 table: both go.
+    expect(unmapSync(m, pt, x, SZ_2M, 1)).toBe(SZ_2M);
+    expect(pt.mapPages(5 * SZ_1G + 100 * SZ_2M, 0x100000, SZ_4K, 1, RW, out)).toBe(0);
+    expect(unmapSync(m, pt, 5 * SZ_1G + 100 * SZ_2M, SZ_4K, 1)).toBe(SZ_4K);
+    expect(pt.tablePages).toBe(4);
+    expect(pt.mapPages(5 * SZ_1G, 8 * SZ_1G, SZ_1G, 1, RW, out)).toBe(0);
+    expect(c.pgtablePagesFreed).toBe(3);
+    expect(pt.tablePages).toBe(2);
+    // 8 GiB = 2 * 2^32: low address word 0, high word 2.
+    expect(readPte(m, l2, 5)).toEqual([IOPTE_VALID | IOPTE_LEAF | IOPTE_READ | IOPTE_WRITE, 2]);
+    expect(pt.iovaToPhys(5 * SZ_1G + 0x1234567)).toBe(8 * SZ_1G + 0x1234567);
+    expectTablesAccounted(m, pt, free0);
+
+    // A run of blocks over empty slots and an empty table: every block is written.
+    expect(pt.mapPages(7 * SZ_1G + SZ_2M + 2 * SZ_4K, 0x100000, SZ_4K, 1, RW, out)).toBe(0);
+    expect(unmapSync(m, pt, 7 * SZ_1G + SZ_2M + 2 * SZ_4K, SZ_4K, 1)).toBe(SZ_4K);
+    const freed = c.pgtablePagesFreed;
+    expect(pt.mapPages(7 * SZ_1G, 0x8000_0000, SZ_2M, 3, RW, out)).toBe(0);
+    expect(out.mapped).toBe(3 * SZ_2M);
+    expect(c.pgtablePagesFreed).toBe(freed + 1);
+    for (let i = 0; i < 3; i++)
+      expect(pt.iovaToPhys(7 * SZ_1G + i * SZ_2M + 8)).toBe(0x8000_0000 + i * SZ_2M + 8);
+    expect(pt.leafCount).toBe(4);
+    expectTablesAccounted(m, pt, free0);
+    destroyAndCheck(m, pt, free0);
+  });
+
+  it('a block over a table that still holds a 4K leaf below it is -EEXIST, nothing changed', () => {
+    const { m, pt, free0 } = setup();
+    const out = { mapped: 0 };
+    const c = m.counters;
+    const x = 5 * SZ_1G + 2 * SZ_2M;
+    // Slot 2 holds one 4K leaf (its last entry); slot 3 is an empty leftover table.
+    expect(pt.mapPages(x + 511 * SZ_4K, 0x100000, SZ_4K, 1, RW, out)).toBe(0);
+    expect(pt.mapPages(x + SZ_2M, 0x200000, SZ_4K, 1, RW, out)).toBe(0);
+    expect(unmapSync(m, pt, x + SZ_2M, SZ_4K, 1)).toBe(SZ_4K);
+    expect(pt.tablePages).toBe(5);
+    const l2 = linkAt(m, pt.rootPhys, 0);
+    const l1 = linkAt(m, l2, 5);
+    const snapshot = () => ({
+      tablePages: pt.tablePages,
+      leafCount: pt.leafCount,
+      allocated: c.pgtablePagesAllocated,
+      freed: c.pgtablePagesFreed,
+      pteWrites: c.pteWrites,
+      pteClears: c.pteClears,
+      free: freeCount(m),
+      links: [readPte(m, l2, 5), readPte(m, l1, 2), readPte(m, l1, 3)],
+    });
+    const before = snapshot();
+
+    expect(pt.mapPages(x, 0x4000_0000, SZ_2M, 1, RW, out)).toBe(-Errno.EEXIST);
+    expect(out.mapped).toBe(0);
+    // The level-1 table's subtree holds the leaf (beside the empty slot-3 table): the 1 GiB
+    // block is refused, and the empty table is not freed either.
+    expect(pt.mapPages(5 * SZ_1G, SZ_1G, SZ_1G, 1, RW, out)).toBe(-Errno.EEXIST);
+    expect(out.mapped).toBe(0);
+    expect(snapshot()).toEqual(before);
+    expect(pt.iovaToPhys(x + 511 * SZ_4K + 7)).toBe(0x100007);
+    expect(pt.iovaToPhys(x)).toBe(0);
+
+    // In a run, the block before the collision is written and reported; the table is untouched.
+    expect(pt.mapPages(x - SZ_2M, 0x4000_0000, SZ_2M, 2, RW, out)).toBe(-Errno.EEXIST);
+    expect(out.mapped).toBe(SZ_2M);
+    expect(pt.leafCount).toBe(2);
+    expect(readPte(m, l1, 2)).toEqual(before.links[1]);
+    expect(pt.iovaToPhys(x + 511 * SZ_4K)).toBe(0x100000);
+
+    // Once the leaf is gone, the block fits (and frees the emptied table).
+    expect(unmapSync(m, pt, x + 511 * SZ_4K, SZ_4K, 1)).toBe(SZ_4K);
+    expect(pt.mapPages(x, 0x4000_0000, SZ_2M, 1, RW, out)).toBe(0);
+    expect(pt.iovaToPhys(x + 5)).toBe(0x4000_0005);
+    expect(pt.tablePages).toBe(4);
+    expectTablesAccounted(m, pt, free0);
+    destroyAndCheck(m, pt, free0);
   });
 });
 
@@ -667,8 +925,7 @@ describe('alloc_io_pgtable_ops / free_io_pgtable_ops and page-table memory', () 
   it.each([1, 2, 3, 4, 5])(
     "fault 'pgtable_page' at table page %i → -ENOMEM, out.mapped correct, nothing leaked",
     (nth) => {
-      const { m, pt } = setup();
-      const start = freeCount(m); // root allocated
+      const { m, pt, free0 } = setup();
       const out = { mapped: 0 };
       // 1536 pages from a 2 MiB boundary need level-2, level-1 and three level-0 tables.
       const iova = 3 * SZ_1G;
@@ -681,13 +938,23 @@ describe('alloc_io_pgtable_ops / free_io_pgtable_ops and page-table memory', () 
       for (let off = 0; off < 1536 * SZ_4K; off += 64 * SZ_4K) {
         expect(pt.iovaToPhys(iova + off)).toBe(off < expectedMapped ? 0x4000_0000 + off : 0);
       }
+      // The empty tables the failed walk allocated are freed at once: with nothing mapped, only
+      // the root is left.
+      if (nth <= 3) expect(pt.tablePages).toBe(1);
       // As iommu_map does on error: unmap what was mapped, sync, free.
       if (out.mapped > 0) expect(unmapSync(m, pt, iova, SZ_4K, out.mapped / SZ_4K)).toBe(out.mapped);
-      expect(pt.tablePages).toBe(1);
-      expect(freeCount(m)).toBe(start);
-      expect(m.counters.pgtablePagesAllocated - m.counters.pgtablePagesFreed).toBe(1);
-      // And the table still works.
+      expect(pt.leafCount).toBe(0);
+      // That unmap covers each filled 2 MiB level-0 table whole, so those go through the freelist;
+      // the level-1 table (1 GiB span) and level-2 table stay for reuse.
+      expect(pt.tablePages).toBe(nth <= 3 ? 1 : 3);
+      expectTablesAccounted(m, pt, free0);
+      // And the table still works: the remap allocates only the tables that are missing.
+      const allocated = m.counters.pgtablePagesAllocated;
       expect(pt.mapPages(iova, 0x4000_0000, SZ_4K, 1536, RW, out)).toBe(0);
+      expect(m.counters.pgtablePagesAllocated - allocated).toBe(nth <= 3 ? 5 : 3);
+      expect(pt.tablePages).toBe(6);
+      // Nothing leaked.
+      destroyAndCheck(m, pt, free0);
     },
   );
 
@@ -723,7 +990,9 @@ describe('alloc_io_pgtable_ops / free_io_pgtable_ops and page-table memory', () 
     const out = { mapped: 0 };
     expect(pt.mapPages(0, 0, SZ_4K, 1, RW, out)).toBe(0);
     const g = iommuIotlbGatherInit();
-    pt.unmapPages(0, SZ_4K, 1, g);
+    // Covering the level-0 table's 2 MiB, so it is unlinked onto the freelist.
+    expect(pt.unmapPages(0, SZ_4K, 512, g)).toBe(SZ_4K);
+    expect(g.freelist).toHaveLength(1);
     const pa = g.freelist[0]!;
     freeTablePage(m, pa);
     expect(() => freeTablePage(m, pa)).toThrow(
@@ -863,21 +1132,33 @@ describe('map_pages/unmap_pages against a reference model (fast-check)', () => {
       .map(({ first, count }) => new UnmapCmd(SZ_2M, first, Math.min(count, 4 - first))),
   ];
 
-  it('agrees with the model; unmapping everything returns every table page', () => {
+  it('agrees with the model; after unmapping everything, 2M blocks fit anywhere and destroy returns every page', () => {
     fc.assert(
       fc.property(fc.commands(commands, { maxCommands: 40 }), (cmds) => {
         const m = new Machine({ memSize: 16 << 20 });
+        const free0 = freeCount(m);
         const pt = IoPgtable.create(m, { pgsizeBitmap: ALL, ias: 48, oas: 48 })!;
-        const start = freeCount(m);
         const model: Model = { pages: new Map(), leaves: 0 };
         fc.modelRun(() => ({ model, real: { m, pt } }), cmds);
         checkPages(model, pt, 0, WINDOW_PAGES);
+        expectTablesAccounted(m, pt, free0);
         for (const leaf of new Set(model.pages.values())) {
           expect(unmapSync(m, pt, leaf.start, leaf.size, 1)).toBe(leaf.size);
         }
         expect(pt.leafCount).toBe(0);
-        expect(pt.tablePages).toBe(1);
-        expect(freeCount(m)).toBe(start);
+        checkPages({ pages: new Map(), leaves: 0 }, pt, 0, WINDOW_PAGES);
+        expectTablesAccounted(m, pt, free0);
+        // Whatever tables were left behind hold no leaf, so 2 MiB blocks map over the whole
+        // window, freeing any leftover level-0 table: root, level 2 and the two level-1 tables remain.
+        const out = { mapped: 0 };
+        expect(pt.mapPages(BASE, PHYS_BASE, SZ_2M, 4, RW, out)).toBe(0);
+        expect(out.mapped).toBe(4 * SZ_2M);
+        expect(pt.leafCount).toBe(4);
+        expect(pt.tablePages).toBe(4);
+        expectTablesAccounted(m, pt, free0);
+        expect(unmapSync(m, pt, BASE, SZ_2M, 4)).toBe(4 * SZ_2M);
+        expect(pt.leafCount).toBe(0);
+        destroyAndCheck(m, pt, free0);
       }),
       { numRuns: 150 },
     );
