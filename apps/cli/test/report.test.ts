@@ -77,13 +77,14 @@ describe('renderReport', () => {
       await page.goto(pathToFileURL(file).href);
       await page.waitForSelector('body[data-rendered="yes"]', { timeout: 10_000 });
       const charts = await page.evaluate(() => {
+        type Canvas = { id: string; width: number };
         const g = globalThis as unknown as {
           Chart: {
-            getChart(el: Element): {
+            getChart(el: Canvas): {
               data: { labels: string[]; datasets: Array<{ label: string; data: number[] }> };
             };
           };
-          document: { querySelectorAll(s: string): ArrayLike<Element & { id: string; width: number }> };
+          document: { querySelectorAll(s: string): ArrayLike<Canvas> };
         };
         return Array.from(g.document.querySelectorAll('canvas')).map((c) => {
           const ch = g.Chart.getChart(c);
