@@ -9,6 +9,10 @@ export const Errno = {
   ENOENT: 2,
   /** I/O error. */
   EIO: 5,
+  /** Argument list too long (e.g. too many DMA logging ranges). */
+  E2BIG: 7,
+  /** Bad file descriptor. */
+  EBADF: 9,
   /** Try again. */
   EAGAIN: 11,
   /** Out of memory (or of IOVA space, or of bounce slots). */
@@ -23,16 +27,26 @@ export const Errno = {
   ENODEV: 19,
   /** Invalid argument. */
   EINVAL: 22,
+  /** Inappropriate ioctl: no such ioctl or feature. */
+  ENOTTY: 25,
   /** No space left on device. */
   ENOSPC: 28,
+  /** Illegal seek (pread/pwrite on a stream). */
+  ESPIPE: 29,
   /** Result out of range (address beyond the page table's input/output size). */
   ERANGE: 34,
   /** Function not implemented (no fault handler installed). */
   ENOSYS: 38,
+  /** No message of desired type (temporary end of a PRE_COPY stream). */
+  ENOMSG: 42,
+  /** Value too large for defined data type. */
+  EOVERFLOW: 75,
   /** Operation not supported. */
   EOPNOTSUPP: 95,
   /** Address already in use (generic_pt: mapping over a mapping). */
   EADDRINUSE: 98,
+  /** Transport endpoint is not connected. */
+  ENOTCONN: 107,
   /** Remote I/O error (device cannot reach P2P memory). */
   EREMOTEIO: 121,
 } as const;
