@@ -263,3 +263,22 @@ export function dmaNeedUnmap(dev: Device): boolean {
 export function dmaOptMappingSize(dev: Device): number {
   return dev.dmaIommu ? 4096 << 5 : Number.MAX_SAFE_INTEGER;
 }
+
+/**
+ * True when the device needs CPU cache maintenance around DMA (kernel: `dma_need_sync`,
+ * kernel/dma/mapping.c, i.e. `!dev->dma_skip_sync`): non-coherent, or it has bounced through
+ * swiotlb. Differs: per device, not per address.
+ */
+export function dmaNeedSync(dev: Device): boolean {
+  return !dev.coherent || dev.usedSwiotlb;
+}
+
+/**
+ * True when the device cannot reach all of RAM and would bounce (kernel: `dma_addressing_limited`,
+ * kernel/dma/mapping.c): a dma-direct device whose mask is below the top of RAM. Devices behind an
+ * IOMMU DMA domain are never limited: the IOMMU remaps into the mask.
+ */
+export function dmaAddressingLimited(dev: Device): boolean {
+  if (dev.dmaIommu) return false;
+  return dev.dmaMask < dev.machine.phys.size - 1;
+}

@@ -45,7 +45,7 @@ export class DmaDebug {
   readonly dev: Device;
   /** Report unmaps of mappings whose `dmaMappingError` was never called (kernel: same check). */
   checkMappingErrors = true;
-  readonly #single = new Map<number, SingleEntry>();
+  readonly #single = new Map<number, SingleEntry[]>();
   readonly #sg = new Map<Scatterlist, SgEntry>();
   readonly #iova = new Map<object, IovaEntry>();
   readonly #recent: number[] = [];
@@ -60,20 +60,41 @@ export class DmaDebug {
 
   // ---- single mappings -------------------------------------------------------------------
 
-  /** Records a new single mapping (kernel: `debug_dma_map_phys`). */
+  /**
+   * Records a new single mapping (kernel: `debug_dma_map_phys`). Several live mappings may share a
+   * bus address (the same page mapped twice on a direct device): like the kernel's hash buckets,
+   * every one is kept.
+   */
   addSingle(devAddr: number, phys: number, size: number, dir: DmaDataDirection): void {
-    this.#single.set(devAddr, { devAddr, phys, size, dir, checked: false });
+    const e: SingleEntry = { devAddr, phys, size, dir, checked: false };
+    const list = this.#single.get(devAddr);
+    if (list === undefined) this.#single.set(devAddr, [e]);
+    else list.push(e);
   }
 
   /** Marks a mapping's error check done (kernel: `debug_dma_mapping_error`). */
   mappingErrorChecked(devAddr: number): void {
-    const e = this.#single.get(devAddr);
+    const list = this.#single.get(devAddr);
+    if (list === undefined) return;
+    const e = list.find((x) => !x.checked);
     if (e !== undefined) e.checked = true;
+  }
+
+  /** The entry an unmap refers to: the best match at that address (kernel: `bucket_find_exact` + best fit). */
+  #matchSingle(devAddr: number, size: number, dir: DmaDataDirection): SingleEntry | undefined {
+    const list = this.#single.get(devAddr);
+    if (list === undefined || list.length === 0) return undefined;
+    return (
+      list.find((x) => x.size === size && x.dir === dir && x.checked) ??
+      list.find((x) => x.size === size && x.dir === dir) ??
+      list.find((x) => x.size === size) ??
+      list[0]
+    );
   }
 
   /** Checks an unmap without changing anything (kernel: `check_unmap`). */
   checkUnmapSingle(devAddr: number, size: number, dir: DmaDataDirection): void {
-    const e = this.#single.get(devAddr);
+    const e = this.#matchSingle(devAddr, size, dir);
     if (e === undefined) {
       if (this.#recent.includes(devAddr)) {
         this.#fail('dma_unmap: double unmap', `device driver unmaps ${hex(devAddr)} a second time`);
@@ -103,11 +124,22 @@ export class DmaDebug {
     }
   }
 
-  /** Forgets a single mapping after a checked unmap. */
-  removeSingle(devAddr: number): void {
-    this.#single.delete(devAddr);
-    this.#recent.push(devAddr);
-    if (this.#recent.length > RECENT) this.#recent.shift();
+  /** Forgets the single mapping a checked unmap referred to. */
+  removeSingle(devAddr: number, size: number, dir: DmaDataDirection): void {
+    const e = this.#matchSingle(devAddr, size, dir);
+    const list = this.#single.get(devAddr);
+    if (e === undefined || list === undefined) return;
+    list.splice(list.indexOf(e), 1);
+    if (list.length === 0) {
+      this.#single.delete(devAddr);
+      this.#recent.push(devAddr);
+      if (this.#recent.length > RECENT) this.#recent.shift();
+    }
+  }
+
+  /** All live single mappings. */
+  *#singles(): IterableIterator<SingleEntry> {
+    for (const list of this.#single.values()) yield* list;
   }
 
   // ---- scatterlists -----------------------------------------------------------------------
@@ -152,7 +184,7 @@ export class DmaDebug {
   /** Checks a sync of `[devAddr, devAddr + size)` (kernel: `check_sync`). */
   checkSync(devAddr: number, size: number, dir: DmaDataDirection): void {
     let mapDir: DmaDataDirection | undefined;
-    for (const e of this.#single.values()) {
+    for (const e of this.#singles()) {
       if (devAddr >= e.devAddr && devAddr + size <= e.devAddr + e.size) {
         mapDir = e.dir;
         break;
@@ -284,7 +316,7 @@ export class DmaDebug {
   /** Live mappings, one line each (kernel: the pending-allocations report). */
   leaks(): string[] {
     const out: string[] = [];
-    for (const e of this.#single.values()) {
+    for (const e of this.#singles()) {
       out.push(`single [${hex(e.devAddr)}] size ${e.size} ${dmaDirectionName(e.dir)}`);
     }
     for (const e of this.#sg.values()) out.push(`scatterlist nents ${e.nents} ${dmaDirectionName(e.dir)}`);
@@ -294,7 +326,9 @@ export class DmaDebug {
 
   /** Number of live tracked mappings. */
   get liveCount(): number {
-    return this.#single.size + this.#sg.size + this.#iova.size;
+    let singles = 0;
+    for (const list of this.#single.values()) singles += list.length;
+    return singles + this.#sg.size + this.#iova.size;
   }
 }
 

@@ -97,7 +97,7 @@ export function dmaUnmapPhys(
   if (dev.dmaIommu) iommuDmaUnmapPhys(dev, addr, size, dir, attrs);
   else dmaDirectUnmapPhys(dev, addr, size, dir, attrs);
   dev.machine.counters.dmaUnmapCalls++;
-  dev.debug?.removeSingle(addr);
+  dev.debug?.removeSingle(addr, size, dir);
 }
 
 /** Unmaps a page mapping (kernel: `dma_unmap_page_attrs`). */

@@ -186,3 +186,22 @@ describe('argument checks the kernel BUGs on', () => {
     expect(snapshot()).toEqual(before);
   });
 });
+
+describe('dma-debug with two mappings at one bus address', () => {
+  it('tracks both (same page mapped twice on a direct device) and unmaps each once', () => {
+    const rig = createDmaRig();
+    const dev = createKindDevice(rig, 'none');
+    const page = rig.machine.pages.allocPages(0);
+    const a = dmaMapPhys(dev, page, SZ_4K, DMA_TO_DEVICE);
+    const b = dmaMapPhys(dev, page, SZ_4K, DMA_TO_DEVICE);
+    expect(a).toBe(b);
+    dmaMappingError(dev, a);
+    dmaMappingError(dev, b);
+    expect(dev.debug!.liveCount).toBe(2);
+    dmaUnmapPhys(dev, a, SZ_4K, DMA_TO_DEVICE);
+    expect(dev.debug!.liveCount).toBe(1);
+    dmaUnmapPhys(dev, b, SZ_4K, DMA_TO_DEVICE);
+    expect(rule(() => dmaUnmapPhys(dev, a, SZ_4K, DMA_TO_DEVICE))).toBe('dma_unmap: double unmap');
+    expect(() => dmaDebugDeviceTeardown(dev)).not.toThrow();
+  });
+});

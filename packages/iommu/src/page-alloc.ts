@@ -29,8 +29,14 @@ export interface Folio {
 
 /** The buddy allocator over a machine's RAM. */
 export class PageAllocator {
-  /** Free block start pfns per order. */
+  /** Free block start pfns per order (membership, for buddy lookups). */
   readonly #free: Set<number>[] = [];
+  /**
+   * Allocation order per free list: a stack (LIFO, like the head of the kernel's free lists) that
+   * may hold stale pfns already taken by coalescing; they are skipped on pop. Taking "the first"
+   * from a Set would walk every deleted slot in V8 (quadratic over a long run).
+   */
+  readonly #stack: number[][] = [];
   /** Allocated block start pfn → order, to check frees. */
   readonly #allocated = new Map<number, number>();
   readonly #counters: Counters;
@@ -41,15 +47,19 @@ export class PageAllocator {
   constructor(nrFrames: number, counters: Counters, faults: FaultInjector) {
     this.#counters = counters;
     this.#faults = faults;
-    for (let o = 0; o <= MAX_PAGE_ORDER; o++) this.#free.push(new Set());
+    for (let o = 0; o <= MAX_PAGE_ORDER; o++) {
+      this.#free.push(new Set());
+      this.#stack.push([]);
+    }
     let pfn = Math.min(RESERVED_LOW_PAGES, nrFrames);
     while (pfn < nrFrames) {
       let order = MAX_PAGE_ORDER;
       while (order > 0 && (pfn % (1 << order) !== 0 || pfn + (1 << order) > nrFrames)) order--;
-      this.#free[order]!.add(pfn);
+      this.#push(order, pfn);
       this.#freePages += 1 << order;
       pfn += 1 << order;
     }
+    for (const st of this.#stack) st.reverse(); // lowest addresses first, as the kernel hands them out at boot
     this.totalPages = this.#freePages;
   }
 
@@ -77,13 +87,11 @@ export class PageAllocator {
     let o = order;
     while (o <= MAX_PAGE_ORDER && this.#free[o]!.size === 0) o++;
     if (o > MAX_PAGE_ORDER) return 0;
-    const list = this.#free[o]!;
-    const pfn = list.values().next().value as number;
-    list.delete(pfn);
+    const pfn = this.#pop(o);
     // expand: give back the upper halves
     while (o > order) {
       o--;
-      this.#free[o]!.add(pfn + (1 << o));
+      this.#push(o, pfn + (1 << o));
     }
     this.#allocated.set(pfn, order);
     this.#freePages -= 1 << order;
@@ -134,7 +142,37 @@ export class PageAllocator {
       p = Math.min(p, buddy);
       o++;
     }
-    this.#free[o]!.add(p);
+    this.#push(o, p);
+  }
+
+  #push(order: number, pfn: number): void {
+    this.#free[order]!.add(pfn);
+    const st = this.#stack[order]!;
+    st.push(pfn);
+    // drop stale entries once they outnumber the live ones
+    if (st.length > 64 && st.length > 2 * this.#free[order]!.size) {
+      const set = this.#free[order]!;
+      const seen = new Set<number>();
+      let w = 0;
+      for (let r = 0; r < st.length; r++) {
+        const x = st[r]!;
+        if (set.has(x) && !seen.has(x)) {
+          seen.add(x);
+          st[w++] = x;
+        }
+      }
+      st.length = w;
+    }
+  }
+
+  /** Takes the most recently freed block of `order` (the set must be non-empty). */
+  #pop(order: number): number {
+    const set = this.#free[order]!;
+    const st = this.#stack[order]!;
+    for (;;) {
+      const pfn = st.pop()!;
+      if (set.delete(pfn)) return pfn;
+    }
   }
 
   /** Frees a folio. */

@@ -1,0 +1,375 @@
+/**
+ * A source → target live migration of an assigned device, driven the way a VMM drives it: the
+ * target (opened in RUNNING) goes STOP → RESUMING; the source goes RUNNING → PRE_COPY (when
+ * supported) and its pre-copy data is streamed to the target while the device keeps running;
+ * then the source goes to STOP_COPY and the rest of the stream is moved until end of data; the
+ * target leaves RESUMING for STOP (where the stream is validated) and RUNNING; the source goes to
+ * STOP. Guest memory, when given, is copied alongside using the device's DMA dirty logging, so
+ * only pages the device wrote since the last pass are copied again. At the end the target's
+ * device state is compared with the source's byte for byte.
+ *
+ * Counterpart: userspace, not the kernel — QEMU's hw/vfio/migration.c (save/load of the device
+ * state stream with VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE and the data fd,
+ * VFIO_MIG_GET_PRECOPY_INFO, 1 MiB reads) and hw/vfio/container's dirty tracking with
+ * VFIO_DEVICE_FEATURE_DMA_LOGGING_*. Differs on purpose: one synchronous loop, no migration
+ * stream framing of its own (bytes go straight from the source fd to the target fd), no
+ * convergence heuristics beyond an iteration cap and a dirty-bytes threshold, no VM CPUs (only
+ * the device writes guest memory).
+ */
+import { Errno, PAGE_SIZE } from '@iovalink/iommu';
+import { iovaBitmapBytes, iovaBitmapTest } from './iova-bitmap.js';
+import type { Mlx5vfPciCoreDevice } from './mlx5-cmd.js';
+import { mlx5VhcaStateEqual } from './mlx5-vhca.js';
+import { type VfioIommu, vfioDmaRw } from './vfio-iommu-type1.js';
+import { type VfioDataFile, type VfioDevice, vfioIoctlDeviceFeature } from './vfio-main.js';
+import {
+  VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT,
+  VFIO_DEVICE_FEATURE_DMA_LOGGING_START,
+  VFIO_DEVICE_FEATURE_DMA_LOGGING_STOP,
+  VFIO_DEVICE_FEATURE_GET,
+  VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE,
+  VFIO_DEVICE_FEATURE_SET,
+  VFIO_DEVICE_STATE_PRE_COPY,
+  VFIO_DEVICE_STATE_RESUMING,
+  VFIO_DEVICE_STATE_RUNNING,
+  VFIO_DEVICE_STATE_STOP,
+  VFIO_DEVICE_STATE_STOP_COPY,
+  VFIO_MIG_GET_PRECOPY_INFO,
+  VFIO_MIGRATION_PRE_COPY,
+  VFIO_PRECOPY_INFO_SIZE,
+  type VfioDeviceFeatureMigState,
+  type VfioPrecopyInfo,
+} from './vfio-uapi.js';
+
+/** QEMU's data fd buffer size (hw/vfio/migration.c: `VFIO_MIG_DEFAULT_DATA_BUFFER_SIZE`, 1 MiB). */
+export const VFIO_MIG_DEFAULT_DATA_BUFFER_SIZE = 1 << 20;
+
+/**
+ * Phases of a migration, reported at their start (QEMU: the save/load stages of hw/vfio/migration.c;
+ * no kernel counterpart).
+ */
+export type VfioMigrationPhase =
+  /** Target to RESUMING, DMA logging started, first full guest copy. */
+  | 'setup'
+  /**
+   * Source RUNNING → PRE_COPY: buffers allocated and mapped, initial image saved (skipped without
+   * PRE_COPY).
+   */
+  | 'precopy-setup'
+  /** Pre-copy passes while the device runs. */
+  | 'precopy'
+  /**
+   * Source to STOP_COPY, the rest of the stream (loaded by the target as it arrives), last dirty guest
+   * pages: the downtime's data phase.
+   */
+  | 'stop-copy'
+  /** Target RESUMING → STOP (stream validated) → RUNNING. */
+  | 'resume'
+  /** Source STOP: its data fd disabled and buffers freed. */
+  | 'cleanup'
+  /** Finished; the comparisons follow. */
+  | 'done';
+
+/**
+ * Options of `vfioMigrate` (QEMU: the migration parameters hw/vfio/migration.c reads; no kernel
+ * counterpart).
+ */
+export interface VfioMigrateOptions {
+  /** Bytes per read/write of the stream (default 1 MiB, as QEMU). */
+  chunkSize?: number;
+  /** Use PRE_COPY when the source supports it (default true). */
+  precopy?: boolean;
+  /** Most pre-copy iterations (default 8). */
+  maxPrecopyIterations?: number;
+  /** Device operations the source runs after each pre-copy pass (default 1000). */
+  stepsPerIteration?: number;
+  /** Leave pre-copy once the initial data is read and at most this many dirty bytes remain (default 0). */
+  precopyThreshold?: number;
+  /** Guest memory of both sides, copied with DMA dirty logging (same mapped layout on both). */
+  guest?: { source: VfioIommu; target: VfioIommu };
+  /** Called when each phase starts (for measurements). */
+  onPhase?: (phase: VfioMigrationPhase) => void;
+}
+
+/** What a migration did (no kernel counterpart: the VMM's view). */
+export interface VfioMigrationResult {
+  /** 0, or the first -errno met. */
+  ret: number;
+  /** The step that failed, if one did. */
+  failedAt: string | undefined;
+  /** Pre-copy passes made. */
+  precopyIterations: number;
+  /** Stream bytes moved during pre-copy. */
+  precopyBytes: number;
+  /** Stream bytes moved after STOP_COPY (the downtime phase). */
+  stopCopyBytes: number;
+  /** Guest pages copied, the first full pass included. */
+  guestPagesCopied: number;
+  /** The target's device state equals the source's. */
+  equal: boolean;
+  /** Guest memory equal on both sides (undefined without guest memory). */
+  guestEqual: boolean | undefined;
+}
+
+/**
+ * SET the migration state through the uAPI (QEMU: `vfio_migration_set_state`, hw/vfio/migration.c,
+ * issuing `VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE` handled by drivers/vfio/vfio_main.c); returns the
+ * data fd, null, or -errno.
+ */
+export function vfioMigSetState(device: VfioDevice, state: number): VfioDataFile | null | number {
+  const mig: VfioDeviceFeatureMigState<VfioDataFile> = { deviceState: state, dataFd: null };
+  const ret = vfioIoctlDeviceFeature(
+    device,
+    VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE,
+    mig,
+  );
+  return ret !== 0 ? ret : mig.dataFd;
+}
+
+/**
+ * GET the migration state through the uAPI (QEMU: `vfio_query_device_state`-style GET of
+ * `VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE`, drivers/vfio/vfio_main.c); returns the state or -errno.
+ */
+export function vfioMigGetState(device: VfioDevice): number {
+  const mig: VfioDeviceFeatureMigState<VfioDataFile> = { deviceState: 0, dataFd: null };
+  const ret = vfioIoctlDeviceFeature(
+    device,
+    VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE,
+    mig,
+  );
+  return ret !== 0 ? ret : mig.deviceState;
+}
+
+/** Writes all of `data` to `fd`; returns 0 or -errno. */
+function writeAll(fd: VfioDataFile, data: Uint8Array): number {
+  let off = 0;
+  while (off < data.length) {
+    const n = fd.write(data.subarray(off));
+    if (n < 0) return n;
+    if (n === 0) return -Errno.EIO;
+    off += n;
+  }
+  return 0;
+}
+
+/**
+ * Moves what the source fd has to the target fd (QEMU: `vfio_save_block` + load): until end of
+ * stream (0), or -ENOMSG (the pre-copy temporary end) when `precopy`. Returns bytes moved or
+ * -errno.
+ */
+function pump(src: VfioDataFile, dst: VfioDataFile, buf: Uint8Array, precopy: boolean): number {
+  let moved = 0;
+  for (;;) {
+    const n = src.read(buf);
+    if (n === 0) return moved;
+    if (n === -Errno.ENOMSG && precopy) return moved;
+    if (n < 0) return n;
+    const w = writeAll(dst, buf.subarray(0, n));
+    if (w < 0) return w;
+    moved += n;
+  }
+}
+
+/**
+ * Reports and clears the source's DMA log over its guest memory and copies the dirty pages; returns
+ * pages copied or -errno.
+ */
+function copyDirtyGuest(device: VfioDevice, guest: { source: VfioIommu; target: VfioIommu }): number {
+  let copied = 0;
+  const page = new Uint8Array(PAGE_SIZE);
+  for (const d of guest.source.dmaList) {
+    const bitmap = new Uint8Array(iovaBitmapBytes(d.size, PAGE_SIZE));
+    const ret = vfioIoctlDeviceFeature(
+      device,
+      VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT,
+      {
+        iova: d.iova,
+        length: d.size,
+        pageSize: PAGE_SIZE,
+        bitmap,
+      },
+    );
+    if (ret !== 0) return ret;
+    for (let i = 0; i < d.size / PAGE_SIZE; i++) {
+      if (!iovaBitmapTest(bitmap, i)) continue;
+      const iova = d.iova + i * PAGE_SIZE;
+      if (
+        vfioDmaRw(guest.source, iova, page, false) !== 0 ||
+        vfioDmaRw(guest.target, iova, page, true) !== 0
+      ) {
+        return -Errno.EFAULT;
+      }
+      copied++;
+    }
+  }
+  return copied;
+}
+
+/** Copies all guest memory; returns pages copied or -errno. */
+function copyAllGuest(guest: { source: VfioIommu; target: VfioIommu }): number {
+  let copied = 0;
+  const page = new Uint8Array(PAGE_SIZE);
+  for (const d of guest.source.dmaList) {
+    for (let off = 0; off < d.size; off += PAGE_SIZE) {
+      if (
+        vfioDmaRw(guest.source, d.iova + off, page, false) !== 0 ||
+        vfioDmaRw(guest.target, d.iova + off, page, true) !== 0
+      ) {
+        return -Errno.EFAULT;
+      }
+      copied++;
+    }
+  }
+  return copied;
+}
+
+/** True if both sides' guest memory is byte-equal. */
+function guestEqual(guest: { source: VfioIommu; target: VfioIommu }): boolean {
+  const a = new Uint8Array(PAGE_SIZE);
+  const b = new Uint8Array(PAGE_SIZE);
+  for (const d of guest.source.dmaList) {
+    for (let off = 0; off < d.size; off += PAGE_SIZE) {
+      if (vfioDmaRw(guest.source, d.iova + off, a, false) !== 0) return false;
+      if (vfioDmaRw(guest.target, d.iova + off, b, false) !== 0) return false;
+      for (let i = 0; i < PAGE_SIZE; i++) if (a[i] !== b[i]) return false;
+    }
+  }
+  return true;
+}
+
+/**
+ * Migrates `source` to `target` through the VFIO uAPI, as a VMM does (QEMU: the VFIO device's
+ * save_setup/save_live_iterate/save_live_complete_precopy and load handlers, hw/vfio/migration.c;
+ * see the file header):
+ * target STOP → RESUMING; source RUNNING → PRE_COPY (iterations while the device runs) →
+ * STOP_COPY; target RESUMING → STOP → RUNNING; source STOP; then compares device state (and
+ * guest memory). Both devices must start in RUNNING. Stops at the first error, releasing the data
+ * fds, and reports it in `ret`/`failedAt` (the devices stay where the error left them).
+ */
+export function vfioMigrate(
+  source: Mlx5vfPciCoreDevice,
+  target: Mlx5vfPciCoreDevice,
+  options: VfioMigrateOptions = {},
+): VfioMigrationResult {
+  const result: VfioMigrationResult = {
+    ret: 0,
+    failedAt: undefined,
+    precopyIterations: 0,
+    precopyBytes: 0,
+    stopCopyBytes: 0,
+    guestPagesCopied: 0,
+    equal: false,
+    guestEqual: undefined,
+  };
+  const buf = new Uint8Array(options.chunkSize ?? VFIO_MIG_DEFAULT_DATA_BUFFER_SIZE);
+  const guest = options.guest;
+  const logging = guest !== undefined && source.logOps !== undefined;
+  const fds: VfioDataFile[] = [];
+  const fail = (step: string, ret: number): VfioMigrationResult => {
+    result.ret = ret;
+    result.failedAt = step;
+    for (const fd of fds) fd.release();
+    return result;
+  };
+  options.onPhase?.('setup');
+
+  // target: RUNNING → STOP → RESUMING
+  let r = vfioMigSetState(target, VFIO_DEVICE_STATE_STOP);
+  if (typeof r === 'number') return fail('target STOP', r);
+  r = vfioMigSetState(target, VFIO_DEVICE_STATE_RESUMING);
+  if (typeof r === 'number') return fail('target RESUMING', r);
+  if (r === null) return fail('target RESUMING', -Errno.EINVAL);
+  const dst = r;
+  fds.push(dst);
+
+  // guest memory: start logging, then one full copy
+  if (guest !== undefined) {
+    if (logging) {
+      const ranges = guest.source.dmaList.map((d) => ({ iova: d.iova, length: d.size }));
+      const ret = vfioIoctlDeviceFeature(
+        source,
+        VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_DMA_LOGGING_START,
+        {
+          pageSize: PAGE_SIZE,
+          ranges,
+        },
+      );
+      if (ret !== 0) return fail('DMA logging start', ret);
+    }
+    const n = copyAllGuest(guest);
+    if (n < 0) return fail('guest copy', n);
+    result.guestPagesCopied += n;
+  }
+
+  // source: pre-copy
+  let src: VfioDataFile | null = null;
+  if ((options.precopy ?? true) && (source.migrationFlags & VFIO_MIGRATION_PRE_COPY) !== 0) {
+    options.onPhase?.('precopy-setup');
+    r = vfioMigSetState(source, VFIO_DEVICE_STATE_PRE_COPY);
+    if (typeof r === 'number') return fail('source PRE_COPY', r);
+    if (r === null) return fail('source PRE_COPY', -Errno.EINVAL);
+    src = r;
+    fds.push(src);
+    options.onPhase?.('precopy');
+    const max = options.maxPrecopyIterations ?? 8;
+    const threshold = options.precopyThreshold ?? 0;
+    const info: VfioPrecopyInfo = { argsz: VFIO_PRECOPY_INFO_SIZE, flags: 0, initialBytes: 0, dirtyBytes: 0 };
+    while (result.precopyIterations < max) {
+      const ret = src.ioctl(VFIO_MIG_GET_PRECOPY_INFO, info);
+      if (ret !== 0) return fail('VFIO_MIG_GET_PRECOPY_INFO', ret);
+      const moved = pump(src, dst, buf, true);
+      if (moved < 0) return fail('pre-copy stream', moved);
+      result.precopyBytes += moved;
+      result.precopyIterations++;
+      if (logging && guest !== undefined) {
+        const n = copyDirtyGuest(source, guest);
+        if (n < 0) return fail('DMA logging report', n);
+        result.guestPagesCopied += n;
+      }
+      source.run(options.stepsPerIteration ?? 1000);
+      const again = src.ioctl(VFIO_MIG_GET_PRECOPY_INFO, info);
+      if (again !== 0) return fail('VFIO_MIG_GET_PRECOPY_INFO', again);
+      if (info.initialBytes === 0 && info.dirtyBytes <= threshold) break;
+    }
+  }
+
+  // source: stop-and-copy
+  options.onPhase?.('stop-copy');
+  r = vfioMigSetState(source, VFIO_DEVICE_STATE_STOP_COPY);
+  if (typeof r === 'number') return fail('source STOP_COPY', r);
+  if (r !== null) {
+    src = r;
+    fds.push(src);
+  }
+  if (src === null) return fail('source STOP_COPY', -Errno.EINVAL);
+  const moved = pump(src, dst, buf, false);
+  if (moved < 0) return fail('stop-copy stream', moved);
+  result.stopCopyBytes = moved;
+  if (logging && guest !== undefined) {
+    const n = copyDirtyGuest(source, guest);
+    if (n < 0) return fail('DMA logging report', n);
+    result.guestPagesCopied += n;
+    const ret = vfioIoctlDeviceFeature(
+      source,
+      VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_DMA_LOGGING_STOP,
+      undefined,
+    );
+    if (ret !== 0) return fail('DMA logging stop', ret);
+  }
+  // target: leave RESUMING, run
+  options.onPhase?.('resume');
+  r = vfioMigSetState(target, VFIO_DEVICE_STATE_STOP);
+  if (typeof r === 'number') return fail('target STOP', r);
+  r = vfioMigSetState(target, VFIO_DEVICE_STATE_RUNNING);
+  if (typeof r === 'number') return fail('target RUNNING', r);
+
+  // source: leave the saving states
+  options.onPhase?.('cleanup');
+  r = vfioMigSetState(source, VFIO_DEVICE_STATE_STOP);
+  if (typeof r === 'number') return fail('source STOP', r);
+  for (const fd of fds) fd.release();
+  options.onPhase?.('done');
+  result.equal = mlx5VhcaStateEqual(source.vhca, target.vhca);
+  if (guest !== undefined) result.guestEqual = guestEqual(guest);
+  return result;
+}
