@@ -1,0 +1,33 @@
+/**
+ * The shape every demo workload has: it runs the same seeded work through the scatterlist path and
+ * the two-step path, each on a fresh machine so counters never mix, verifies the data, and returns
+ * one `WorkloadResult` (see `../results.ts`).
+ */
+import type { CostModel } from '../cost-model.js';
+import type { WorkloadResult } from '../results.js';
+import type { IommuMode } from '../rig.js';
+
+/** What a workload is told. */
+export interface WorkloadContext {
+  /** Device translation for the run (strict by default). */
+  iommu: IommuMode;
+  /** Seed for the machine and the workload's random choices. */
+  seed: number;
+  /** Small sizes so that the whole demo finishes in well under ten seconds. */
+  quick: boolean;
+  /** Turns counts into modeled kernel time. */
+  costModel: CostModel;
+  /** Check every mapping with dma-debug (slower). */
+  debug: boolean;
+  /** Called as work progresses (done, total ops) for progress bars. */
+  onProgress?: (done: number, total: number) => void;
+}
+
+/** A runnable workload. */
+export interface Workload {
+  /** Shown in tables and charts, e.g. "block 4 KiB random read". */
+  name: string;
+  subsystem: WorkloadResult['subsystem'];
+  /** Runs both paths and returns their results; throws if data does not verify. */
+  run(ctx: WorkloadContext): WorkloadResult;
+}
