@@ -87,6 +87,7 @@ export function dmaIovaTryAlloc(dev: Device, state: DmaIovaState, phys: number, 
   state.addr = iova + pad;
   state.size = size;
   dev.debug?.iovaAlloc(state, size, iovad.granule, pad);
+  dev.machine.tracer?.instant('dma_iova_try_alloc', 'iova', { dev: dev.name, addr: state.addr, size });
   return true;
 }
 
@@ -195,6 +196,8 @@ export function dmaIovaLink(
   const pad = modPow2(phys, granule);
   if (pad !== 0 && offset !== 0) return -Errno.EIO;
   dev.debug?.checkLink(state, offset, size);
+  const tr = dev.machine.tracer;
+  tr?.begin('dma_iova_link', 'iova', { dev: dev.name, phys, offset, size });
   let ret: number;
   if (dev.untrusted && (pad !== 0 || modPow2(phys + size, granule) !== 0)) {
     ret = linkSwiotlb(dev, state, phys, offset, size, dir, attrs);
@@ -216,6 +219,7 @@ export function dmaIovaLink(
     dev.machine.counters.dmaLinks++;
     dev.debug?.addLink(state, offset, size);
   }
+  tr?.end();
   return ret;
 }
 
@@ -274,6 +278,7 @@ export function dmaIovaSync(dev: Device, state: DmaIovaState, offset: number, si
   checkState(dev, state, 'dma_iova_sync');
   const iovad = devCookie(dev).iovad;
   const pad = modPow2(state.addr, iovad.granule);
+  dev.machine.tracer?.instant('dma_iova_sync', 'iova', { dev: dev.name, offset, size });
   return iommuSyncMap(devDomain(dev), state.addr + offset - pad, iovaAlignUp(iovad, size + pad));
 }
 
@@ -346,7 +351,10 @@ export function dmaIovaUnlink(
 ): void {
   checkState(dev, state, 'dma_iova_unlink');
   dev.debug?.checkUnlink(state, offset, size);
+  const tr = dev.machine.tracer;
+  tr?.begin('dma_iova_unlink', 'iova', { dev: dev.name, offset, size });
   unlinkRange(dev, state, offset, size, dir, attrs, false);
+  tr?.end();
   dev.machine.counters.dmaUnlinks++;
   dev.debug?.removeLinks(state, offset, size);
 }
@@ -361,6 +369,7 @@ export function dmaIovaFree(dev: Device, state: DmaIovaState): void {
   const iovad = devCookie(dev).iovad;
   const pad = modPow2(state.addr, iovad.granule);
   iommuDmaFreeIova(devDomain(dev), state.addr - pad, iovaAlignUp(iovad, state.size + pad), undefined);
+  dev.machine.tracer?.instant('dma_iova_free', 'iova', { dev: dev.name, size: state.size });
   dev.debug?.iovaRelease(state);
 }
 
@@ -382,7 +391,10 @@ export function dmaIovaDestroy(
     return;
   }
   dev.debug?.checkDestroy(state, mappedLen);
+  const tr = dev.machine.tracer;
+  tr?.begin('dma_iova_destroy', 'iova', { dev: dev.name, mappedLen });
   unlinkRange(dev, state, 0, mappedLen, dir, attrs, true);
+  tr?.end();
   dev.machine.counters.dmaUnlinks++;
   dev.debug?.iovaRelease(state);
 }

@@ -56,6 +56,8 @@ export function dmaMapPhys(
 ): number {
   checkDmaArgs(dev, dir, 'dma_map_phys');
   dev.machine.phys.check(phys, size);
+  const tr = dev.machine.tracer;
+  tr?.begin('dma_map_phys', 'dma', { dev: dev.name, phys, size });
   const addr = dev.dmaIommu
     ? iommuDmaMapPhys(dev, phys, size, dir, attrs)
     : dmaDirectMapPhys(dev, phys, size, dir, attrs);
@@ -63,6 +65,7 @@ export function dmaMapPhys(
     dev.machine.counters.dmaMapCalls++;
     dev.debug?.addSingle(addr, phys, size, dir);
   }
+  tr?.end();
   return addr;
 }
 
@@ -94,8 +97,11 @@ export function dmaUnmapPhys(
 ): void {
   checkDmaArgs(dev, dir, 'dma_unmap_phys');
   dev.debug?.checkUnmapSingle(addr, size, dir);
+  const tr = dev.machine.tracer;
+  tr?.begin('dma_unmap_phys', 'dma', { dev: dev.name, addr, size });
   if (dev.dmaIommu) iommuDmaUnmapPhys(dev, addr, size, dir, attrs);
   else dmaDirectUnmapPhys(dev, addr, size, dir, attrs);
+  tr?.end();
   dev.machine.counters.dmaUnmapCalls++;
   dev.debug?.removeSingle(addr, size, dir);
 }
@@ -124,9 +130,12 @@ function segmentsOf(sgl: Scatterlist, count: number): Array<[number, number]> {
 function mapSg(dev: Device, sgl: Scatterlist, nents: number, dir: DmaDataDirection, attrs: number): number {
   checkDmaArgs(dev, dir, 'dma_map_sg');
   if (!(nents > 0)) return -Errno.EINVAL;
+  const tr = dev.machine.tracer;
+  tr?.begin('dma_map_sg', 'dma', { dev: dev.name, nents });
   const ents = dev.dmaIommu
     ? iommuDmaMapSg(dev, sgl, nents, dir, attrs)
     : dmaDirectMapSg(dev, sgl, nents, dir, attrs);
+  tr?.end();
   if (ents > 0) {
     dev.machine.counters.dmaMapCalls++;
     dev.debug?.addSg(sgl, nents, ents, dir, segmentsOf(sgl, ents));
@@ -161,8 +170,11 @@ export function dmaUnmapSgAttrs(
 ): void {
   checkDmaArgs(dev, dir, 'dma_unmap_sg');
   dev.debug?.checkUnmapSg(sgl, nents, dir);
+  const tr = dev.machine.tracer;
+  tr?.begin('dma_unmap_sg', 'dma', { dev: dev.name, nents });
   if (dev.dmaIommu) iommuDmaUnmapSg(dev, sgl, nents, dir, attrs);
   else dmaDirectUnmapSg(dev, sgl, nents, dir, attrs);
+  tr?.end();
   dev.machine.counters.dmaUnmapCalls++;
   dev.debug?.removeSg(sgl);
 }

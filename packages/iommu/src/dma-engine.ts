@@ -39,6 +39,8 @@ export class DmaEngine {
    * -EFAULT when a page faulted (bytes before it were read) or lies outside RAM.
    */
   read(bus: number, dst: Uint8Array): number {
+    const tr = this.machine.tracer;
+    tr?.instant('device_dma_read', 'device', { requester: this.requester, bus, len: dst.length });
     let done = 0;
     while (done < dst.length) {
       const a = bus + done;
@@ -57,6 +59,8 @@ export class DmaEngine {
    * page faulted (bytes before it were written) or lies outside RAM.
    */
   write(bus: number, src: Uint8Array): number {
+    const tr = this.machine.tracer;
+    tr?.instant('device_dma_write', 'device', { requester: this.requester, bus, len: src.length });
     let done = 0;
     while (done < src.length) {
       const a = bus + done;

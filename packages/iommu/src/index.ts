@@ -122,3 +122,4 @@ export {
 } from './page-alloc.js';
 export { PAGE_SHIFT, PAGE_SIZE, PhysMem } from './phys-mem.js';
 export { Prng } from './prng.js';
+export type { TraceArgs, Tracer } from './tracer.js';

@@ -135,6 +135,11 @@ export class IommuDevice {
    */
   iotlbSync(domain: IommuDomain, gather: IommuIotlbGather): void {
     if (!iommuIotlbGatherIsEmpty(gather)) {
+      this.machine.tracer?.instant('iotlb_inv_range', 'iotlb', {
+        domain: domain.id,
+        iova: gather.start,
+        size: gather.end - gather.start + 1,
+      });
       this.iotlb.invalidateRange(domain.id, gather.start, gather.end - gather.start + 1);
     } else if (gather.freelist.length > 0) {
       this.iotlb.invalidateAll(domain.id);
@@ -145,6 +150,7 @@ export class IommuDevice {
 
   /** Driver `flush_iotlb_all`: drops every IOTLB entry of the domain. */
   flushIotlbAll(domain: IommuDomain): void {
+    this.machine.tracer?.instant('iotlb_inv_all', 'iotlb', { domain: domain.id });
     this.iotlb.invalidateAll(domain.id);
   }
 

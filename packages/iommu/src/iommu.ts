@@ -112,7 +112,10 @@ export function iommuMapNosync(
   if (!aligned(iova, min) || !aligned(paddr, min) || !aligned(size, min) || size < 0) return -Errno.EINVAL;
   if (!Number.isSafeInteger(iova) || !Number.isSafeInteger(paddr) || iova < 0 || paddr < 0)
     return -Errno.EINVAL;
-  domain.iommu.machine.counters.iommuMapCalls++;
+  const machine = domain.iommu.machine;
+  machine.counters.iommuMapCalls++;
+  const tr = machine.tracer;
+  tr?.begin('iommu_map', 'iommu', { iova, paddr, size });
   const origIova = iova;
   const origSize = size;
   let ret = 0;
@@ -128,6 +131,7 @@ export function iommuMapNosync(
     if (mapped === 0) break; // prot without R/W: the table maps nothing and reports success
   }
   if (ret !== 0) iommuUnmap(domain, origIova, origSize - size);
+  tr?.end();
   return ret;
 }
 
@@ -173,7 +177,10 @@ function iommuUnmapInner(domain: IommuDomain, iova: number, size: number, gather
   if (!domain.isPaging || pgtbl === undefined) return 0;
   const min = lowBit31(domain.pgsizeBitmap);
   if (!aligned(iova, min) || !aligned(size, min)) return 0;
-  domain.iommu.machine.counters.iommuUnmapCalls++;
+  const machine = domain.iommu.machine;
+  machine.counters.iommuUnmapCalls++;
+  const tr = machine.tracer;
+  tr?.begin('iommu_unmap', 'iommu', { iova, size });
   let unmapped = 0;
   while (unmapped < size) {
     const pgsize = iommuPgsize(domain, iova, iova, size - unmapped, pgsizeScratch);
@@ -182,6 +189,7 @@ function iommuUnmapInner(domain: IommuDomain, iova: number, size: number, gather
     iova += u;
     unmapped += u;
   }
+  tr?.end();
   return unmapped;
 }
 

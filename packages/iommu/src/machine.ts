@@ -12,6 +12,7 @@ import { FaultInjector } from './fault-inject.js';
 import { PageAllocator } from './page-alloc.js';
 import { PhysMem } from './phys-mem.js';
 import { Prng } from './prng.js';
+import type { Tracer } from './tracer.js';
 
 /** 1 GiB, the default RAM size. */
 export const DEFAULT_MEM_SIZE = 1 << 30;
@@ -36,6 +37,8 @@ export class Machine {
   readonly faults: FaultInjector;
   /** Number of CPUs (kernel: `nr_cpu_ids`). */
   readonly cpus: number;
+  /** Receives trace events when set (see `tracer.ts`); undefined = tracing off. */
+  tracer: Tracer | undefined;
   #cpu = 0;
 
   constructor(options: MachineOptions = {}) {
