@@ -6,7 +6,11 @@
 import { readFileSync, realpathSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Command, InvalidArgumentError, Option } from 'commander';
+import { type BenchBlockOptions, benchBlock, parseSizes } from './commands/bench-block.js';
 import { benchMap } from './commands/bench-map.js';
+import { type DemoOptions, demo } from './commands/demo.js';
+import { type TraceOptions, trace } from './commands/trace.js';
+import { COST_MODEL_PRESETS } from './cost-model.js';
 import { IOMMU_MODES, type IommuMode } from './rig.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as {
@@ -27,6 +31,46 @@ export function buildProgram(out: (s: string) => void = (s) => process.stdout.wr
   const program = new Command('iovalink')
     .description('The Linux DMA-mapping stack as an executable model: scatterlist path vs two-step IOVA API')
     .version(pkg.version);
+
+  program
+    .command('demo')
+    .description(
+      'block I/O, RDMA ODP and VFIO migration through the scatterlist path and the two-step IOVA path, side by side',
+    )
+    .option('--quick', 'small sizes: the whole run in well under ten seconds')
+    .option('--json', 'machine-readable results')
+    .option('--report <file.html>', 'also write a self-contained HTML report with charts')
+    .addOption(
+      new Option(
+        '--cost-model <preset|file.json>',
+        `cost model for modeled kernel time (${COST_MODEL_PRESETS.join(', ')}, or a file)`,
+      ).default('arm-smmuv3'),
+    )
+    .addOption(new Option('--iommu <mode>', 'device translation').choices([...IOMMU_MODES]).default('strict'))
+    .addOption(
+      new Option('--seed <n>', 'seed for the machine and workloads')
+        .default(1)
+        .argParser(int('seed', 0, 2 ** 31 - 1)),
+    )
+    .addOption(new Option('--only <subsystem...>', 'run only these').choices(['block', 'odp', 'vfio']))
+    .option('--debug', 'check every mapping with dma-debug (slower)')
+    .option('--no-progress', 'no progress bars')
+    .action((o: DemoOptions) => out(demo(o)));
+
+  program
+    .command('trace')
+    .description(
+      'record the DMA/IOMMU events of a short workload as Chrome trace-event JSON (Perfetto opens it)',
+    )
+    .requiredOption('--out <trace.json>', 'where to write the trace')
+    .addOption(
+      new Option('--workload <subsystem>', 'which workload')
+        .choices(['block', 'odp', 'vfio'])
+        .default('block'),
+    )
+    .addOption(new Option('--iommu <mode>', 'device translation').choices([...IOMMU_MODES]).default('strict'))
+    .addOption(new Option('--seed <n>', 'seed').default(1).argParser(int('seed', 0, 2 ** 31 - 1)))
+    .action((o: TraceOptions) => out(trace(o)));
 
   const bench = program
     .command('bench')
@@ -73,6 +117,42 @@ export function buildProgram(out: (s: string) => void = (s) => process.stdout.wr
     .option('--json', 'machine-readable output')
     .option('--csv', 'CSV output')
     .action((o: Parameters<typeof benchMap>[0] & { iommu: IommuMode }) => out(benchMap(o)));
+
+  bench
+    .command('block')
+    .description('sweep request size × queue depth through the NVMe-style device, both mapping paths')
+    .option(
+      '--sizes <list>',
+      'request sizes, e.g. 4k,128k,1m',
+      (v: string) => {
+        try {
+          return parseSizes(v);
+        } catch (e) {
+          throw new InvalidArgumentError((e as Error).message);
+        }
+      },
+      [4096, 131072, 1048576],
+    )
+    .option(
+      '--depths <list>',
+      'queue depths, e.g. 1,16',
+      (v: string) => v.split(',').map(int('depth', 1, 1023)),
+      [1, 16],
+    )
+    .addOption(new Option('--ios <n>', 'I/Os per point').default(500).argParser(int('ios', 1, 1e7)))
+    .addOption(new Option('--pattern <p>', 'offsets').choices(['random', 'sequential']).default('random'))
+    .addOption(
+      new Option('--buffers <layout>', 'buffer pages')
+        .choices(['contiguous', 'scattered'])
+        .default('contiguous'),
+    )
+    .addOption(new Option('--path <path>', 'mapping path').choices(['sg', 'iova', 'both']).default('both'))
+    .addOption(new Option('--iommu <mode>', 'device translation').choices([...IOMMU_MODES]).default('strict'))
+    .option('--cost-model <preset|file.json>', 'cost model for modeled kernel time', 'arm-smmuv3')
+    .addOption(new Option('--seed <n>', 'seed').default(1).argParser(int('seed', 0, 2 ** 31 - 1)))
+    .option('--json', 'machine-readable output')
+    .option('--csv', 'CSV output')
+    .action((o: BenchBlockOptions) => out(benchBlock(o)));
 
   return program;
 }

@@ -103,3 +103,22 @@ describe('cost model', () => {
     expect(() => loadCostModel(join(dir, 'missing.json'))).toThrow(/not a preset .* and not a readable file/);
   });
 });
+
+describe('iovalink bench block', () => {
+  it('sweeps size × depth for both paths with 0 scatterlist bytes on the two-step path', async () => {
+    const out = await run(['bench', 'block', '--sizes', '64k', '--depths', '1,4', '--ios', '20', '--json']);
+    const j = JSON.parse(out) as { rows: Array<Record<string, string | number>> };
+    expect(j.rows).toHaveLength(4);
+    for (const r of j.rows) {
+      expect(r.size).toBe('64 KiB');
+      if (r.path === 'iova') expect(r['sg B/io']).toBe(0);
+      else expect(r['sg B/io']).toBeGreaterThan(0);
+    }
+  });
+
+  it('rejects a size that is not a multiple of 512 bytes, naming it', async () => {
+    await expect(run(['bench', 'block', '--sizes', '4k,1000'])).rejects.toThrow(
+      /size "1000" must be a multiple of 512/,
+    );
+  });
+});

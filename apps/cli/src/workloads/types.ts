@@ -3,8 +3,10 @@
  * the two-step path, each on a fresh machine so counters never mix, verifies the data, and returns
  * one `WorkloadResult` (see `../results.ts`).
  */
+
+import type { Machine } from '@iovalink/iommu';
 import type { CostModel } from '../cost-model.js';
-import type { WorkloadResult } from '../results.js';
+import type { DmaPath, WorkloadResult } from '../results.js';
 import type { IommuMode } from '../rig.js';
 
 /** What a workload is told. */
@@ -21,6 +23,11 @@ export interface WorkloadContext {
   debug: boolean;
   /** Called as work progresses (done, total ops) for progress bars. */
   onProgress?: (done: number, total: number) => void;
+  /**
+   * Called with each path's machine right after it is built, before any work: `iovalink trace`
+   * installs its tracer here.
+   */
+  onMachine?: (machine: Machine, path: DmaPath) => void;
 }
 
 /** A runnable workload. */

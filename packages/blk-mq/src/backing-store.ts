@@ -1,0 +1,67 @@
+/**
+ * A device's backing store: the bytes of a disk, kept sparse in 64 KiB chunks allocated on first
+ * write, so a large namespace costs only what is written; unwritten and discarded bytes read as
+ * zeros. No kernel counterpart (null_blk's memory-backed mode keeps a radix tree of pages,
+ * `struct nullb_page`, for the same purpose); the media of the device models.
+ */
+
+/** Bytes of one chunk. */
+export const STORE_CHUNK_SIZE = 64 * 1024;
+const CHUNK = STORE_CHUNK_SIZE;
+
+/** A sparse byte store: 64 KiB chunks allocated on first write; unwritten bytes read as zero. */
+export class SparseStore {
+  readonly #chunks = new Map<number, Uint8Array>();
+
+  /** Chunks holding data. */
+  get chunks(): number {
+    return this.#chunks.size;
+  }
+
+  /** Copies `dst.length` bytes from byte offset `off`. */
+  read(off: number, dst: Uint8Array): void {
+    let done = 0;
+    while (done < dst.length) {
+      const a = off + done;
+      const idx = Math.floor(a / CHUNK);
+      const o = a - idx * CHUNK;
+      const n = Math.min(CHUNK - o, dst.length - done);
+      const c = this.#chunks.get(idx);
+      if (c === undefined) dst.fill(0, done, done + n);
+      else dst.set(c.subarray(o, o + n), done);
+      done += n;
+    }
+  }
+
+  /** Writes `src` at byte offset `off`. */
+  write(off: number, src: Uint8Array): void {
+    let done = 0;
+    while (done < src.length) {
+      const a = off + done;
+      const idx = Math.floor(a / CHUNK);
+      const o = a - idx * CHUNK;
+      const n = Math.min(CHUNK - o, src.length - done);
+      let c = this.#chunks.get(idx);
+      if (c === undefined) {
+        c = new Uint8Array(CHUNK);
+        this.#chunks.set(idx, c);
+      }
+      c.set(src.subarray(done, done + n), o);
+      done += n;
+    }
+  }
+
+  /** Zeroes `len` bytes at `off`, dropping whole chunks. */
+  zero(off: number, len: number): void {
+    let done = 0;
+    while (done < len) {
+      const a = off + done;
+      const idx = Math.floor(a / CHUNK);
+      const o = a - idx * CHUNK;
+      const n = Math.min(CHUNK - o, len - done);
+      if (o === 0 && n === CHUNK) this.#chunks.delete(idx);
+      else this.#chunks.get(idx)?.fill(0, o, o + n);
+      done += n;
+    }
+  }
+}

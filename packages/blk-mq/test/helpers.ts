@@ -1,0 +1,55 @@
+// Shared helpers for blk-mq tests: a bare request queue with a recording driver, aligned page
+// blocks, and byte patterns.
+import type { Machine } from '@iovalink/iommu';
+import {
+  BLK_STS_OK,
+  type BlkMqQueueData,
+  BlkMqTagSet,
+  blkMqAllocQueue,
+  blkMqAllocTagSet,
+  QueueLimits,
+  type Request,
+  type RequestQueue,
+} from '../src/index.js';
+
+/** A queue whose driver only records what it is given (requests stay in flight until ended). */
+export function makeQueue(
+  machine: Machine,
+  limits: Partial<QueueLimits> = {},
+  depth = 16,
+): { q: RequestQueue; queued: Request[] } {
+  const queued: Request[] = [];
+  const set = new BlkMqTagSet(machine, {
+    ops: {
+      queueRq: (_h, bd: BlkMqQueueData) => {
+        queued.push(bd.rq);
+        return BLK_STS_OK;
+      },
+    },
+    nrHwQueues: 1,
+    queueDepth: depth,
+  });
+  if (blkMqAllocTagSet(set) !== 0) throw new Error('tag set');
+  return { q: blkMqAllocQueue(set, QueueLimits.of(limits)), queued };
+}
+
+/** A physically contiguous, naturally aligned block of 2^order pages. */
+export function alignedBlock(machine: Machine, order: number): number {
+  const p = machine.pages.allocPages(order);
+  if (p === 0) throw new Error('out of memory');
+  return p;
+}
+
+/** Deterministic bytes. */
+export function pattern(len: number, seed: number): Uint8Array {
+  const out = new Uint8Array(len);
+  for (let i = 0; i < len; i++) out[i] = (seed * 29 + i * 13 + (i >> 10)) & 0xff;
+  return out;
+}
+
+/** Fast byte-array equality (vitest's deep equality is slow on megabytes). */
+export function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  return Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(
+    Buffer.from(b.buffer, b.byteOffset, b.byteLength),
+  );
+}
