@@ -16,6 +16,8 @@ function fmtCell(v: string | number | undefined): string {
   if (v === undefined) return '';
   if (typeof v === 'number') {
     if (Number.isInteger(v)) return v.toLocaleString('en-US');
+    // small per-op figures (e.g. one IOVA allocation per MR over thousands of ops) keep 3 digits
+    if (Math.abs(v) < 1) return v.toPrecision(3);
     return v.toLocaleString('en-US', { maximumFractionDigits: 2 });
   }
   return v;

@@ -62,7 +62,7 @@ const report = JSON.parse(document.getElementById('report-data').textContent);
 const labels = report.workloads.map((w) => w.name);
 const per = (path, key) => report.workloads.map((w) => { const p = w.paths.find((x) => x.path === path); return p ? p[key] : null; });
 const colors = { sg: '#d9534f', iova: '#2b7bb9' };
-const names = { sg: 'scatterlist (legacy)', iova: 'two-step IOVA' };
+const names = { sg: 'legacy (scatterlist / per-page)', iova: 'two-step IOVA' };
 new Chart(document.getElementById('cost'), {
   type: 'bar',
   data: { labels, datasets: ['sg', 'iova'].flatMap((p) => [

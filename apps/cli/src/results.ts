@@ -10,7 +10,10 @@ import { type CostModel, modeledNs } from './cost-model.js';
 export type DmaPath = 'sg' | 'iova';
 
 /** Human name of a path. */
-export const PATH_LABEL: Record<DmaPath, string> = { sg: 'scatterlist (legacy)', iova: 'two-step IOVA' };
+export const PATH_LABEL: Record<DmaPath, string> = {
+  sg: 'legacy (scatterlist / per-page)',
+  iova: 'two-step IOVA',
+};
 
 /** One path's result for one workload (all per-op figures are averages over `ops`). */
 export interface PathResult {

@@ -88,6 +88,6 @@ describe('iovalink trace', () => {
     const names = doc.traceEvents
       .filter((e) => e.ph === 'M' && e.name === 'thread_name')
       .map((e) => e.args?.name);
-    expect(names).toEqual(['scatterlist (legacy)', 'two-step IOVA']);
+    expect(names).toEqual(['legacy (scatterlist / per-page)', 'two-step IOVA']);
   });
 });

@@ -103,13 +103,13 @@ describe('renderReport', () => {
         expect(c.labels).toEqual(['block 4 KiB', 'block 128 KiB']);
       }
       expect(charts[0]!.series).toEqual([
-        ['scatterlist (legacy) · modeled kernel ns/op', [800, 3200]],
-        ['scatterlist (legacy) · simulator ns/op', [1000, 4000]],
+        ['legacy (scatterlist / per-page) · modeled kernel ns/op', [800, 3200]],
+        ['legacy (scatterlist / per-page) · simulator ns/op', [1000, 4000]],
         ['two-step IOVA · modeled kernel ns/op', [640, 1600]],
         ['two-step IOVA · simulator ns/op', [800, 2000]],
       ]);
       expect(charts[1]!.series).toEqual([
-        ['scatterlist (legacy) · metadata bytes per page', [32, 32]],
+        ['legacy (scatterlist / per-page) · metadata bytes per page', [32, 32]],
         ['two-step IOVA · metadata bytes per page', [0.5, 0.5]],
       ]);
       expect(await page.locator('#results tbody tr').count()).toBe(4);

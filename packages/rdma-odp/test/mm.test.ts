@@ -140,7 +140,9 @@ describe('migrate_pages', () => {
     const after = [mm.followPte(a)!.phys, mm.followPte(a + PAGE_SIZE)!.phys];
     expect(after[0]).not.toBe(before[0]);
     expect(after[1]).not.toBe(before[1]);
-    expect(m.pages.orderOf(before[0]!)).toBe(-1);
+    // each old frame was freed (it may be reused at once: the page allocator is LIFO, so page 1's
+    // new frame can be the one page 0 just left)
+    for (const old of before) expect(m.pages.orderOf(old) === -1 || after.includes(old)).toBe(true);
     expect(mm.read(a, data.length)).toEqual(data);
     expect(mm.stats.migrations).toBe(2);
   });

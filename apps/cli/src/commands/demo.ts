@@ -37,6 +37,7 @@ const METRICS: Array<[string, (p: PathResult) => number | string]> = [
   ['scatterlist bytes / op', (p) => p.sgBytesPerOp],
   ['allocations / op', (p) => p.allocsPerOp],
   ['IOVA allocations / op', (p) => p.iovaAllocsPerOp],
+  ['IOVA allocations (total)', (p) => Math.round(p.iovaAllocsPerOp * p.ops)],
   ['PTE writes / op', (p) => p.pteWritesPerOp],
   ['IOTLB invalidations / op', (p) => p.iotlbInvalidationsPerOp],
   ['bounce bytes / op', (p) => p.bounceBytesPerOp],
@@ -48,7 +49,8 @@ function ratio(a: number | string, b: number | string): string {
   if (typeof a !== 'number' || typeof b !== 'number') return '';
   if (a === 0 && b === 0) return '=';
   if (a === 0) return '∞';
-  return `${(b / a).toFixed(2)}×`;
+  const r = b / a;
+  return r !== 0 && r < 0.01 ? `${r.toPrecision(2)}×` : `${r.toFixed(2)}×`;
 }
 
 /** The side-by-side table of one workload. */

@@ -1,0 +1,264 @@
+/**
+ * VFIO workload for the demo: a live migration of an mlx5-style VF from a source to a target
+ * device on one machine, driven as a VMM drives it (`vfioMigrate`: target RESUMING; source
+ * PRE_COPY with a few pre-copy passes while the device keeps running; STOP_COPY; target STOP →
+ * RUNNING; source STOP), then the target's registers, queue contexts and device memory compared
+ * byte for byte with the source's. Kernel counterparts: drivers/vfio/vfio_main.c and
+ * drivers/vfio/pci/mlx5/ as modelled by `@iovalink/vfio-migration`.
+ *
+ * The two paths are the two kernel shapes of the mlx5 migration data buffers:
+ * - `'sg'` (≤ v6.15): pages appended to an `sg_append_table`, mapped with `dma_map_sgtable`, the
+ *   memory key's MTT built from the DMA segments in a transient `create_mkey_in`;
+ * - `'iova'` (v6.16+): a page-pointer array, `dma_iova_try_alloc` of the whole buffer,
+ *   `dma_iova_link` per page, one `dma_iova_sync`, the MTT kept for the buffer's life.
+ *
+ * Setting: physical memory is fragmented first (every other page held, as on a long-running host)
+ * so buffer pages do not merge into larger scatterlist entries; without that, 'sg' tables collapse
+ * to a few entries and say little. No guest memory is migrated: its copy (by DMA dirty logging)
+ * is the same on both paths and would only dilute the data-buffer figures.
+ *
+ * Measures: one op = one migration (so every per-op figure is a whole migration's cost, and
+ * `bytesPerOp` is the device state size). The counter window and the simulator time cover
+ * `vfioMigrate` and one flush-queue timeout of virtual time afterwards (so lazy domains' deferred
+ * IOTLB flushes are counted); the device's warm-up activity, fragmentation and teardown are
+ * outside. Both paths first run once untimed at 1 MiB of state, so the path measured first does not
+ * also pay for JIT compilation. `keptMetaBytes` is the live data-buffer metadata (buffer structs,
+ * page lists, kept MTTs, scatterlists) when the stop-copy phase starts — the point where the
+ * source's pre-copy and stop-copy buffers and the target's resume buffers are all allocated and
+ * mapped — and `pages` the pages of those buffers (record-header buffers included).
+ */
+import { dmaDebugDeviceTeardown, IOVA_DEFAULT_FQ_TIMEOUT } from '@iovalink/dma-api';
+import { type Machine, PAGE_SIZE } from '@iovalink/iommu';
+import {
+  MLX5_META_KINDS,
+  type Mlx5VfMigrationFile,
+  type Mlx5Vhca,
+  type Mlx5VhcaDataBuffer,
+  mlx5vfPciCloseDevice,
+  mlx5vfPciCreateDevice,
+  vfioMigrate,
+} from '@iovalink/vfio-migration';
+import { type DmaPath, type PathResult, pathResult, type WorkloadResult } from '../results.js';
+import { createRig } from '../rig.js';
+import type { Workload, WorkloadContext } from './types.js';
+
+/** Metadata kinds of the data buffers on both paths (what `keptMetaBytes` sums). */
+const BUFFER_META_KINDS: readonly string[] = [...MLX5_META_KINDS, 'scatterlist', 'sg_pool'];
+
+/** Size of one VFIO run (no kernel counterpart). */
+export interface VfioWorkloadSize {
+  /** Bytes of device memory in the migrated state (a multiple of 4 KiB). */
+  stateBytes: number;
+  /** Pre-copy passes (the device runs `stepsPerIteration` operations after each). */
+  precopyIterations: number;
+  /** Device operations between pre-copy passes (and before the migration starts). */
+  stepsPerIteration: number;
+}
+
+/** Sizes of the demo run: quick (8 MiB of device state) and full (64 MiB). */
+export const VFIO_SIZES: { quick: VfioWorkloadSize; full: VfioWorkloadSize } = {
+  quick: { stateBytes: 8 << 20, precopyIterations: 3, stepsPerIteration: 2_000 },
+  full: { stateBytes: 64 << 20, precopyIterations: 3, stepsPerIteration: 10_000 },
+};
+
+/** Size and rounds of the untimed warm-up runs of both paths before measuring. */
+const VFIO_WARMUP: VfioWorkloadSize = { stateBytes: 2 << 20, precopyIterations: 3, stepsPerIteration: 1_000 };
+const WARMUP_ROUNDS = 2;
+
+/** What one path's run did, besides its PathResult (for tests and reports). */
+export interface VfioRunStats {
+  precopyIterations: number;
+  /** Stream bytes moved during pre-copy and after STOP_COPY. */
+  precopyBytes: number;
+  stopCopyBytes: number;
+  /** Pages of the data buffers allocated when stop-copy starts (= `pages`). */
+  bufferPages: number;
+  /** Live data-buffer metadata at that point (= `keptMetaBytes`). */
+  bufferMetaBytes: number;
+  /** IOVA allocations and IOTLB invalidations in the counter window. */
+  iovaAllocs: number;
+  iotlbInvalidations: number;
+  /** FNV-1a digest of the target's device state after the migration (equal on both paths). */
+  digest: string;
+}
+
+function fnv1a(b: Uint8Array, h: number): number {
+  let x = h;
+  for (let i = 0; i < b.length; i++) x = Math.imul(x ^ b[i]!, 16777619) >>> 0;
+  return x;
+}
+
+/** Digest of a device's migratable state: registers, queue contexts, device memory. */
+function stateDigest(v: Mlx5Vhca): string {
+  let h = fnv1a(new Uint8Array(v.regs.buffer, v.regs.byteOffset, v.regs.byteLength), 2166136261);
+  h = fnv1a(v.queues, h);
+  h = fnv1a(v.memory, h);
+  return h.toString(16).padStart(8, '0');
+}
+
+/** Pages of every buffer a migration file holds (prepared, header, queued and reusable). */
+function migfBufferPages(migf: Mlx5VfMigrationFile | null): number {
+  if (migf === null) return 0;
+  const seen = new Set<Mlx5VhcaDataBuffer>();
+  for (const b of [...migf.buf, ...migf.bufHeader, ...migf.bufList, ...migf.availList]) {
+    if (b !== null && !b.freed) seen.add(b);
+  }
+  let pages = 0;
+  for (const b of seen) pages += b.npages;
+  return pages;
+}
+
+/**
+ * Leaves `pages` isolated free pages in the machine's page allocator, as on a long-running host
+ * (models fragmented mm/page_alloc.c free lists; no kernel function): allocates twice as many
+ * order-0 pages, frees every other one by address and returns the kept half (free them after).
+ */
+function fragmentFreeMemory(machine: Machine, pages: number): number[] {
+  const all: number[] = [];
+  for (let i = 0; i < 2 * pages; i++) {
+    const pa = machine.pages.allocPages(0);
+    if (pa === 0) throw new Error('VFIO workload: out of memory while fragmenting');
+    all.push(pa);
+  }
+  all.sort((a, b) => a - b);
+  const kept: number[] = [];
+  for (let i = 0; i < all.length; i++) {
+    if (i % 2 === 0) kept.push(all[i]!);
+    else machine.pages.freePages(all[i]!, 0);
+  }
+  return kept;
+}
+
+function iotlbInvalidations(m: Machine): number {
+  return m.counters.iotlbInvRange + m.counters.iotlbInvAll;
+}
+
+/**
+ * Runs one path of the VFIO workload on a fresh rig (models a VMM live-migrating an assigned
+ * mlx5 VF with pre-copy and stop-copy: QEMU hw/vfio/migration.c over drivers/vfio/pci/mlx5/,
+ * data buffers per cmd.c ≤ v6.15 (`'sg'`) or v6.16+ (`'iova'`)). Throws if the migration fails
+ * or the target's state differs from the source's.
+ */
+export function runVfioPath(
+  path: DmaPath,
+  ctx: WorkloadContext,
+  size: VfioWorkloadSize,
+  progress?: (phasesDone: number) => void,
+): { result: PathResult; stats: VfioRunStats } {
+  const statePages = Math.ceil(size.stateBytes / PAGE_SIZE);
+  const rig = createRig({ iommu: ctx.iommu, seed: ctx.seed, debug: ctx.debug, memSize: 4 * 2 ** 30 });
+  ctx.onMachine?.(rig.machine, path);
+  const machine = rig.machine;
+  // enough isolated free pages for every buffer of the run (source pre-copy and stop-copy,
+  // target resume buffers, each a little over the state size), as the package's benchmark does
+  const held = fragmentFreeMemory(machine, 3 * Math.ceil(statePages * 1.1) + 2048);
+  const sourcePf = rig.device(`mlx5-pf-src-${path}`);
+  const targetPf = rig.device(`mlx5-pf-dst-${path}`);
+  const source = mlx5vfPciCreateDevice({
+    name: 'vf-src',
+    pf: sourcePf,
+    memorySize: statePages * PAGE_SIZE,
+    mapping: path,
+  });
+  const target = mlx5vfPciCreateDevice({
+    name: 'vf-dst',
+    pf: targetPf,
+    memorySize: statePages * PAGE_SIZE,
+    mapping: path,
+    randomize: false,
+  });
+  source.run(size.stepsPerIteration);
+
+  let bufferPages = 0;
+  let bufferMetaBytes = 0;
+  let phases = 0;
+  const before = machine.counters.snapshot();
+  const t0 = performance.now();
+  const r = vfioMigrate(source, target, {
+    maxPrecopyIterations: size.precopyIterations,
+    stepsPerIteration: size.stepsPerIteration,
+    onPhase: (phase) => {
+      if (phase === 'stop-copy') {
+        bufferPages = migfBufferPages(source.savingMigf) + migfBufferPages(target.resumingMigf);
+        bufferMetaBytes = machine.counters.metaTotals(BUFFER_META_KINDS).liveBytes;
+      }
+      progress?.(++phases);
+    },
+  });
+  machine.clock.advance(IOVA_DEFAULT_FQ_TIMEOUT * 1e6); // lazy domains: the flush-queue timer fires
+  const simNs = (performance.now() - t0) * 1e6;
+  const after = machine.counters.snapshot();
+  if (r.ret !== 0) {
+    throw new Error(`VFIO migration (${path}, ${ctx.iommu}): failed at ${r.failedAt} (${r.ret})`);
+  }
+  if (!r.equal) {
+    throw new Error(`VFIO migration (${path}, ${ctx.iommu}): target state differs from the source's`);
+  }
+  const result = pathResult(path, 1, simNs, before, machine, ctx.costModel, {
+    pages: bufferPages,
+    keptMetaBytes: bufferMetaBytes,
+    verified: r.equal,
+  });
+  const stats: VfioRunStats = {
+    precopyIterations: r.precopyIterations,
+    precopyBytes: r.precopyBytes,
+    stopCopyBytes: r.stopCopyBytes,
+    bufferPages,
+    bufferMetaBytes,
+    iovaAllocs: after.events.iovaAllocs - before.events.iovaAllocs,
+    iotlbInvalidations:
+      iotlbInvalidations(machine) - (before.events.iotlbInvRange + before.events.iotlbInvAll),
+    digest: stateDigest(target.vhca),
+  };
+
+  mlx5vfPciCloseDevice(source);
+  mlx5vfPciCloseDevice(target);
+  if (ctx.debug) {
+    dmaDebugDeviceTeardown(sourcePf);
+    dmaDebugDeviceTeardown(targetPf);
+  }
+  for (const pa of held) machine.pages.freePages(pa, 0);
+  return { result, stats };
+}
+
+/**
+ * The demo's VFIO workload (models a live migration with pre-copy and stop-copy of an mlx5 VF,
+ * drivers/vfio/pci/mlx5/cmd.c data buffers ≤ v6.15 sg_append_table vs v6.16+ DMA link API): both
+ * paths on fresh machines, same seed, same device activity; one op = one migration. See the file
+ * header.
+ */
+export function vfioWorkload(
+  sizes: { quick: VfioWorkloadSize; full: VfioWorkloadSize } = VFIO_SIZES,
+): Workload {
+  const name = 'VFIO live migration: pre-copy + stop-copy';
+  return {
+    name,
+    subsystem: 'vfio',
+    run(ctx: WorkloadContext): WorkloadResult {
+      const size = ctx.quick ? sizes.quick : sizes.full;
+      const PHASES = 7; // setup, precopy-setup, precopy, stop-copy, resume, cleanup, done
+      // untimed warm-up of both paths, small, without tracer or progress: otherwise the path
+      // measured first also pays for JIT compilation of the migration code and looks slower
+      const { onMachine: _m, onProgress: _p, ...quiet } = ctx;
+      for (let round = 0; round < WARMUP_ROUNDS; round++) {
+        runVfioPath('sg', quiet, VFIO_WARMUP);
+        runVfioPath('iova', quiet, VFIO_WARMUP);
+      }
+      const total = 2 * PHASES;
+      const sg = runVfioPath('sg', ctx, size, (d) => ctx.onProgress?.(d, total));
+      const iova = runVfioPath('iova', ctx, size, (d) => ctx.onProgress?.(PHASES + d, total));
+      if (sg.stats.digest !== iova.stats.digest) {
+        throw new Error(
+          `VFIO: the two paths migrated different device states (${sg.stats.digest} vs ${iova.stats.digest})`,
+        );
+      }
+      ctx.onProgress?.(total, total);
+      return {
+        name,
+        subsystem: 'vfio',
+        bytesPerOp: Math.ceil(size.stateBytes / PAGE_SIZE) * PAGE_SIZE,
+        paths: [sg.result, iova.result],
+      };
+    },
+  };
+}
