@@ -44,7 +44,7 @@ describe('iovalink demo', () => {
     const text = demo(base, [small]);
     expect(text).toMatch(/MODELED kernel time \/ op \(ns\)/);
     expect(text).toMatch(/simulator time \/ op \(ns\)/);
-    expect(text).toMatch(/two-step \/ scatterlist/);
+    expect(text).toMatch(/two-step \/ legacy/);
     const j = JSON.parse(demo({ ...base, json: true }, [small])) as { timeKinds: Record<string, string> };
     expect(j.timeKinds.modeledNsPerOp).toMatch(/modeled/);
     const file = join(mkdtempSync(join(tmpdir(), 'iovalink-demo-')), 'r.html');

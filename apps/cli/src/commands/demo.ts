@@ -62,9 +62,9 @@ export function workloadTable(w: WorkloadResult): string {
     metric: name,
     [PATH_LABEL.sg]: f(sg),
     [PATH_LABEL.iova]: f(iova),
-    'two-step / scatterlist': ratio(f(sg), f(iova)),
+    'two-step / legacy': ratio(f(sg), f(iova)),
   }));
-  return renderTable(rows, ['metric', PATH_LABEL.sg, PATH_LABEL.iova, 'two-step / scatterlist']);
+  return renderTable(rows, ['metric', PATH_LABEL.sg, PATH_LABEL.iova, 'two-step / legacy']);
 }
 
 /** Runs the workloads and returns the report. */
