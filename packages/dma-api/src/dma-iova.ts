@@ -189,14 +189,15 @@ export function dmaIovaLink(
   if (state.size === 0) checkState(dev, state, 'dma_iova_link');
   if (!validDmaDirection(dir)) throwBadDirection(dev, dir);
   if (!(size > 0) || offset < 0 || offset + size > state.size) throwOutside(dev, state, offset, size);
-  if (phys < 0 || phys + size > dev.machine.phys.size) dev.machine.phys.check(phys, size);
+  const machine = dev.machine;
+  if (phys < 0 || phys + size > machine.phys.size) machine.phys.check(phys, size);
   const domain = devDomain(dev);
   const iovad = iommuDmaCookie(domain).iovad;
   const granule = iovad.granule;
   const pad = modPow2(phys, granule);
   if (pad !== 0 && offset !== 0) return -Errno.EIO;
   dev.debug?.checkLink(state, offset, size);
-  const tr = dev.machine.tracer;
+  const tr = machine.tracer;
   tr?.begin('dma_iova_link', 'iova', { dev: dev.name, phys, offset, size });
   let ret: number;
   if (dev.untrusted && (pad !== 0 || modPow2(phys + size, granule) !== 0)) {
@@ -204,9 +205,11 @@ export function dmaIovaLink(
   } else {
     // the common case, inlined: whole granules mapped without an IOTLB sync (__dma_iova_link)
     if (!dev.coherent && (attrs & (DMA_ATTR_SKIP_CPU_SYNC | DMA_ATTR_MMIO)) === 0) {
-      dev.machine.counters.cpuCacheSyncs++;
+      machine.counters.cpuCacheSyncs++;
     }
-    const len = iovaAlignUp(iovad, size + pad);
+    const end = size + pad;
+    const rem = modPow2(end, granule);
+    const len = rem === 0 ? end : end + granule - rem;
     ret = iommuMapNosync(
       domain,
       state.addr + offset - pad,
@@ -216,7 +219,7 @@ export function dmaIovaLink(
     );
   }
   if (ret === 0) {
-    dev.machine.counters.dmaLinks++;
+    machine.counters.dmaLinks++;
     dev.debug?.addLink(state, offset, size);
   }
   tr?.end();

@@ -90,6 +90,11 @@ export function iommuPgsize(
 }
 
 const pgsizeScratch: PgsizeCount = { count: 0 };
+
+/** True when no tracer listens (the 4 KiB fast path skips the trace events). */
+function machineTracerOff(domain: IommuDomain): boolean {
+  return domain.iommu.machine.tracer === undefined;
+}
 const mappedScratch = { mapped: 0 };
 
 /**
@@ -108,6 +113,11 @@ export function iommuMapNosync(
 ): number {
   const pgtbl = domain.pgtbl;
   if (!domain.isPaging || pgtbl === undefined) return -Errno.EINVAL;
+  if (size === 4096 && machineTracerOff(domain)) {
+    // one 4 KiB page: the page-size choice is trivial and nothing needs rolling back
+    domain.iommu.machine.counters.iommuMapCalls++;
+    return pgtbl.mapOne4K(iova, paddr, prot);
+  }
   const min = lowBit31(domain.pgsizeBitmap);
   if (!aligned(iova, min) || !aligned(paddr, min) || !aligned(size, min) || size < 0) return -Errno.EINVAL;
   if (!Number.isSafeInteger(iova) || !Number.isSafeInteger(paddr) || iova < 0 || paddr < 0)
