@@ -9,6 +9,7 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { type BenchBlockOptions, benchBlock, parseSizes } from './commands/bench-block.js';
 import { benchMap } from './commands/bench-map.js';
 import { type DemoOptions, demo } from './commands/demo.js';
+import { registerServe } from './commands/serve.js';
 import { type TraceOptions, trace } from './commands/trace.js';
 import { COST_MODEL_PRESETS } from './cost-model.js';
 import { IOMMU_MODES, type IommuMode } from './rig.js';
@@ -153,6 +154,8 @@ export function buildProgram(out: (s: string) => void = (s) => process.stdout.wr
     .option('--json', 'machine-readable output')
     .option('--csv', 'CSV output')
     .action((o: BenchBlockOptions) => out(benchBlock(o)));
+
+  registerServe(program);
 
   return program;
 }
