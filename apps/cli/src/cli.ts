@@ -12,21 +12,14 @@ import { type DemoOptions, demo } from './commands/demo.js';
 import { registerServe } from './commands/serve.js';
 import { type TraceOptions, trace } from './commands/trace.js';
 import { COST_MODEL_PRESETS } from './cost-model.js';
+import { intOption } from './options.js';
 import { IOMMU_MODES, type IommuMode } from './rig.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as {
   version: string;
 };
 
-function int(name: string, lo: number, hi: number) {
-  return (v: string): number => {
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < lo || n > hi) {
-      throw new InvalidArgumentError(`${name} must be an integer in ${lo}..${hi}, got "${v}"`);
-    }
-    return n;
-  };
-}
+const int = intOption;
 
 export function buildProgram(out: (s: string) => void = (s) => process.stdout.write(`${s}\n`)): Command {
   const program = new Command('iovalink')

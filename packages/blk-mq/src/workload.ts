@@ -307,13 +307,13 @@ export function runWorkload(bdev: BlockDevice, options: WorkloadOptions): Worklo
 
   // verify pass: read back every touched I/O-sized block
   if (options.verifyPass ?? true) {
-    const todo = [...touched].sort((a, b) => a - b);
+    const toVerify = [...touched].sort((a, b) => a - b);
     let k = 0;
     const pumpVerify = (): void => {
-      while (k < todo.length) {
+      while (k < toVerify.length) {
         const slot = slots.find((s) => !s.busy);
         if (slot === undefined) return;
-        issue('read', todo[k++]!, slot, pumpVerify);
+        issue('read', toVerify[k++]!, slot, pumpVerify);
       }
     };
     pumpVerify();

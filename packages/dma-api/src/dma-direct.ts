@@ -7,6 +7,7 @@
  * maintenance for non-coherent devices is counted, not simulated.
  */
 import { Errno } from '@iovalink/iommu';
+import { archSyncDma } from './cpu-sync.js';
 import type { Device } from './device.js';
 import {
   DMA_ATTR_MMIO,
@@ -58,8 +59,7 @@ export function dmaDirectMapPhys(
     dev.usedSwiotlb = true;
     return tlb;
   }
-  if (!dev.coherent && (attrs & (DMA_ATTR_SKIP_CPU_SYNC | DMA_ATTR_MMIO)) === 0)
-    dev.machine.counters.cpuCacheSyncs++;
+  archSyncDma(dev, attrs);
   return phys;
 }
 
@@ -74,8 +74,7 @@ export function dmaDirectUnmapPhys(
   dir: DmaDataDirection,
   attrs: number,
 ): void {
-  if (!dev.coherent && (attrs & (DMA_ATTR_SKIP_CPU_SYNC | DMA_ATTR_MMIO)) === 0)
-    dev.machine.counters.cpuCacheSyncs++;
+  archSyncDma(dev, attrs);
   const mem = dev.swiotlb;
   if (mem !== undefined && isSwiotlbBuffer(mem, addr)) swiotlbTblUnmapSingle(mem, addr, size, dir, attrs);
 }

@@ -21,6 +21,7 @@ import {
   modPow2,
   SG_DMA_BUS_ADDRESS,
 } from '@iovalink/iommu';
+import { archSyncDma } from './cpu-sync.js';
 import type { Device } from './device.js';
 import {
   DMA_ATTR_MMIO,
@@ -224,16 +225,6 @@ export function devUseSwiotlb(dev: Device): boolean {
   return dev.untrusted;
 }
 
-function cpuSyncForDevice(dev: Device, attrs: number): void {
-  if (!dev.coherent && (attrs & (DMA_ATTR_SKIP_CPU_SYNC | DMA_ATTR_MMIO)) === 0)
-    dev.machine.counters.cpuCacheSyncs++;
-}
-
-function cpuSyncForCpu(dev: Device, attrs: number): void {
-  if (!dev.coherent && (attrs & (DMA_ATTR_SKIP_CPU_SYNC | DMA_ATTR_MMIO)) === 0)
-    dev.machine.counters.cpuCacheSyncs++;
-}
-
 /**
  * Maps one physically contiguous buffer (kernel: `iommu_dma_map_phys`, formerly `_map_page`):
  * untrusted devices bounce unaligned buffers through swiotlb (slot aligned like the granule),
@@ -269,7 +260,7 @@ export function iommuDmaMapPhys(
     dev.usedSwiotlb = true;
     bounced = true;
   }
-  cpuSyncForDevice(dev, attrs);
+  archSyncDma(dev, attrs);
   const iova = __iommuDmaMap(dev, p, size, prot, dev.dmaMask);
   if (iova === DMA_MAPPING_ERROR && bounced && dev.swiotlb !== undefined) {
     swiotlbTblUnmapSingle(dev.swiotlb, p, size, dir, attrs | DMA_ATTR_SKIP_CPU_SYNC);
@@ -297,7 +288,7 @@ export function iommuDmaUnmapPhys(
       rule: 'iommu_dma_unmap_phys: no translation',
     });
   }
-  cpuSyncForCpu(dev, attrs);
+  archSyncDma(dev, attrs);
   __iommuDmaUnmap(dev, dmaHandle, size);
   if (dev.swiotlb !== undefined && isSwiotlbBuffer(dev.swiotlb, phys)) {
     swiotlbTblUnmapSingle(dev.swiotlb, phys, size, dir, attrs);

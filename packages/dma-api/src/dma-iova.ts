@@ -22,6 +22,7 @@ import {
   iommuUnmapFast,
   modPow2,
 } from '@iovalink/iommu';
+import { archSyncDma, devNeedsCpuSync } from './cpu-sync.js';
 import type { Device } from './device.js';
 import {
   DMA_ATTR_MMIO,
@@ -124,8 +125,7 @@ function iovaLinkRaw(
   dir: DmaDataDirection,
   attrs: number,
 ): number {
-  if (!dev.coherent && (attrs & (DMA_ATTR_SKIP_CPU_SYNC | DMA_ATTR_MMIO)) === 0)
-    dev.machine.counters.cpuCacheSyncs++;
+  archSyncDma(dev, attrs);
   return iommuMapNosync(devDomain(dev), addr, phys, size, dmaInfoToProt(dir, dev.coherent, attrs));
 }
 
@@ -204,9 +204,7 @@ export function dmaIovaLink(
     ret = linkSwiotlb(dev, state, phys, offset, size, dir, attrs);
   } else {
     // the common case, inlined: whole granules mapped without an IOTLB sync (__dma_iova_link)
-    if (!dev.coherent && (attrs & (DMA_ATTR_SKIP_CPU_SYNC | DMA_ATTR_MMIO)) === 0) {
-      machine.counters.cpuCacheSyncs++;
-    }
+    archSyncDma(dev, attrs);
     const end = size + pad;
     const rem = modPow2(end, granule);
     const len = rem === 0 ? end : end + granule - rem;
@@ -298,8 +296,7 @@ function unlinkSlow(dev: Device, start: number, end: number, dir: DmaDataDirecti
         rule: 'dma_iova_unlink: no translation',
       });
     }
-    if (!dev.coherent && (attrs & (DMA_ATTR_SKIP_CPU_SYNC | DMA_ATTR_MMIO)) === 0)
-      dev.machine.counters.cpuCacheSyncs++;
+    archSyncDma(dev, attrs);
     if (dev.swiotlb !== undefined && isSwiotlbBuffer(dev.swiotlb, phys)) {
       swiotlbTblUnmapSingle(dev.swiotlb, phys, len, dir, attrs);
     }
@@ -325,7 +322,7 @@ function unlinkRange(
   const start = addr - pad;
   const len = iovaAlignUp(iovad, size + pad);
   const gather = iommuIotlbGatherInit(freeIova && cookie.fq !== undefined);
-  if (state.usedSwiotlb || (!dev.coherent && (attrs & (DMA_ATTR_SKIP_CPU_SYNC | DMA_ATTR_MMIO)) === 0)) {
+  if (state.usedSwiotlb || devNeedsCpuSync(dev, attrs)) {
     unlinkSlow(dev, addr, addr + size, dir, attrs);
   }
   const unmapped = iommuUnmapFast(domain, start, len, gather);

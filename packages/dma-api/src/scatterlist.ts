@@ -18,7 +18,7 @@
  * kernel clears only `sgl`); misuse the kernel would crash on (NULL dereference, BUG_ON) throws
  * `DmaError` with the state unchanged.
  */
-import { Errno, type Machine, PAGE_SIZE } from '@iovalink/iommu';
+import { Errno, type Machine, PAGE_SIZE, SG_DMA_BUS_ADDRESS } from '@iovalink/iommu';
 import { DmaError } from './errors.js';
 
 /**
@@ -51,11 +51,8 @@ export const SG_CHAIN = 0x01;
 /** `page_link` bit: this entry is the last of the list (kernel: `SG_END`, include/linux/scatterlist.h). */
 export const SG_END = 0x02;
 
-/**
- * `dma_flags` bit: `dmaAddress` is a PCI P2P bus address that was not IOMMU-mapped (kernel:
- * `SG_DMA_BUS_ADDRESS`, scatterlist.h).
- */
-export const SG_DMA_BUS_ADDRESS = 1 << 0;
+/** `dma_flags` bit: a P2P bus address, not IOMMU-mapped (kernel: `SG_DMA_BUS_ADDRESS`); defined once in @iovalink/iommu. */
+export { SG_DMA_BUS_ADDRESS };
 /**
  * `dma_flags` bit: the list was mapped through swiotlb, some entries may be bounced (kernel:
  * `SG_DMA_SWIOTLB`, scatterlist.h).

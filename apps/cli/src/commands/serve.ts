@@ -8,6 +8,7 @@
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import type { NbdServerStats } from '../nbd/nbd-server.js';
 import { startNbdServer } from '../nbd/nbd-server.js';
+import { intOption } from '../options.js';
 import { IOMMU_MODES, type IommuMode } from '../rig.js';
 
 /** Options of the serve command as commander parses them. */
@@ -82,15 +83,7 @@ export function parseByteSize(v: string): number {
   return n;
 }
 
-function int(name: string, lo: number, hi: number) {
-  return (v: string): number => {
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < lo || n > hi) {
-      throw new InvalidArgumentError(`${name} must be an integer in ${lo}..${hi}, got "${v}"`);
-    }
-    return n;
-  };
-}
+const int = intOption;
 
 function mib(n: number): string {
   return n >= 2 ** 30 ? `${(n / 2 ** 30).toFixed(2)} GiB` : `${(n / 2 ** 20).toFixed(1)} MiB`;

@@ -224,7 +224,7 @@ class InputQueue {
   }
 
   /** Drops up to `n` bytes; returns how many. */
-  skip(n: number): number {
+  discard(n: number): number {
     let done = 0;
     while (done < n && this.length > 0) {
       const k = Math.min(this.#chunks[0]!.length - this.#off, n - done);
@@ -432,7 +432,7 @@ class NbdConnection {
           break;
         }
         case 'optSkip': {
-          this.#optLeft -= q.skip(this.#optLeft);
+          this.#optLeft -= q.discard(this.#optLeft);
           if (this.#optLeft > 0) {
             this.#needMore();
             return;
@@ -484,7 +484,7 @@ class NbdConnection {
           break;
         }
         case 'payloadSkip': {
-          this.#wleft -= q.skip(this.#wleft);
+          this.#wleft -= q.discard(this.#wleft);
           if (this.#wleft > 0) {
             this.#needMore();
             return;
