@@ -8,6 +8,8 @@
 /** Bytes of one chunk. */
 export const STORE_CHUNK_SIZE = 64 * 1024;
 const CHUNK = STORE_CHUNK_SIZE;
+/** What a hole reads as; never written (views of it are only read from). */
+const ZEROS = new Uint8Array(CHUNK);
 
 /** A sparse byte store: 64 KiB chunks allocated on first write; unwritten bytes read as zero. */
 export class SparseStore {
@@ -16,6 +18,33 @@ export class SparseStore {
   /** Chunks holding data. */
   get chunks(): number {
     return this.#chunks.size;
+  }
+
+  /**
+   * A view of the `n` bytes at `off` for a device to read from; the range must not cross a chunk
+   * boundary (`n <= STORE_CHUNK_SIZE - off % STORE_CHUNK_SIZE`). A hole reads as zeros: the view
+   * is then of a shared zero chunk, and must not be written.
+   */
+  spanForRead(off: number, n: number): Uint8Array {
+    const idx = Math.floor(off / CHUNK);
+    const o = off - idx * CHUNK;
+    const c = this.#chunks.get(idx) ?? ZEROS;
+    return o === 0 && n === CHUNK ? c : c.subarray(o, o + n);
+  }
+
+  /**
+   * A view of the `n` bytes at `off` for a device to write into (the chunk is allocated if it is
+   * a hole); the range must not cross a chunk boundary, as for `spanForRead`.
+   */
+  spanForWrite(off: number, n: number): Uint8Array {
+    const idx = Math.floor(off / CHUNK);
+    const o = off - idx * CHUNK;
+    let c = this.#chunks.get(idx);
+    if (c === undefined) {
+      c = new Uint8Array(CHUNK);
+      this.#chunks.set(idx, c);
+    }
+    return o === 0 && n === CHUNK ? c : c.subarray(o, o + n);
   }
 
   /** Copies `dst.length` bytes from byte offset `off`. */

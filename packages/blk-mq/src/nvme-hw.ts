@@ -14,7 +14,7 @@
  */
 import type { Device } from '@iovalink/dma-api';
 import { PAGE_SIZE } from '@iovalink/iommu';
-import { SparseStore } from './backing-store.js';
+import { SparseStore, STORE_CHUNK_SIZE } from './backing-store.js';
 import {
   NVME_CMD_DSM,
   NVME_CMD_FLUSH,
@@ -95,6 +95,8 @@ export class NvmeHw {
   readonly #pending: PendingCqe[] = [];
   #timerArmed = false;
   readonly #scratch = new DataView(new ArrayBuffer(PAGE_SIZE));
+  /** The current command's `[bus, len, …]` data ranges (reused). */
+  readonly #ranges: number[] = [];
 
   constructor(dev: Device, options: NvmeHwOptions = {}) {
     this.dev = dev;
@@ -168,29 +170,57 @@ export class NvmeHw {
     }
   }
 
+  /**
+   * A read or write: the controller moves the data between host memory (by DMA, through the
+   * IOMMU) and its media directly, a store chunk at a time, with no staging buffer. Data ranges
+   * that continue each other on the bus (PRP entries of an IOVA-contiguous buffer) go as one
+   * burst. A fault stops the command at the faulting page; for a write the blocks before it may
+   * already hold the new data, which the NVM Command Set allows (a write is atomic only up to the
+   * Atomic Write Unit, AWUN/AWUPF; the model's unit is one logical block).
+   */
   #rw(cmd: NvmeCommand): number {
     const nlb = cmd.length + 1;
     if (cmd.slba + nlb > this.nsze) return NVME_SC_LBA_RANGE;
     const bytes = nlb * 2 ** this.lbaShift;
-    const ranges: number[] = [];
+    const ranges = this.#ranges;
+    ranges.length = 0;
     const st = this.dataRanges(cmd, bytes, ranges);
     if (st !== NVME_SC_SUCCESS) return st;
-    const buf = new Uint8Array(bytes);
-    const base = cmd.slba * 2 ** this.lbaShift;
     const write = cmd.opcode === NVME_CMD_WRITE;
-    if (!write) this.store.read(base, buf);
-    let off = 0;
+    let pos = cmd.slba * 2 ** this.lbaShift;
+    let runBus = 0;
+    let runLen = 0;
     for (let i = 0; i < ranges.length; i += 2) {
       const bus = this.#busFor(ranges[i]!);
       const len = ranges[i + 1]!;
-      const part = buf.subarray(off, off + len);
-      const r = write ? this.dev.engine.read(bus, part) : this.dev.engine.write(bus, part);
-      if (r !== 0) return NVME_SC_DATA_XFER_ERROR;
       this.stats.dataRanges++;
-      off += len;
+      if (runLen > 0 && bus === runBus + runLen) {
+        runLen += len;
+        continue;
+      }
+      if (runLen > 0 && !this.#burst(runBus, runLen, pos, write)) return NVME_SC_DATA_XFER_ERROR;
+      pos += runLen;
+      runBus = bus;
+      runLen = len;
     }
-    if (write) this.store.write(base, buf);
+    if (runLen > 0 && !this.#burst(runBus, runLen, pos, write)) return NVME_SC_DATA_XFER_ERROR;
     return NVME_SC_SUCCESS;
+  }
+
+  /** Moves `len` bytes between bus address `bus` and media offset `pos`; false on a DMA fault. */
+  #burst(bus: number, len: number, pos: number, write: boolean): boolean {
+    const engine = this.dev.engine;
+    const store = this.store;
+    for (let done = 0; done < len; ) {
+      const at = pos + done;
+      const n = Math.min(len - done, STORE_CHUNK_SIZE - (at % STORE_CHUNK_SIZE));
+      const r = write
+        ? engine.read(bus + done, store.spanForWrite(at, n))
+        : engine.write(bus + done, store.spanForRead(at, n));
+      if (r !== 0) return false;
+      done += n;
+    }
+    return true;
   }
 
   #dsm(cmd: NvmeCommand): number {

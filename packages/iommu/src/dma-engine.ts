@@ -36,22 +36,15 @@ export class DmaEngine {
 
   /**
    * Device read of `dst.length` bytes at bus address `bus` (memory → device). Returns 0, or
-   * -EFAULT when a page faulted (bytes before it were read) or lies outside RAM.
+   * -EFAULT when a page faulted (bytes before it were read) or lies outside RAM. Pages are
+   * translated one by one; physically contiguous runs of them are copied at once.
    */
   read(bus: number, dst: Uint8Array): number {
     const tr = this.machine.tracer;
     tr?.instant('device_dma_read', 'device', { requester: this.requester, bus, len: dst.length });
-    let done = 0;
-    while (done < dst.length) {
-      const a = bus + done;
-      const n = Math.min(PAGE_SIZE - modPow2(a, PAGE_SIZE), dst.length - done);
-      const pa = this.#translate(a, false);
-      if (pa < 0 || pa + n > this.machine.phys.size) return this.#fail(a);
-      this.machine.phys.readInto(pa, dst.subarray(done, done + n));
-      done += n;
-    }
-    this.machine.counters.dmaReadBytes += dst.length;
-    return 0;
+    const r = this.#transfer(bus, dst, false);
+    if (r === 0) this.machine.counters.dmaReadBytes += dst.length;
+    return r;
   }
 
   /**
@@ -61,17 +54,44 @@ export class DmaEngine {
   write(bus: number, src: Uint8Array): number {
     const tr = this.machine.tracer;
     tr?.instant('device_dma_write', 'device', { requester: this.requester, bus, len: src.length });
+    const r = this.#transfer(bus, src, true);
+    if (r === 0) this.machine.counters.dmaWriteBytes += src.length;
+    return r;
+  }
+
+  /** Translates `buf.length` bytes at `bus` page by page and moves them (`toMem`: buf → RAM). */
+  #transfer(bus: number, buf: Uint8Array, toMem: boolean): number {
+    const phys = this.machine.phys;
+    const ram = phys.size;
+    let runPa = 0;
+    let runOff = 0;
+    let runLen = 0;
     let done = 0;
-    while (done < src.length) {
+    while (done < buf.length) {
       const a = bus + done;
-      const n = Math.min(PAGE_SIZE - modPow2(a, PAGE_SIZE), src.length - done);
-      const pa = this.#translate(a, true);
-      if (pa < 0 || pa + n > this.machine.phys.size) return this.#fail(a);
-      this.machine.phys.write(pa, src.subarray(done, done + n));
+      const n = Math.min(PAGE_SIZE - modPow2(a, PAGE_SIZE), buf.length - done);
+      const pa = this.#translate(a, toMem);
+      if (pa < 0 || pa + n > ram) {
+        if (runLen > 0) this.#move(runPa, buf, runOff, runLen, toMem);
+        return this.#fail(a);
+      }
+      if (runLen > 0 && pa === runPa + runLen) {
+        runLen += n;
+      } else {
+        if (runLen > 0) this.#move(runPa, buf, runOff, runLen, toMem);
+        runPa = pa;
+        runOff = done;
+        runLen = n;
+      }
       done += n;
     }
-    this.machine.counters.dmaWriteBytes += src.length;
+    if (runLen > 0) this.#move(runPa, buf, runOff, runLen, toMem);
     return 0;
+  }
+
+  #move(pa: number, buf: Uint8Array, off: number, len: number, toMem: boolean): void {
+    if (toMem) this.machine.phys.copyIn(pa, buf, off, len);
+    else this.machine.phys.copyOut(pa, buf, off, len);
   }
 
   /** Device-side copy of `len` bytes from bus address `from` to bus address `to`. */

@@ -102,9 +102,20 @@ export interface NbdExportStats {
 /** Completion of an export operation: 0 or an NBD error value. */
 export type NbdDone = (error: number) => void;
 
-/** A write in progress: the payload is pushed as it arrives from the socket. */
+/**
+ * A write in progress: the payload arrives from the socket either straight into the request's
+ * pages (`span`, then `advance`) or as chunks copied in (`push`); full pieces are submitted at once.
+ */
 export interface NbdWriteSink {
-  /** Copies the next payload bytes into the request's pages; full pieces are submitted at once. */
+  /**
+   * Where the next payload bytes go: a writable view of the request's pages (physical memory of
+   * the machine) of at most `max` bytes, or `undefined` when the rest of the payload is being
+   * swallowed (no buffer memory, or an earlier piece failed). Fill it, then call `advance`.
+   */
+  span(max: number): Uint8Array | undefined;
+  /** `n` bytes were written at the start of the last `span`. */
+  advance(n: number): void;
+  /** Copies the next payload bytes into the request's pages. */
   push(chunk: Uint8Array): void;
   /** Abandons the write (client gone): unsubmitted pieces are freed, the callback never runs. */
   abort(): void;
@@ -416,35 +427,34 @@ export class NbdExport {
       });
       this.#kick();
     };
+    /** Opens the next piece if none is open; false when the payload is being swallowed. */
+    const openPiece = (): boolean => {
+      if (cur !== undefined) return true;
+      if (err !== 0) return false;
+      const n = Math.min(this.maxPiece, length - received);
+      cur = this.#allocPiece(n);
+      if (cur === undefined) {
+        err = NBD_ENOMEM; // no machine memory: the rest of the payload is swallowed
+        return false;
+      }
+      curStart = received;
+      curFill = 0;
+      seg = 0;
+      segOff = 0;
+      return true;
+    };
     const sink: NbdWriteSink = {
-      push: (chunk: Uint8Array) => {
-        if (!open) return;
-        let at = 0;
-        while (at < chunk.length && received < length) {
-          if (cur === undefined) {
-            const n = Math.min(this.maxPiece, length - received);
-            cur = err === 0 ? this.#allocPiece(n) : undefined;
-            if (cur === undefined) {
-              // no machine memory (or an earlier piece failed): swallow the rest of the payload
-              if (err === 0) err = NBD_ENOMEM;
-              const k = Math.min(chunk.length - at, length - received);
-              received += k;
-              at += k;
-              continue;
-            }
-            curStart = received;
-            curFill = 0;
-            seg = 0;
-            segOff = 0;
-          }
-          const s = cur.io.segments[seg]!;
-          const k = Math.min(chunk.length - at, s.len - segOff);
-          phys.write(s.phys + segOff, chunk.subarray(at, at + k));
-          at += k;
-          received += k;
+      span: (max: number) => {
+        if (!open || received === length || !openPiece()) return undefined;
+        const s = cur!.io.segments[seg]!;
+        return phys.span(s.phys + segOff, Math.min(max, s.len - segOff, length - received));
+      },
+      advance: (k: number) => {
+        received += k;
+        if (cur !== undefined) {
           curFill += k;
           segOff += k;
-          if (segOff === s.len) {
+          if (segOff === cur.io.segments[seg]!.len) {
             seg++;
             segOff = 0;
           }
@@ -455,6 +465,16 @@ export class NbdExport {
           }
         }
         if (received === length) close();
+      },
+      push: (chunk: Uint8Array) => {
+        let at = 0;
+        while (open && at < chunk.length && received < length) {
+          const dst = sink.span(chunk.length - at);
+          const k = dst === undefined ? Math.min(chunk.length - at, length - received) : dst.length;
+          if (dst !== undefined) dst.set(at === 0 && k === chunk.length ? chunk : chunk.subarray(at, at + k));
+          at += k;
+          sink.advance(k);
+        }
       },
       abort: () => {
         if (!open) return;

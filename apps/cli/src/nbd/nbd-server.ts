@@ -92,6 +92,7 @@ import {
   writeStructuredReply,
   writeU64,
 } from './nbd-proto.js';
+import { adoptSocket, canAdopt } from './socket-reader.js';
 
 /** Options of `startNbdServer`: where to listen, plus the export's options. */
 export interface NbdServerOptions extends NbdExportOptions {
@@ -105,6 +106,11 @@ export interface NbdServerOptions extends NbdExportOptions {
   shutdownGraceMs?: number;
   /** Concurrent connections at most (default 64). */
   maxConnections?: number;
+  /**
+   * Receive write payloads straight into the request's pages and everything else into one reused
+   * buffer per connection (default true); false parses the socket's own chunks and copies payloads.
+   */
+  zeroCopy?: boolean;
   /** Diagnostics (connections, protocol errors); default silent. */
   log?: (line: string) => void;
 }
@@ -234,6 +240,16 @@ class InputQueue {
     return done;
   }
 
+  /** Copies the queued bytes that lie in `ab` (a buffer about to be reused) into buffers of their own. */
+  detach(ab: ArrayBufferLike): void {
+    for (let i = 0; i < this.#chunks.length; i++) {
+      const c = this.#chunks[i]!;
+      if (c.buffer !== ab) continue;
+      this.#chunks[i] = Buffer.from(i === 0 ? c.subarray(this.#off) : c);
+      if (i === 0) this.#off = 0;
+    }
+  }
+
   clear(): void {
     this.#chunks.length = 0;
     this.#off = 0;
@@ -270,6 +286,13 @@ const STALL_OUTPUT = 4;
 const MAX_INFO_DATA = 4 + NBD_MAX_STRING + 2 + 2 * 0xffff;
 /** Stop reading requests while this many reply bytes wait in the socket. */
 const OUTPUT_HIGH_WATER = 48 * 2 ** 20;
+/** Bytes of a connection's reused read buffer. */
+const READ_BUFFER_SIZE = 64 * 1024;
+/**
+ * A write payload at least this long is received straight into the request's pages, and the
+ * request header after it is read on its own, so that no payload byte lands in the read buffer.
+ */
+const DIRECT_PAYLOAD_MIN = 16 * 1024;
 
 /** State shared by the connections of one server. */
 interface ServerCtx {
@@ -318,17 +341,35 @@ class NbdConnection {
   #eof = false;
   #why = '';
   #timer: NodeJS.Timeout | undefined;
+  /** The reused read buffer, and a view of its first request header's bytes. */
+  readonly #readBuf = Buffer.allocUnsafeSlow(READ_BUFFER_SIZE);
+  readonly #headerBuf = this.#readBuf.subarray(0, NBD_REQUEST_SIZE);
+  /** The span of request pages the pending read fills, if it is one. */
+  #direct: Uint8Array | undefined;
+  /** The last request was a write with a payload of at least DIRECT_PAYLOAD_MIN bytes. */
+  #largeWrite = false;
 
-  constructor(ctx: ServerCtx, sock: Socket, id: number) {
+  /**
+   * A connection on the accepted socket `raw` (accepted paused). With `zeroCopy` (and a socket
+   * that allows it) reads go straight into write requests' pages or into one reused buffer
+   * (`socket-reader.ts`); otherwise the socket's `data` chunks are parsed as they come.
+   */
+  constructor(ctx: ServerCtx, raw: Socket, id: number, zeroCopy: boolean) {
     this.#ctx = ctx;
     this.#exp = ctx.exp;
-    this.#sock = sock;
     this.id = id;
-    sock.on('data', (b: Buffer) => {
-      if (this.#phase === 'draining') return; // nothing may follow NBD_CMD_DISC or a violation
-      this.#in.push(b);
-      this.#process();
-    });
+    let sock = raw;
+    if (zeroCopy && canAdopt(raw)) {
+      sock = adoptSocket(
+        raw,
+        { nextBuffer: () => this.#nextBuffer(), onRead: (n, buf) => this.#onRead(n, buf) },
+        true,
+      );
+    } else {
+      raw.on('data', (b: Buffer) => this.#onChunk(b));
+      raw.resume();
+    }
+    this.#sock = sock;
     sock.on('end', () => this.#onEof());
     sock.on('error', (e) => {
       this.#why ||= `socket error: ${e.message}`;
@@ -350,6 +391,62 @@ class NbdConnection {
     if (this.#phase === 'request') this.#drain();
     this.#timer ??= setTimeout(() => this.#sock.destroy(), this.#ctx.graceMs);
     this.#timer.unref();
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Input
+  // -------------------------------------------------------------------------------------------
+
+  /** A chunk the socket allocated (its `data` event). */
+  #onChunk(b: Buffer): void {
+    if (this.#phase === 'draining') return; // nothing may follow NBD_CMD_DISC or a violation
+    this.#in.push(b);
+    this.#process();
+  }
+
+  /**
+   * Where the next read goes: mid-payload of a write (nothing queued, not stalled), the next
+   * span of the request's pages; right after a large write, a request header's worth of the read
+   * buffer; otherwise the whole read buffer.
+   */
+  #nextBuffer(): Uint8Array {
+    this.#direct = undefined;
+    if (this.#phase === 'payload' && this.#in.length === 0 && this.#stalls === 0) {
+      const span = this.#wsink?.span(this.#wleft);
+      if (span !== undefined) {
+        this.#direct = span;
+        return span;
+      }
+    }
+    if (this.#phase === 'request' && this.#largeWrite && this.#in.length === 0) return this.#headerBuf;
+    return this.#readBuf;
+  }
+
+  /** `n` bytes arrived in `buf`, the buffer `#nextBuffer` chose. */
+  #onRead(n: number, buf: Uint8Array): void {
+    if (this.#phase === 'draining') return;
+    if (buf === this.#direct) {
+      // payload bytes already in the request's pages (a span is chosen only mid-payload, and a
+      // connection stops reading before anything can end the payload early)
+      this.#direct = undefined;
+      this.#payloadTaken(n).advance(n);
+      this.#process();
+      return;
+    }
+    this.#in.push(this.#readBuf.subarray(0, n));
+    this.#process();
+    this.#in.detach(this.#readBuf.buffer);
+  }
+
+  /** `n` payload bytes of the current write have been taken from the stream; returns its sink. */
+  #payloadTaken(n: number): NbdWriteSink {
+    const sink = this.#wsink!;
+    this.#wleft -= n;
+    if (this.#wleft === 0) {
+      this.#phase = 'request';
+      this.#wsink = undefined;
+    }
+    return sink;
   }
 
   // -------------------------------------------------------------------------------------------
@@ -465,6 +562,7 @@ class NbdConnection {
             this.#violation('request without NBD_REQUEST_MAGIC');
             return;
           }
+          this.#largeWrite = r.type === NBD_CMD_WRITE && r.length >= DIRECT_PAYLOAD_MIN;
           this.#request(r, false);
           break;
         }
@@ -474,13 +572,7 @@ class NbdConnection {
             return;
           }
           const chunk = q.takeSome(this.#wleft);
-          this.#wleft -= chunk.length;
-          const sink = this.#wsink!;
-          if (this.#wleft === 0) {
-            this.#phase = 'request';
-            this.#wsink = undefined;
-          }
-          sink.push(chunk);
+          this.#payloadTaken(chunk.length).push(chunk);
           break;
         }
         case 'payloadSkip': {
@@ -874,7 +966,7 @@ class NbdConnection {
     this.#drain();
   }
 
-  /** Stops reading; the connection closes when nothing is in flight. */
+  /** Stops parsing; the connection closes when nothing is in flight. */
   #drain(): void {
     if (this.#phase === 'payload' && this.#wsink !== undefined) {
       this.#abandoned = this.#wreq;
@@ -883,7 +975,12 @@ class NbdConnection {
     }
     this.#phase = 'draining';
     this.#in.clear();
-    this.#sock.pause();
+    // Reading goes on, its bytes dropped, so that the client's end of the stream is seen (a
+    // paused socket would never notice it) and the loop keeps the connection alive until then.
+    if (this.#stalls !== 0) {
+      this.#stalls = 0;
+      this.#sock.resume();
+    }
     this.#maybeFinish();
   }
 
@@ -1013,7 +1110,8 @@ export async function startNbdServer(options: NbdServerOptions): Promise<NbdServ
   };
   const maxConns = options.maxConnections ?? 64;
 
-  const server: Server = createServer({ allowHalfOpen: true, pauseOnConnect: false }, (sock) => {
+  const zeroCopy = options.zeroCopy ?? true;
+  const server: Server = createServer({ allowHalfOpen: true, pauseOnConnect: true }, (sock) => {
     stats.connections.accepted++;
     const remote = sock.remoteAddress;
     if (ctx.shuttingDown || conns.size >= maxConns || (remote !== undefined && !isLoopbackAddress(remote))) {
@@ -1021,8 +1119,8 @@ export async function startNbdServer(options: NbdServerOptions): Promise<NbdServ
       sock.destroy();
       return;
     }
-    if (options.port !== undefined) sock.setNoDelay(true);
-    const c = new NbdConnection(ctx, sock, nextId++);
+    if (options.port !== undefined) sock.setNoDelay(true); // kept by the handle if adopted
+    const c = new NbdConnection(ctx, sock, nextId++, zeroCopy);
     conns.add(c);
     if (conns.size > stats.connections.maxConcurrent) stats.connections.maxConcurrent = conns.size;
     log(`nbd[${c.id}]: connected${remote === undefined ? '' : ` from ${remote}`}`);
