@@ -288,10 +288,14 @@ describe('handshake', () => {
   });
 });
 
-describe.each(['sg', 'iova'] as const)('transmission, %s path', (path) => {
+describe.each([
+  ['sg', true],
+  ['iova', true],
+  ['iova', false],
+] as const)('transmission, %s path, zero-copy receive %s', (path, zeroCopy) => {
   let s: NbdServerHandle;
   beforeAll(async () => {
-    s = await start({ path });
+    s = await start({ path, zeroCopy });
   });
   afterAll(async () => {
     const st = await closeClean(s);
@@ -356,6 +360,33 @@ describe.each(['sg', 'iova'] as const)('transmission, %s path', (path) => {
     want.fill(0, 20_480, 29_696);
     expect(r2.data.equals(want)).toBe(true);
     expect((await c.trim(0, 0)).error).toBe(0);
+    await c.disconnect();
+  });
+
+  it('receives write payloads whole however the stream is cut (requests glued together, odd chunks)', async () => {
+    const { client: c } = await NbdClient.open(addr(s));
+    const sent: Uint8Array[] = [];
+    const send = c.send.bind(c);
+    c.send = (b: Uint8Array) => void sent.push(b);
+    const base = 20 * MiB;
+    const lens = [128 * 1024, 392 * 512, 64 * 1024, 4096, 16 * 1024, 300 * 1024];
+    const offs = lens.map((_, i) => base + i * 512 * 1024);
+    const writes = lens.map((n, i) => c.write(offs[i]!, pattern(n, 300 + i)));
+    const read = c.read(offs[0]!, lens[0]!); // glued right after the last payload
+    c.send = send;
+    const all = Buffer.concat(sent);
+    const cuts = [1, 27, 5000, 65_539, 28, 131_071, 3, 70_000];
+    for (let at = 0, k = 0; at < all.length; k++) {
+      const n = Math.min(cuts[k % cuts.length]!, all.length - at);
+      send(all.subarray(at, at + n));
+      at += n;
+      await new Promise((r) => setImmediate(r));
+    }
+    expect((await Promise.all(writes)).map((w) => w.error)).toEqual(lens.map(() => 0));
+    expect((await read).data.equals(pattern(lens[0]!, 300))).toBe(true);
+    for (const [i, n] of lens.entries()) {
+      expect((await c.read(offs[i]!, n)).data.equals(pattern(n, 300 + i))).toBe(true);
+    }
     await c.disconnect();
   });
 

@@ -1,6 +1,6 @@
 import { DEVICE_KINDS } from '@iovalink/dma-api/testing';
 import { describe, expect, it } from 'vitest';
-import { runWorkload } from '../src/index.js';
+import { runWorkload, SparseStore, STORE_CHUNK_SIZE } from '../src/index.js';
 import { allocIoBuffer, createNullBlkRig, createNvmeRig } from '../src/testing/index.js';
 
 const MAPPINGS = [
@@ -93,6 +93,24 @@ describe('runWorkload on null_blk', () => {
     const a = run();
     const b = run();
     expect(a).toEqual(b);
+  });
+});
+
+describe('SparseStore', () => {
+  it('gives spans inside one chunk: holes read as zeros through a shared chunk, writes allocate', () => {
+    const st = new SparseStore();
+    const hole = st.spanForRead(STORE_CHUNK_SIZE + 512, 1024);
+    expect(hole).toEqual(new Uint8Array(1024));
+    expect(st.chunks).toBe(0);
+    st.spanForWrite(STORE_CHUNK_SIZE + 512, 1024).fill(7);
+    expect(st.chunks).toBe(1);
+    const got = new Uint8Array(2048);
+    st.read(STORE_CHUNK_SIZE, got);
+    expect(Array.from(got.subarray(510, 514))).toEqual([0, 0, 7, 7]);
+    expect(st.spanForRead(STORE_CHUNK_SIZE + 1535, 2)).toEqual(new Uint8Array([7, 0]));
+    expect(st.spanForWrite(0, STORE_CHUNK_SIZE).length).toBe(STORE_CHUNK_SIZE);
+    // another hole still reads as zeros (the shared zero chunk was never written)
+    expect(st.spanForRead(5 * STORE_CHUNK_SIZE, 16)).toEqual(new Uint8Array(16));
   });
 });
 

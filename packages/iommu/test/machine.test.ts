@@ -43,6 +43,58 @@ describe('PhysMem', () => {
   });
 });
 
+describe('PhysMem blocks and spans', () => {
+  it('lays physically contiguous frames out as contiguous bytes, up to a 64 KiB block', () => {
+    const m = new Machine({ memSize: 1 << 22 });
+    const s = m.phys.span(3 * PAGE_SIZE + 100, 3 * PAGE_SIZE);
+    expect(s.length).toBe(3 * PAGE_SIZE);
+    s.fill(0x5a);
+    expect(m.phys.backedFrames).toBe(4); // the span touches frames 3..6
+    expect(Array.from(m.phys.read(3 * PAGE_SIZE + 98, 4))).toEqual([0, 0, 0x5a, 0x5a]);
+    expect(m.phys.read(6 * PAGE_SIZE + 99, 2)).toEqual(new Uint8Array([0x5a, 0]));
+    // a span ends where the block ends
+    expect(m.phys.span(65_536 - PAGE_SIZE, 4 * PAGE_SIZE).length).toBe(PAGE_SIZE);
+    expect(m.phys.span(65_536, 0).length).toBe(0);
+    expect(() => m.phys.span((1 << 22) - 8, 16)).toThrow(/outside RAM/);
+  });
+
+  it('copies runs in and out at offsets across blocks, reading holes as zeros', () => {
+    const m = new Machine({ memSize: 1 << 22 });
+    const src = Uint8Array.from({ length: 200_000 }, (_, i) => (i * 7 + 1) & 0xff);
+    m.phys.copyIn(60_000, src, 1000, 150_000);
+    const out = new Uint8Array(160_000).fill(0xee);
+    m.phys.copyOut(55_000, out, 10, 160_000 - 10);
+    expect(Array.from(out.subarray(0, 10))).toEqual(new Array(10).fill(0xee));
+    expect(out.subarray(10, 5010)).toEqual(new Uint8Array(5000));
+    expect(out.subarray(5010, 155_010)).toEqual(src.subarray(1000, 151_000));
+    expect(out.subarray(155_010)).toEqual(new Uint8Array(160_000 - 155_010));
+  });
+
+  it('discards frames one by one: each reads as zeros, the rest of its block keeps its data', () => {
+    const m = new Machine({ memSize: 1 << 22 });
+    m.phys.fill(0, 2 * PAGE_SIZE, 0x11);
+    const f0 = m.phys.frame(0);
+    expect(m.phys.backedFrames).toBe(2);
+    m.phys.discardFrame(0);
+    expect(m.phys.backedFrames).toBe(1);
+    expect(m.phys.peekFrame(0)).toBeUndefined();
+    expect(f0[5]).toBe(0); // the frame is RAM: an old view sees the scrub
+    expect(m.phys.read(PAGE_SIZE, 2)).toEqual(new Uint8Array([0x11, 0x11]));
+    m.phys.discardFrame(0); // twice is harmless
+    m.phys.discardFrame(1);
+    expect(m.phys.backedFrames).toBe(0);
+    expect(m.phys.read(0, 2 * PAGE_SIZE)).toEqual(new Uint8Array(2 * PAGE_SIZE));
+    // a block whose frames were all discarded comes back zeroed
+    expect(m.phys.frame(1)).toEqual(new Uint8Array(PAGE_SIZE));
+  });
+
+  it('fills with zeros without backing anything', () => {
+    const m = new Machine({ memSize: 1 << 22 });
+    m.phys.fill(0, 1 << 20, 0);
+    expect(m.phys.backedFrames).toBe(0);
+  });
+});
+
 describe('alloc_pages / __free_pages (buddy)', () => {
   it('never hands out the reserved low 1 MiB, and splits larger blocks', () => {
     const m = new Machine({ memSize: 8 << 20 });
