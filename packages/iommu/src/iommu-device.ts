@@ -24,7 +24,7 @@ import {
   iommuIotlbGatherReset,
 } from './iommu-gather.js';
 import { IOMMU_READ, IOMMU_WRITE } from './iommu-prot.js';
-import { Iotlb, type IotlbEntry } from './iotlb.js';
+import { Iotlb } from './iotlb.js';
 import type { Machine } from './machine.js';
 
 /** 4 KiB | 2 MiB | 1 GiB: the page sizes of our format (x86-64 / ARM 4K granule). */
@@ -185,28 +185,21 @@ export class IommuDevice {
       return this.#fault(domain, iova, write, 'blocked', requester);
     }
     const need = write ? IOMMU_WRITE : IOMMU_READ;
-    let e: IotlbEntry | undefined = this.iotlb.lookup(domain.id, iova);
-    if (e === undefined) {
+    const iotlb = this.iotlb;
+    let slot = iotlb.lookupSlot(domain.id, iova);
+    if (slot < 0) {
       const l = this.#lookup;
       if (!domain.pgtbl.lookup(iova, l)) {
-        if (this.cachesNonPresent) {
-          this.iotlb.insert(domain.id, {
-            leafIova: iova - (iova % SZ_4K),
-            leafPhys: 0,
-            leafSize: SZ_4K,
-            prot: 0,
-            present: false,
-          });
-        }
+        if (this.cachesNonPresent) iotlb.insertLeaf(domain.id, iova - (iova % SZ_4K), 0, SZ_4K, 0, false);
         return this.#fault(domain, iova, write, 'not-present', requester);
       }
-      e = { leafIova: l.leafIova, leafPhys: l.leafPhys, leafSize: l.leafSize, prot: l.prot, present: true };
-      this.iotlb.insert(domain.id, e);
+      slot = iotlb.insertLeaf(domain.id, l.leafIova, l.leafPhys, l.leafSize, l.prot, true);
     }
-    if (!e.present) return this.#fault(domain, iova, write, 'not-present', requester);
-    if ((e.prot & need) === 0) return this.#fault(domain, iova, write, 'permission', requester);
+    if (!iotlb.slotPresent(slot)) return this.#fault(domain, iova, write, 'not-present', requester);
+    if ((iotlb.slotProt(slot) & need) === 0) return this.#fault(domain, iova, write, 'permission', requester);
+    const pa = iotlb.slotPhys(slot, iova);
     if (write && domain.dirtyTracking) domain.pgtbl.setDirty(iova);
-    return e.leafPhys + (iova - e.leafIova);
+    return pa;
   }
 
   #fault(

@@ -15,6 +15,13 @@
  * range has more pages than the cache has entries. Entries with `present = false` model IOMMUs that
  * cache non-present translations (VT-d caching mode), which `iotlb_sync_map` must drop.
  * Differs on purpose: no walk (paging-structure) cache, no set associativity.
+ *
+ * Storage allocates nothing after construction: each slot's fields live in parallel typed arrays.
+ * A key finds its slot through a power-of-two table of bucket heads, each bucket a chain of slots
+ * linked by `#chain`. The slots in use form a circular doubly linked list in `#prev`/`#next`
+ * around a sentinel (index `capacity`): the sentinel's next is the least recently used slot, its
+ * prev the most recently used. Free slots form a stack linked through `#next`. A slot index is
+ * valid until the next insert or invalidation; the object API (`lookup`, `insert`) copies.
  */
 
 import type { Counters } from './counters.js';
@@ -28,6 +35,7 @@ export const IOTLB_MAX_DOMAIN_ID = 2 ** 16 - 1;
 const SZ_4K = 4096;
 const PAGES_2M = 512;
 const PAGES_1G = 262144;
+const TWO_32 = 2 ** 32;
 
 /** One cached translation (kernel counterpart: an IOTLB entry in hardware). */
 export interface IotlbEntry {
@@ -47,9 +55,25 @@ export interface IotlbEntry {
 export class Iotlb {
   /** Number of entries the IOTLB holds. */
   readonly capacity: number;
-  /** Key → entry; Map order is LRU order (first = least recently used). */
-  readonly #map = new Map<number, IotlbEntry>();
   readonly #counters: Counters;
+  // Per-slot fields.
+  readonly #key: Float64Array;
+  readonly #iova: Float64Array;
+  readonly #phys: Float64Array;
+  readonly #leafSize: Int32Array;
+  readonly #prot: Int32Array;
+  readonly #present: Uint8Array;
+  /** Next slot in the same hash bucket, or -1. */
+  readonly #chain: Int32Array;
+  /** Bucket heads (slot or -1); length a power of two, at least twice the capacity. */
+  readonly #buckets: Int32Array;
+  /** 32 - log2(bucket count): the hash keeps the top bits of a 32-bit product. */
+  readonly #shift: number;
+  /** LRU list links; index `capacity` is the sentinel. `#next` also links the free stack. */
+  readonly #prev: Int32Array;
+  readonly #next: Int32Array;
+  #free = 0;
+  #size = 0;
 
   /** An empty IOTLB of `entries` slots. */
   constructor(machine: Machine, entries: number) {
@@ -60,62 +84,138 @@ export class Iotlb {
     }
     this.capacity = entries;
     this.#counters = machine.counters;
+    this.#key = new Float64Array(entries);
+    this.#iova = new Float64Array(entries);
+    this.#phys = new Float64Array(entries);
+    this.#leafSize = new Int32Array(entries);
+    this.#prot = new Int32Array(entries);
+    this.#present = new Uint8Array(entries);
+    this.#chain = new Int32Array(entries);
+    let bits = 1;
+    while (2 ** bits < 2 * entries) bits++;
+    this.#buckets = new Int32Array(2 ** bits);
+    this.#shift = 32 - bits;
+    this.#prev = new Int32Array(entries + 1);
+    this.#next = new Int32Array(entries + 1);
+    this.#reset();
   }
 
   /** Entries currently cached. */
   get size(): number {
-    return this.#map.size;
+    return this.#size;
   }
 
   /**
-   * The cached entry translating `iova` in domain `domainId`, or undefined. Counts `iotlbHits` or
-   * `iotlbMisses`; a hit becomes the most recently used entry. Non-present entries are returned too.
+   * The cached entry translating `iova` in domain `domainId`, or undefined (kernel counterpart:
+   * the IOTLB lookup the hardware does before a walk). A copy of `lookupSlot`'s result.
    */
   lookup(domainId: number, iova: number): IotlbEntry | undefined {
-    const base = domainKeyBase(domainId);
-    const page = Math.floor(iova / SZ_4K);
-    let e = this.#probe(base + page, iova);
-    if (e === undefined) {
-      const p2m = page - (page % PAGES_2M);
-      if (p2m !== page) e = this.#probe(base + p2m, iova);
-      if (e === undefined) {
-        const p1g = page - (page % PAGES_1G);
-        if (p1g !== p2m) e = this.#probe(base + p1g, iova);
-      }
-    }
-    if (e === undefined) this.#counters.iotlbMisses++;
-    else this.#counters.iotlbHits++;
-    return e;
+    const s = this.lookupSlot(domainId, iova);
+    if (s < 0) return undefined;
+    return {
+      leafIova: this.#iova[s]!,
+      leafPhys: this.#phys[s]!,
+      leafSize: this.#leafSize[s]!,
+      prot: this.#prot[s]!,
+      present: this.#present[s] === 1,
+    };
   }
 
   /**
-   * Caches a copy of `entry` for domain `domainId`, replacing an entry for the same leaf start and
-   * evicting the least recently used entry when full.
+   * The slot caching the translation of `iova` in domain `domainId`, or -1, without allocating
+   * (kernel counterpart: the hardware IOTLB lookup). Counts `iotlbHits` or `iotlbMisses`; a hit
+   * becomes the most recently used entry. Non-present entries are returned too.
+   */
+  lookupSlot(domainId: number, iova: number): number {
+    const base = domainKeyBase(domainId);
+    const page = Math.floor(iova / SZ_4K);
+    let s = this.#covering(base + page, iova);
+    if (s < 0) {
+      const p2m = page - (page % PAGES_2M);
+      if (p2m !== page) s = this.#covering(base + p2m, iova);
+      if (s < 0) {
+        const p1g = page - (page % PAGES_1G);
+        if (p1g !== p2m) s = this.#covering(base + p1g, iova);
+      }
+    }
+    if (s < 0) {
+      this.#counters.iotlbMisses++;
+      return -1;
+    }
+    this.#counters.iotlbHits++;
+    this.#unlinkLru(s);
+    this.#linkMru(s);
+    return s;
+  }
+
+  /** Physical address of `iova` through the leaf cached in `slot` (the hardware's output address). */
+  slotPhys(slot: number, iova: number): number {
+    return this.#phys[slot]! + (iova - this.#iova[slot]!);
+  }
+
+  /** `IOMMU_*` permissions of the leaf cached in `slot` (the entry's R/W bits in hardware). */
+  slotProt(slot: number): number {
+    return this.#prot[slot]!;
+  }
+
+  /** False when `slot` caches a "not present" result (VT-d caching mode). */
+  slotPresent(slot: number): boolean {
+    return this.#present[slot] === 1;
+  }
+
+  /**
+   * Caches a copy of `entry` for domain `domainId` (kernel counterpart: the hardware filling an
+   * IOTLB entry after a walk). See `insertLeaf`.
    */
   insert(domainId: number, entry: IotlbEntry): void {
+    this.insertLeaf(domainId, entry.leafIova, entry.leafPhys, entry.leafSize, entry.prot, entry.present);
+  }
+
+  /**
+   * Caches one leaf for domain `domainId` and returns its slot (kernel counterpart: the hardware
+   * filling an IOTLB entry after a walk). Replaces an entry for the same leaf start; when full,
+   * evicts the least recently used entry. The new entry is the most recently used.
+   */
+  insertLeaf(
+    domainId: number,
+    leafIova: number,
+    leafPhys: number,
+    leafSize: number,
+    prot: number,
+    present: boolean,
+  ): number {
     const base = domainKeyBase(domainId);
-    const size = entry.leafSize;
-    if (!(size === SZ_4K || size === SZ_4K * PAGES_2M || size === SZ_4K * PAGES_1G)) {
-      throw new IommuError(`iotlb: leaf size ${hex(size)} is not 4 KiB, 2 MiB or 1 GiB`, {
+    if (!(leafSize === SZ_4K || leafSize === SZ_4K * PAGES_2M || leafSize === SZ_4K * PAGES_1G)) {
+      throw new IommuError(`iotlb: leaf size ${hex(leafSize)} is not 4 KiB, 2 MiB or 1 GiB`, {
         rule: 'iotlb: leaf size',
       });
     }
-    if (!(Number.isSafeInteger(entry.leafIova) && entry.leafIova >= 0 && entry.leafIova % size === 0)) {
-      throw new IommuError(`iotlb: leaf IOVA ${hex(entry.leafIova)} not aligned to its size ${hex(size)}`, {
+    if (!(Number.isSafeInteger(leafIova) && leafIova >= 0 && leafIova % leafSize === 0)) {
+      throw new IommuError(`iotlb: leaf IOVA ${hex(leafIova)} not aligned to its size ${hex(leafSize)}`, {
         rule: 'iotlb: leaf alignment',
       });
     }
-    const key = base + entry.leafIova / SZ_4K;
-    const map = this.#map;
-    if (map.has(key)) map.delete(key);
-    else if (map.size >= this.capacity) map.delete(map.keys().next().value as number);
-    map.set(key, {
-      leafIova: entry.leafIova,
-      leafPhys: entry.leafPhys,
-      leafSize: size,
-      prot: entry.prot,
-      present: entry.present,
-    });
+    const key = base + leafIova / SZ_4K;
+    let s = this.#find(key);
+    if (s >= 0) {
+      this.#unlinkLru(s);
+    } else {
+      if (this.#size >= this.capacity) this.#remove(this.#next[this.capacity]!);
+      s = this.#free;
+      this.#free = this.#next[s]!;
+      this.#size++;
+      this.#key[s] = key;
+      const b = hashKey(key, this.#shift);
+      this.#chain[s] = this.#buckets[b]!;
+      this.#buckets[b] = s;
+    }
+    this.#iova[s] = leafIova;
+    this.#phys[s] = leafPhys;
+    this.#leafSize[s] = leafSize;
+    this.#prot[s] = prot;
+    this.#present[s] = present ? 1 : 0;
+    this.#linkMru(s);
+    return s;
   }
 
   /**
@@ -135,12 +235,16 @@ export class Iotlb {
   invalidateAll(domainId?: number): void {
     this.#counters.iotlbInvAll++;
     if (domainId === undefined) {
-      this.#map.clear();
+      if (this.#size > 0) this.#reset();
       return;
     }
     const base = domainKeyBase(domainId);
-    for (const key of this.#map.keys()) {
-      if (key >= base && key < base + DOMAIN_STRIDE) this.#map.delete(key);
+    const next = this.#next;
+    for (let s = next[this.capacity]!; s !== this.capacity; ) {
+      const n = next[s]!;
+      const key = this.#key[s]!;
+      if (key >= base && key < base + DOMAIN_STRIDE) this.#remove(s);
+      s = n;
     }
   }
 
@@ -153,43 +257,111 @@ export class Iotlb {
     this.#drop(domainKeyBase(domainId), iova, size, true);
   }
 
-  /** The entry at `key` if it covers `iova`, made most recently used. */
-  #probe(key: number, iova: number): IotlbEntry | undefined {
-    const map = this.#map;
-    const e = map.get(key);
-    if (e === undefined || iova < e.leafIova || iova >= e.leafIova + e.leafSize) return undefined;
-    map.delete(key);
-    map.set(key, e);
-    return e;
+  /** Empties the cache: no buckets, no LRU entries, every slot on the free stack. */
+  #reset(): void {
+    const cap = this.capacity;
+    this.#buckets.fill(-1);
+    const next = this.#next;
+    for (let s = 0; s < cap; s++) next[s] = s + 1;
+    next[cap - 1] = -1;
+    next[cap] = cap;
+    this.#prev[cap] = cap;
+    this.#free = 0;
+    this.#size = 0;
+  }
+
+  /** The slot holding `key`, or -1. */
+  #find(key: number): number {
+    const keys = this.#key;
+    const chain = this.#chain;
+    let s = this.#buckets[hashKey(key, this.#shift)]!;
+    while (s >= 0 && keys[s] !== key) s = chain[s]!;
+    return s;
+  }
+
+  /** The slot at `key` if its leaf covers `iova`, else -1. */
+  #covering(key: number, iova: number): number {
+    const s = this.#find(key);
+    if (s < 0) return -1;
+    const leafIova = this.#iova[s]!;
+    return iova >= leafIova && iova < leafIova + this.#leafSize[s]! ? s : -1;
+  }
+
+  #linkMru(s: number): void {
+    const prev = this.#prev;
+    const sentinel = this.capacity;
+    const mru = prev[sentinel]!;
+    prev[s] = mru;
+    this.#next[s] = sentinel;
+    this.#next[mru] = s;
+    prev[sentinel] = s;
+  }
+
+  #unlinkLru(s: number): void {
+    const p = this.#prev[s]!;
+    const n = this.#next[s]!;
+    this.#next[p] = n;
+    this.#prev[n] = p;
+  }
+
+  /** Takes slot `s` out of its bucket and the LRU list and pushes it on the free stack. */
+  #remove(s: number): void {
+    const b = hashKey(this.#key[s]!, this.#shift);
+    const chain = this.#chain;
+    let at = this.#buckets[b]!;
+    if (at === s) {
+      this.#buckets[b] = chain[s]!;
+    } else {
+      while (chain[at] !== s) at = chain[at]!;
+      chain[at] = chain[s]!;
+    }
+    this.#unlinkLru(s);
+    this.#next[s] = this.#free;
+    this.#free = s;
+    this.#size--;
   }
 
   #drop(base: number, iova: number, size: number, onlyNonPresent: boolean): void {
-    if (!(size > 0)) return;
-    const map = this.#map;
-    if (map.size === 0) return;
+    if (!(size > 0) || this.#size === 0) return;
     const end = iova + size;
     const first = Math.floor(iova / SZ_4K);
     const last = Math.ceil(end / SZ_4K) - 1;
-    if (last - first + 1 <= map.size) {
-      for (let p = first; p <= last; p++) this.#dropKey(base + p, iova, end, onlyNonPresent);
+    if (last - first + 1 <= this.#size) {
+      for (let p = first; p <= last; p++) this.#dropKey(base, p, iova, end, onlyNonPresent);
       const p2m = first - (first % PAGES_2M);
-      if (p2m !== first) this.#dropKey(base + p2m, iova, end, onlyNonPresent);
+      if (p2m !== first) this.#dropKey(base, p2m, iova, end, onlyNonPresent);
       const p1g = first - (first % PAGES_1G);
-      if (p1g !== p2m && p1g !== first) this.#dropKey(base + p1g, iova, end, onlyNonPresent);
+      if (p1g !== p2m && p1g !== first) this.#dropKey(base, p1g, iova, end, onlyNonPresent);
       return;
     }
-    for (const [key, e] of map) {
-      if (key < base || key >= base + DOMAIN_STRIDE) continue;
-      if (onlyNonPresent && e.present) continue;
-      if (e.leafIova < end && e.leafIova + e.leafSize > iova) map.delete(key);
+    const next = this.#next;
+    for (let s = next[this.capacity]!; s !== this.capacity; ) {
+      const n = next[s]!;
+      this.#dropSlot(s, base, iova, end, onlyNonPresent);
+      s = n;
     }
   }
 
-  #dropKey(key: number, iova: number, end: number, onlyNonPresent: boolean): void {
-    const e = this.#map.get(key);
-    if (e === undefined || (onlyNonPresent && e.present)) return;
-    if (e.leafIova < end && e.leafIova + e.leafSize > iova) this.#map.delete(key);
+  #dropKey(base: number, page: number, iova: number, end: number, onlyNonPresent: boolean): void {
+    const s = this.#find(base + page);
+    if (s >= 0) this.#dropSlot(s, base, iova, end, onlyNonPresent);
   }
+
+  /** Removes slot `s` if it belongs to the domain at `base` and its leaf meets `[iova, end)`. */
+  #dropSlot(s: number, base: number, iova: number, end: number, onlyNonPresent: boolean): void {
+    const key = this.#key[s]!;
+    if (key < base || key >= base + DOMAIN_STRIDE) return;
+    if (onlyNonPresent && this.#present[s] === 1) return;
+    const leafIova = this.#iova[s]!;
+    if (leafIova < end && leafIova + this.#leafSize[s]! > iova) this.#remove(s);
+  }
+}
+
+/** Bucket of `key` (a safe integer): both 32-bit halves mixed by multiplication, top bits kept. */
+function hashKey(key: number, shift: number): number {
+  const hi = Math.floor(key / TWO_32);
+  const lo = key - hi * TWO_32;
+  return Math.imul(lo ^ Math.imul(hi, 0x85ebca6b), 0x9e3779b1) >>> shift;
 }
 
 /** First key of a domain; throws for an id outside 0..IOTLB_MAX_DOMAIN_ID. */

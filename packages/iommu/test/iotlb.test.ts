@@ -264,3 +264,263 @@ describe('Iotlb invalidation (stale translations)', () => {
     );
   });
 });
+
+/** A plain reference IOTLB: Map order is LRU order, every search a brute-force scan. */
+class RefIotlb {
+  readonly map = new Map<string, { dom: number; e: IotlbEntry }>();
+  readonly capacity: number;
+  constructor(capacity: number) {
+    this.capacity = capacity;
+  }
+
+  lookup(dom: number, iova: number): IotlbEntry | undefined {
+    // The smallest leaf covering `iova` wins: it is the one the page-first probe order finds.
+    let best: [string, { dom: number; e: IotlbEntry }] | undefined;
+    for (const kv of this.map) {
+      const { dom: d, e } = kv[1];
+      if (d !== dom || iova < e.leafIova || iova >= e.leafIova + e.leafSize) continue;
+      if (best === undefined || e.leafSize < best[1].e.leafSize) best = kv;
+    }
+    if (best === undefined) return undefined;
+    this.map.delete(best[0]);
+    this.map.set(best[0], best[1]);
+    return best[1].e;
+  }
+
+  insert(dom: number, e: IotlbEntry): void {
+    const k = `${dom}:${e.leafIova}`;
+    if (this.map.has(k)) this.map.delete(k);
+    else if (this.map.size >= this.capacity) this.map.delete(this.map.keys().next().value as string);
+    this.map.set(k, { dom, e: { ...e } });
+  }
+
+  drop(dom: number | undefined, iova: number, size: number, onlyNonPresent: boolean): void {
+    for (const [k, { dom: d, e }] of this.map) {
+      if (dom !== undefined && d !== dom) continue;
+      if (onlyNonPresent && e.present) continue;
+      if (e.leafIova < iova + size && e.leafIova + e.leafSize > iova) this.map.delete(k);
+    }
+  }
+}
+
+describe('Iotlb slot storage (hash index, LRU list, free slots)', () => {
+  type Op =
+    | {
+        t: 'insert';
+        dom: number;
+        leafIova: number;
+        leafSize: number;
+        phys: number;
+        present: boolean;
+        fast: boolean;
+      }
+    | { t: 'lookup'; dom: number; iova: number; pick: number | null; fast: boolean }
+    | { t: 'invRange' | 'invNonPresent'; dom: number; iova: number; size: number }
+    | { t: 'invAll'; dom: number | undefined };
+  const domArb = fc.nat(2);
+  // A small key space, with pages on both sides of 2 MiB and 1 GiB boundaries, so lookups hit,
+  // leaves overlap and hash chains collide.
+  const pages4k = [0, 1, 2, 3, 5, 8, 511, 512, 513, 1023, 1024, 262143, 262144, 262145];
+  const leafArb = fc.oneof(
+    {
+      weight: 6,
+      arbitrary: fc.constantFrom(...pages4k).map((p) => ({ leafIova: p * SZ_4K, leafSize: SZ_4K })),
+    },
+    { weight: 2, arbitrary: fc.nat(2).map((i) => ({ leafIova: i * SZ_2M, leafSize: SZ_2M })) },
+    { weight: 1, arbitrary: fc.nat(1).map((i) => ({ leafIova: i * SZ_1G, leafSize: SZ_1G })) },
+  );
+  const iovaArb = fc.oneof(
+    {
+      weight: 4,
+      arbitrary: fc.tuple(leafArb, fc.nat(SZ_1G - 1)).map(([l, off]) => l.leafIova + (off % l.leafSize)),
+    },
+    { weight: 1, arbitrary: fc.nat(2 * SZ_1G) },
+  );
+  const opArb: fc.Arbitrary<Op> = fc
+    .oneof(
+      {
+        weight: 5,
+        arbitrary: fc
+          .record({
+            dom: domArb,
+            leaf: leafArb,
+            phys: fc.nat(2 ** 20),
+            present: fc.boolean(),
+            fast: fc.boolean(),
+          })
+          .map(({ dom, leaf, phys, present, fast }) => ({
+            t: 'insert' as const,
+            dom,
+            ...leaf,
+            phys: phys * SZ_4K,
+            present,
+            fast,
+          })),
+      },
+      {
+        weight: 6,
+        arbitrary: fc.record({
+          t: fc.constant('lookup' as const),
+          dom: domArb,
+          iova: iovaArb,
+          pick: fc.option(fc.nat(), { freq: 3 }), // null (1 in 3): the random iova; else a cached leaf
+          fast: fc.boolean(),
+        }),
+      },
+      {
+        weight: 2,
+        arbitrary: fc.record({
+          t: fc.constantFrom('invRange' as const, 'invNonPresent' as const),
+          dom: domArb,
+          iova: iovaArb,
+          size: fc.oneof(fc.integer({ min: 1, max: 8 * SZ_4K }), fc.integer({ min: 1, max: 2 * SZ_1G })),
+        }),
+      },
+      { weight: 1, arbitrary: fc.record({ t: fc.constant('invAll' as const), dom: fc.option(domArb) }) },
+    )
+    .map((op) => (op.t === 'invAll' ? { t: 'invAll' as const, dom: op.dom ?? undefined } : op));
+
+  it('behaves like a reference LRU under random lookups, inserts and invalidations (fast-check)', () => {
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 1, max: 6 }),
+        fc.array(opArb, { minLength: 10, maxLength: 120, size: 'max' }),
+        (cap, ops) => {
+          const m = new Machine({ memSize: 16 << 20 });
+          const tlb = new Iotlb(m, cap);
+          const ref = new RefIotlb(cap);
+          let hits = 0;
+          let misses = 0;
+          for (const op of ops) {
+            if (op.t === 'insert') {
+              const e = {
+                leafIova: op.leafIova,
+                leafPhys: op.phys,
+                leafSize: op.leafSize,
+                prot: RW,
+                present: op.present,
+              };
+              if (op.fast) {
+                const s = tlb.insertLeaf(op.dom, e.leafIova, e.leafPhys, e.leafSize, e.prot, e.present);
+                expect(s >= 0 && s < cap).toBe(true);
+              } else {
+                tlb.insert(op.dom, e);
+              }
+              ref.insert(op.dom, e);
+            } else if (op.t === 'lookup') {
+              let { dom, iova } = op;
+              const cached = [...ref.map.values()];
+              if (op.pick !== null && cached.length > 0) {
+                const c = cached[op.pick % cached.length]!;
+                dom = c.dom;
+                iova = c.e.leafIova + (op.iova % c.e.leafSize);
+              }
+              const want = ref.lookup(dom, iova);
+              if (want === undefined) misses++;
+              else hits++;
+              if (op.fast) {
+                const s = tlb.lookupSlot(dom, iova);
+                expect(s >= 0).toBe(want !== undefined);
+                if (want !== undefined) {
+                  expect(tlb.slotPhys(s, iova)).toBe(want.leafPhys + (iova - want.leafIova));
+                  expect(tlb.slotPresent(s)).toBe(want.present);
+                  expect(tlb.slotProt(s)).toBe(want.prot);
+                }
+              } else {
+                expect(tlb.lookup(dom, iova)).toEqual(want);
+              }
+            } else if (op.t === 'invAll') {
+              tlb.invalidateAll(op.dom);
+              ref.drop(op.dom, 0, 2 ** 48, false);
+            } else {
+              if (op.t === 'invRange') tlb.invalidateRange(op.dom, op.iova, op.size);
+              else tlb.invalidateNonPresent(op.dom, op.iova, op.size);
+              ref.drop(op.dom, op.iova, op.size, op.t === 'invNonPresent');
+            }
+            expect(tlb.size).toBe(ref.map.size);
+          }
+          expect(m.counters.iotlbHits).toBe(hits);
+          expect(m.counters.iotlbMisses).toBe(misses);
+        },
+      ),
+      { numRuns: 500 },
+    );
+  });
+
+  it('hits reorder the LRU list across many evictions', () => {
+    const m = new Machine({ memSize: 16 << 20 });
+    const tlb = new Iotlb(m, 4);
+    for (let i = 0; i < 4; i++) tlb.insert(1, entry(i * SZ_4K));
+    // Keep page 0 hot while 100 other pages stream through: it must never be evicted.
+    for (let i = 4; i < 104; i++) {
+      expect(tlb.lookupSlot(1, 0)).toBeGreaterThanOrEqual(0);
+      tlb.insert(1, entry(i * SZ_4K));
+    }
+    expect(tlb.size).toBe(4);
+    expect(tlb.lookup(1, 0)).toBeDefined();
+    for (let i = 101; i < 104; i++) expect(tlb.lookup(1, i * SZ_4K)).toBeDefined();
+    expect(tlb.lookup(1, 100 * SZ_4K)).toBeUndefined();
+  });
+
+  it('reuses slots freed by invalidation without evicting live entries', () => {
+    const m = new Machine({ memSize: 16 << 20 });
+    const tlb = new Iotlb(m, 4);
+    const slots = [0, 1, 2, 3].map((i) => tlb.insertLeaf(1, i * SZ_4K, i * SZ_4K, SZ_4K, RW, true));
+    expect(new Set(slots).size).toBe(4);
+    tlb.invalidateRange(1, SZ_4K, 2 * SZ_4K); // frees the slots of pages 1 and 2
+    expect(tlb.size).toBe(2);
+    const reused = [8, 9].map((i) => tlb.insertLeaf(2, i * SZ_4K, 0, SZ_4K, RW, true));
+    expect(reused.sort((a, b) => a - b)).toEqual([slots[1]!, slots[2]!].sort((a, b) => a - b));
+    expect(tlb.size).toBe(4);
+    expect(tlb.lookup(1, 0)).toBeDefined(); // nothing was evicted
+    expect(tlb.lookup(1, 3 * SZ_4K)).toBeDefined();
+    tlb.invalidateAll(2);
+    tlb.invalidateAll();
+    expect(tlb.size).toBe(0);
+    for (let i = 0; i < 4; i++) tlb.insert(3, entry(i * SZ_2M, SZ_2M));
+    for (let i = 0; i < 4; i++) expect(tlb.lookup(3, i * SZ_2M + 5)?.leafSize).toBe(SZ_2M);
+  });
+
+  it('keeps keys apart that differ only in the domain (same low 32 bits)', () => {
+    const m = new Machine({ memSize: 16 << 20 });
+    const tlb = new Iotlb(m, 64);
+    const doms = [0, 1, 16, 256, 4096, IOTLB_MAX_DOMAIN_ID];
+    for (const d of doms) tlb.insert(d, entry(0x5000, SZ_4K, d * SZ_4K));
+    for (const d of doms) expect(tlb.lookup(d, 0x5000)?.leafPhys).toBe(d * SZ_4K);
+    tlb.invalidateRange(256, 0x5000, 1);
+    expect(tlb.lookup(256, 0x5000)).toBeUndefined();
+    for (const d of doms.filter((x) => x !== 256)) expect(tlb.lookup(d, 0x5000)).toBeDefined();
+  });
+
+  it('fast path and object API agree, and count the same', () => {
+    const m = new Machine({ memSize: 16 << 20 });
+    const tlb = new Iotlb(m, 8);
+    const s = tlb.insertLeaf(5, SZ_2M, 0x7_0000_0000, SZ_2M, IOMMU_READ, true);
+    const np = tlb.insertLeaf(5, 0x3000, 0, SZ_4K, 0, false);
+    expect(tlb.lookupSlot(5, SZ_2M + 0x1234)).toBe(s);
+    expect(tlb.slotPhys(s, SZ_2M + 0x1234)).toBe(0x7_0000_1234);
+    expect(tlb.slotProt(s)).toBe(IOMMU_READ);
+    expect(tlb.lookup(5, SZ_2M + 0x1234)).toEqual({
+      leafIova: SZ_2M,
+      leafPhys: 0x7_0000_0000,
+      leafSize: SZ_2M,
+      prot: IOMMU_READ,
+      present: true,
+    });
+    expect(tlb.lookupSlot(5, 0x3fff)).toBe(np);
+    expect(tlb.slotPresent(np)).toBe(false);
+    expect(tlb.lookup(5, 0x3fff)?.present).toBe(false);
+    expect(tlb.lookupSlot(5, 0x4000)).toBe(-1);
+    expect(tlb.lookup(5, 0x4000)).toBeUndefined();
+    expect(m.counters.iotlbHits).toBe(4);
+    expect(m.counters.iotlbMisses).toBe(2);
+    // Re-inserting the same leaf keeps its slot; validation matches insert's.
+    expect(tlb.insertLeaf(5, SZ_2M, 0x8_0000_0000, SZ_2M, RW, true)).toBe(s);
+    expect(() => tlb.insertLeaf(5, SZ_4K, 0, SZ_2M, RW, true)).toThrow(
+      expect.objectContaining({ rule: 'iotlb: leaf alignment' }),
+    );
+    expect(() => tlb.lookupSlot(IOTLB_MAX_DOMAIN_ID + 1, 0)).toThrow(
+      expect.objectContaining({ rule: 'iotlb: domain id' }),
+    );
+  });
+});
