@@ -7,10 +7,8 @@
  * Prints IOPS, the ratios to qemu-nbd, and the server's CPU time per job (from /proc).
  *
  *   cd apps/cli && npx tsx --conditions=@iovalink/source bench/nbd-vs-qemu.ts [--runtime 10]
- *     [--size 1G] [--tuned] [--json results.json]
+ *     [--size 1G] [--json results.json]
  *
- * `--tuned` adds iovalink rows run with GLIBC_TUNABLES raising malloc's mmap and trim thresholds
- * (the model allocates a fresh buffer per NVMe command; see the report for why that matters).
  * The iovalink server runs through `registerServe` exactly as `iovalink serve` does.
  */
 import { type ChildProcess, execFile, spawn, spawnSync } from 'node:child_process';
@@ -25,17 +23,15 @@ import type { NbdServerStats } from '../src/nbd/nbd-server.js';
 interface Args {
   runtime: number;
   size: number;
-  tuned: boolean;
   json: string | undefined;
 }
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { runtime: 10, size: 2 ** 30, tuned: false, json: undefined };
+  const a: Args = { runtime: 10, size: 2 ** 30, json: undefined };
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i];
     if (k === '--runtime') a.runtime = Number(argv[++i]);
     else if (k === '--size') a.size = parseByteSize(argv[++i] ?? '');
-    else if (k === '--tuned') a.tuned = true;
     else if (k === '--json') a.json = argv[++i];
     else throw new Error(`unknown argument ${k}`);
   }
@@ -44,7 +40,6 @@ function parseArgs(argv: string[]): Args {
   return a;
 }
 
-const GLIBC_TUNED = 'glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824';
 const CLI_DIR = join(dirname(fileURLToPath(import.meta.url)), '..');
 const BOOT = `
 import { Command } from 'commander';
@@ -58,7 +53,6 @@ interface Target {
   name: string;
   kind: 'iovalink' | 'qemu';
   path?: 'sg' | 'iova';
-  env?: Record<string, string>;
 }
 
 interface JobResult {
@@ -166,7 +160,7 @@ async function runTarget(t: Target, a: Args, dir: string): Promise<TargetResult>
         '64',
         '--json-stats',
       ],
-      { cwd: CLI_DIR, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...t.env } },
+      { cwd: CLI_DIR, stdio: ['ignore', 'pipe', 'pipe'], env: process.env },
     );
     child.stdout!.on('data', (b: Buffer) => (out += b.toString()));
     child.stderr!.on('data', (b: Buffer) => (err += b.toString()));
@@ -256,22 +250,6 @@ async function main(): Promise<void> {
     { name: 'iovalink serve --path sg', kind: 'iovalink', path: 'sg' },
     { name: 'iovalink serve --path iova', kind: 'iovalink', path: 'iova' },
   ];
-  if (a.tuned) {
-    targets.push(
-      {
-        name: 'iovalink sg (glibc tuned)',
-        kind: 'iovalink',
-        path: 'sg',
-        env: { GLIBC_TUNABLES: GLIBC_TUNED },
-      },
-      {
-        name: 'iovalink iova (glibc tuned)',
-        kind: 'iovalink',
-        path: 'iova',
-        env: { GLIBC_TUNABLES: GLIBC_TUNED },
-      },
-    );
-  }
   targets.push({ name: 'qemu-nbd', kind: 'qemu' });
   const results: TargetResult[] = [];
   try {
