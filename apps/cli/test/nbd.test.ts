@@ -585,6 +585,10 @@ describe('flow control, shutdown and addresses', () => {
     expect(s.uri).toMatch(/^nbd:\/\/127\.0\.0\.1:\d+\/$/);
     const { client: c } = await NbdClient.open(addr(s));
     expect((await c.write(0, pattern(4096, 1))).error).toBe(0);
+    // a large payload is received in place over TCP too
+    const big = pattern(768 * 1024, 2);
+    expect((await c.write(MiB, big)).error).toBe(0);
+    expect((await c.read(MiB, big.length)).data.equals(big)).toBe(true);
     await c.disconnect();
     await closeClean(s);
     for (const host of ['0.0.0.0', '10.1.2.3', '::', 'example.com']) {
