@@ -88,6 +88,22 @@ describe('PhysMem blocks and spans', () => {
     expect(m.phys.frame(1)).toEqual(new Uint8Array(PAGE_SIZE));
   });
 
+  it('counts and discards the last frame of a block like any other', () => {
+    const m = new Machine({ memSize: 1 << 22 });
+    const last = 65_536 / PAGE_SIZE - 1;
+    m.phys.frame(last).fill(3);
+    expect(m.phys.backedFrames).toBe(1);
+    expect(m.phys.peekFrame(last)?.[0]).toBe(3);
+    m.phys.discardFrame(last);
+    expect(m.phys.backedFrames).toBe(0);
+    expect(m.phys.peekFrame(last)).toBeUndefined();
+    m.phys.write(0, new Uint8Array(65_536).fill(1));
+    expect(m.phys.backedFrames).toBe(16);
+    m.phys.discardFrame(last);
+    expect(m.phys.backedFrames).toBe(15);
+    expect(m.phys.read(last * PAGE_SIZE - 1, 2)).toEqual(new Uint8Array([1, 0]));
+  });
+
   it('fills with zeros without backing anything', () => {
     const m = new Machine({ memSize: 1 << 22 });
     m.phys.fill(0, 1 << 20, 0);
