@@ -7,8 +7,10 @@
  * Prints IOPS, the ratios to qemu-nbd, and the server's CPU time per job (from /proc).
  *
  *   cd apps/cli && npx tsx --conditions=@iovalink/source bench/nbd-vs-qemu.ts [--runtime 10]
- *     [--size 1G] [--json results.json]
+ *     [--size 1G] [--copy-receive] [--json results.json]
  *
+ * `--copy-receive` adds a row for `serve --path iova --no-zero-copy`: write payloads copied from
+ * the socket's chunks instead of received into the request's pages.
  * The iovalink server runs through `registerServe` exactly as `iovalink serve` does.
  */
 import { type ChildProcess, execFile, spawn, spawnSync } from 'node:child_process';
@@ -24,15 +26,17 @@ interface Args {
   runtime: number;
   size: number;
   json: string | undefined;
+  copyReceive: boolean;
 }
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { runtime: 10, size: 2 ** 30, json: undefined };
+  const a: Args = { runtime: 10, size: 2 ** 30, json: undefined, copyReceive: false };
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i];
     if (k === '--runtime') a.runtime = Number(argv[++i]);
     else if (k === '--size') a.size = parseByteSize(argv[++i] ?? '');
     else if (k === '--json') a.json = argv[++i];
+    else if (k === '--copy-receive') a.copyReceive = true;
     else throw new Error(`unknown argument ${k}`);
   }
   if (!(Number.isInteger(a.runtime) && a.runtime >= 1))
@@ -53,6 +57,8 @@ interface Target {
   name: string;
   kind: 'iovalink' | 'qemu';
   path?: 'sg' | 'iova';
+  /** Extra `serve` arguments. */
+  args?: string[];
 }
 
 interface JobResult {
@@ -159,6 +165,7 @@ async function runTarget(t: Target, a: Args, dir: string): Promise<TargetResult>
         '--queue-depth',
         '64',
         '--json-stats',
+        ...(t.args ?? []),
       ],
       { cwd: CLI_DIR, stdio: ['ignore', 'pipe', 'pipe'], env: process.env },
     );
@@ -250,6 +257,14 @@ async function main(): Promise<void> {
     { name: 'iovalink serve --path sg', kind: 'iovalink', path: 'sg' },
     { name: 'iovalink serve --path iova', kind: 'iovalink', path: 'iova' },
   ];
+  if (a.copyReceive) {
+    targets.push({
+      name: 'iovalink serve --path iova --no-zero-copy',
+      kind: 'iovalink',
+      path: 'iova',
+      args: ['--no-zero-copy'],
+    });
+  }
   targets.push({ name: 'qemu-nbd', kind: 'qemu' });
   const results: TargetResult[] = [];
   try {

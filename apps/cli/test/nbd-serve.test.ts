@@ -92,6 +92,7 @@ describe('serve options', () => {
       '--iommu',
       '--queue-depth',
       '--json-stats',
+      '--no-zero-copy',
     ]) {
       expect(flags).toContain(f);
     }
@@ -163,6 +164,7 @@ describe('iovalink serve as a process', () => {
         'iova',
         '--json-stats',
         '-v',
+        ...(sig === 'SIGINT' ? ['--no-zero-copy'] : []),
       ]);
       try {
         await waitFor(
@@ -170,6 +172,7 @@ describe('iovalink serve as a process', () => {
           'the server to listen',
         );
         expect(p.err()).toMatch(/path iova, IOMMU strict/);
+        expect(p.err().includes('payloads copied')).toBe(sig === 'SIGINT');
         const { client } = await NbdClient.open({ path: socket });
         const data = Buffer.alloc(64 * 1024, 0x77);
         expect((await client.write(0, data, true)).error).toBe(0);

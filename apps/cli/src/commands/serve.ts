@@ -39,6 +39,8 @@ export interface ServeOptions {
   verbose?: boolean;
   /** `--json-stats`: final counters as JSON on stdout. */
   jsonStats?: boolean;
+  /** `--no-zero-copy` makes this false: write payloads are copied from the socket's own chunks. */
+  zeroCopy?: boolean;
 }
 
 /** Where `serve` writes: its summary and diagnostics (stderr) and JSON stats (stdout). */
@@ -135,12 +137,14 @@ export async function serve(o: ServeOptions, signal: AbortSignal, io: ServeIo): 
     name: o.name,
     seed: o.seed,
     ...(o.debug === undefined ? {} : { debug: o.debug }),
+    ...(o.zeroCopy === undefined ? {} : { zeroCopy: o.zeroCopy }),
     ...(o.verbose ? { log: (l: string) => io.err(l) } : {}),
   });
   const e = srv.export;
   io.err(
     `iovalink serve: ${srv.uri} export "${e.name}" ${mib(e.size)}, path ${e.path}, IOMMU ${e.rig.mode}, ` +
-      `queue depth ${e.queueDepth}, block requests ≤ ${e.maxPiece / 1024} KiB (Ctrl-C to stop)`,
+      `queue depth ${e.queueDepth}, block requests ≤ ${e.maxPiece / 1024} KiB` +
+      `${o.zeroCopy === false ? ', payloads copied' : ''} (Ctrl-C to stop)`,
   );
   await new Promise<void>((resolve) => {
     if (signal.aborted) resolve();
@@ -183,6 +187,10 @@ export function registerServe(program: Command): void {
     .option('--debug', 'check every mapping with dma-debug (slower)')
     .option('-v, --verbose', 'log connections and protocol errors to stderr')
     .option('--json-stats', 'print the final counters as JSON on stdout')
+    .option(
+      '--no-zero-copy',
+      "copy write payloads from the socket's chunks instead of receiving them into the request's pages",
+    )
     .action(async (o: ServeOptions) => {
       const ac = new AbortController();
       let signals = 0;
