@@ -22,7 +22,7 @@ export class SparseStore {
 
   /**
    * A view of the `n` bytes at `off` for a device to read from; the range must not cross a chunk
-   * boundary (`n <= STORE_CHUNK_SIZE - off % STORE_CHUNK_SIZE`). A hole reads as zeros: the view
+   * boundary (`chunkRun(off, n)` is the longest such run). A hole reads as zeros: the view
    * is then of a shared zero chunk, and must not be written.
    */
   spanForRead(off: number, n: number): Uint8Array {
@@ -49,33 +49,18 @@ export class SparseStore {
 
   /** Copies `dst.length` bytes from byte offset `off`. */
   read(off: number, dst: Uint8Array): void {
-    let done = 0;
-    while (done < dst.length) {
-      const a = off + done;
-      const idx = Math.floor(a / CHUNK);
-      const o = a - idx * CHUNK;
-      const n = Math.min(CHUNK - o, dst.length - done);
-      const c = this.#chunks.get(idx);
-      if (c === undefined) dst.fill(0, done, done + n);
-      else dst.set(c.subarray(o, o + n), done);
+    for (let done = 0; done < dst.length; ) {
+      const n = chunkRun(off + done, dst.length - done);
+      dst.set(this.spanForRead(off + done, n), done);
       done += n;
     }
   }
 
   /** Writes `src` at byte offset `off`. */
   write(off: number, src: Uint8Array): void {
-    let done = 0;
-    while (done < src.length) {
-      const a = off + done;
-      const idx = Math.floor(a / CHUNK);
-      const o = a - idx * CHUNK;
-      const n = Math.min(CHUNK - o, src.length - done);
-      let c = this.#chunks.get(idx);
-      if (c === undefined) {
-        c = new Uint8Array(CHUNK);
-        this.#chunks.set(idx, c);
-      }
-      c.set(src.subarray(done, done + n), o);
+    for (let done = 0; done < src.length; ) {
+      const n = chunkRun(off + done, src.length - done);
+      this.spanForWrite(off + done, n).set(src.subarray(done, done + n));
       done += n;
     }
   }
@@ -87,10 +72,15 @@ export class SparseStore {
       const a = off + done;
       const idx = Math.floor(a / CHUNK);
       const o = a - idx * CHUNK;
-      const n = Math.min(CHUNK - o, len - done);
+      const n = chunkRun(a, len - done);
       if (o === 0 && n === CHUNK) this.#chunks.delete(idx);
       else this.#chunks.get(idx)?.fill(0, o, o + n);
       done += n;
     }
   }
+}
+
+/** Bytes from `off` to the end of its chunk, at most `left`: one step of a walk over chunks. */
+export function chunkRun(off: number, left: number): number {
+  return Math.min(CHUNK - (off % CHUNK), left);
 }

@@ -14,7 +14,7 @@
  */
 import type { Device } from '@iovalink/dma-api';
 import { PAGE_SIZE } from '@iovalink/iommu';
-import { SparseStore, STORE_CHUNK_SIZE } from './backing-store.js';
+import { chunkRun, SparseStore } from './backing-store.js';
 import {
   NVME_CMD_DSM,
   NVME_CMD_FLUSH,
@@ -213,7 +213,7 @@ export class NvmeHw {
     const store = this.store;
     for (let done = 0; done < len; ) {
       const at = pos + done;
-      const n = Math.min(len - done, STORE_CHUNK_SIZE - (at % STORE_CHUNK_SIZE));
+      const n = chunkRun(at, len - done);
       const r = write
         ? engine.read(bus + done, store.spanForWrite(at, n))
         : engine.write(bus + done, store.spanForRead(at, n));
