@@ -23,7 +23,7 @@ function writes(exp: NbdExport, n: number, len: number, fill: Uint8Array): void 
         got += s.length;
       }
     }
-    exp.bdev.drain();
+    exp.device.run();
   }
   if (failed !== 0) throw new Error(`${failed} writes failed`);
 }
@@ -37,7 +37,7 @@ function reads(exp: NbdExport, n: number, len: number): void {
         if (e !== 0) failed++;
       });
     }
-    exp.bdev.drain();
+    exp.device.run();
   }
   if (failed !== 0) throw new Error(`${failed} reads failed`);
 }

@@ -42,12 +42,24 @@ function run(cmd: string, args: string[], timeoutMs = 60_000): Promise<Run> {
   });
 }
 
-describe.each(['sg', 'iova'] as const)('real NBD clients, %s path', (path) => {
+describe.each([
+  ['sg', false],
+  ['iova', false],
+  ['sg', true],
+  ['iova', true],
+] as const)('real NBD clients, %s path, device thread %s', (path, deviceThread) => {
   let srv: NbdServerHandle;
   let uri: string;
   beforeAll(async () => {
-    const socket = join(dir, `${path}.sock`);
-    srv = await startNbdServer({ socket, path, size: SIZE, queueDepth: 32, shutdownGraceMs: 500 });
+    const socket = join(dir, `${path}-${deviceThread}.sock`);
+    srv = await startNbdServer({
+      socket,
+      path,
+      size: SIZE,
+      queueDepth: 32,
+      shutdownGraceMs: 500,
+      deviceThread,
+    });
     uri = `nbd+unix:///?socket=${socket}`;
   });
   afterAll(async () => {

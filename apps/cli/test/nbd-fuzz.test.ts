@@ -173,66 +173,71 @@ function play(path: string, s: Session) {
 }
 
 describe('protocol fuzz', () => {
-  it('malformed sessions never crash the server nor corrupt a concurrent well-behaved client', async () => {
-    const path = join(dir, 'fuzz.sock');
-    const srv = await startNbdServer({
-      socket: path,
-      size: SIZE,
-      debug: true,
-      shutdownGraceMs: 100,
-      queueDepth: 8,
-      log: (l) => {
-        if (l.includes('internal')) console.error(l);
-      },
-    });
-    const { client: good } = await NbdClient.open({ path }, { structured: true });
-    const blocks = (SIZE - FUZZ_END) / 65536;
-    const acked = new Map<number, number>();
-    let stop = false;
-    let goodOps = 0;
-    const goodLoop = (async () => {
-      let i = 0;
-      while (!stop) {
-        i++;
-        const blk = (i * 7919) % blocks;
-        const w = await good.write(FUZZ_END + blk * 65536, pattern(65536, i), i % 5 === 0);
-        expect(w.error).toBe(0);
-        acked.set(blk, i);
-        const rb = (i * 104729) % blocks;
-        const r = await good.read(FUZZ_END + rb * 65536, 65536);
-        expect(r.error).toBe(0);
-        const seed = acked.get(rb);
-        expect(r.data.equals(seed === undefined ? Buffer.alloc(65536) : pattern(65536, seed))).toBe(true);
-        goodOps += 2;
+  it.each([false, true])(
+    'malformed sessions never crash the server nor corrupt a concurrent well-behaved client (device thread %s)',
+    async (deviceThread) => {
+      const path = join(dir, `fuzz-${deviceThread}.sock`);
+      const srv = await startNbdServer({
+        socket: path,
+        deviceThread,
+        size: SIZE,
+        debug: true,
+        shutdownGraceMs: 100,
+        queueDepth: 8,
+        log: (l) => {
+          if (l.includes('internal')) console.error(l);
+        },
+      });
+      const { client: good } = await NbdClient.open({ path }, { structured: true });
+      const blocks = (SIZE - FUZZ_END) / 65536;
+      const acked = new Map<number, number>();
+      let stop = false;
+      let goodOps = 0;
+      const goodLoop = (async () => {
+        let i = 0;
+        while (!stop) {
+          i++;
+          const blk = (i * 7919) % blocks;
+          const w = await good.write(FUZZ_END + blk * 65536, pattern(65536, i), i % 5 === 0);
+          expect(w.error).toBe(0);
+          acked.set(blk, i);
+          const rb = (i * 104729) % blocks;
+          const r = await good.read(FUZZ_END + rb * 65536, 65536);
+          expect(r.error).toBe(0);
+          const seed = acked.get(rb);
+          expect(r.data.equals(seed === undefined ? Buffer.alloc(65536) : pattern(65536, seed))).toBe(true);
+          goodOps += 2;
+        }
+      })();
+
+      await fc.assert(
+        fc.asyncProperty(session, async (s) => {
+          await play(path, s);
+        }),
+        { numRuns: 300, seed: 20261125, interruptAfterTimeLimit: 15_000 },
+      );
+      // the server still negotiates and serves new clients
+      const { client: fresh } = await NbdClient.open({ path });
+      expect((await fresh.read(0, 4096)).error).toBe(0);
+      await fresh.disconnect();
+
+      stop = true;
+      await goodLoop;
+      expect(goodOps).toBeGreaterThan(20);
+      for (const [blk, seed] of acked) {
+        const r = await good.read(FUZZ_END + blk * 65536, 65536);
+        expect(r.data.equals(pattern(65536, seed))).toBe(true);
       }
-    })();
-
-    await fc.assert(
-      fc.asyncProperty(session, async (s) => {
-        await play(path, s);
-      }),
-      { numRuns: 300, seed: 20261125, interruptAfterTimeLimit: 15_000 },
-    );
-    // the server still negotiates and serves new clients
-    const { client: fresh } = await NbdClient.open({ path });
-    expect((await fresh.read(0, 4096)).error).toBe(0);
-    await fresh.disconnect();
-
-    stop = true;
-    await goodLoop;
-    expect(goodOps).toBeGreaterThan(20);
-    for (const [blk, seed] of acked) {
-      const r = await good.read(FUZZ_END + blk * 65536, 65536);
-      expect(r.data.equals(pattern(65536, seed))).toBe(true);
-    }
-    await good.disconnect();
-    const st = await srv.close();
-    expect(st.device.leaks).toEqual([]);
-    expect(st.device.internalErrors).toBe(0);
-    expect(st.errors.internal).toBeUndefined();
-    expect(st.connections.accepted).toBeGreaterThan(20);
-    expect(st.connections.protocolErrors).toBeGreaterThan(0);
-    expect(st.connections.transmissions).toBeGreaterThan(st.connections.accepted / 4); // deep sessions, not just garbage
-    expect((st.commands.NBD_CMD_WRITE ?? 0) + (st.commands.NBD_CMD_READ ?? 0)).toBeGreaterThan(500);
-  }, 60_000);
+      await good.disconnect();
+      const st = await srv.close();
+      expect(st.device.leaks).toEqual([]);
+      expect(st.device.internalErrors).toBe(0);
+      expect(st.errors.internal).toBeUndefined();
+      expect(st.connections.accepted).toBeGreaterThan(20);
+      expect(st.connections.protocolErrors).toBeGreaterThan(0);
+      expect(st.connections.transmissions).toBeGreaterThan(st.connections.accepted / 4); // deep sessions, not just garbage
+      expect((st.commands.NBD_CMD_WRITE ?? 0) + (st.commands.NBD_CMD_READ ?? 0)).toBeGreaterThan(500);
+    },
+    60_000,
+  );
 });

@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { NbdClient, type NbdClientAddress, parseInfoReplies } from '../src/nbd/nbd-client.js';
 import {
   decodeInfoRequest,
@@ -289,144 +289,150 @@ describe('handshake', () => {
 });
 
 describe.each([
-  ['sg', true],
-  ['iova', true],
-  ['iova', false],
-] as const)('transmission, %s path, zero-copy receive %s', (path, zeroCopy) => {
-  let s: NbdServerHandle;
-  beforeAll(async () => {
-    s = await start({ path, zeroCopy });
-  });
-  afterAll(async () => {
-    const st = await closeClean(s);
-    expect(st.device.path).toBe(path);
-    expect(st.device.blockRequests.read).toBeGreaterThan(0);
-    if (path === 'iova') expect(st.device.driver.iovaCoalesced).toBeGreaterThan(0);
-    else expect(st.device.driver.sgMapped).toBeGreaterThan(0);
-    expect(st.device.counters.iovaAllocs).toBeGreaterThan(0); // every I/O went through the IOMMU
-  });
+  ['sg', true, false],
+  ['iova', true, false],
+  ['iova', false, false],
+  ['sg', true, true],
+  ['iova', true, true],
+] as const)(
+  'transmission, %s path, zero-copy receive %s, device thread %s',
+  (path, zeroCopy, deviceThread) => {
+    let s: NbdServerHandle;
+    beforeAll(async () => {
+      s = await start({ path, zeroCopy, deviceThread });
+    });
+    afterAll(async () => {
+      const st = await closeClean(s);
+      expect(st.device.path).toBe(path);
+      expect(st.device.deviceThread).toBe(deviceThread);
+      expect(st.device.blockRequests.read).toBeGreaterThan(0);
+      if (path === 'iova') expect(st.device.driver.iovaCoalesced).toBeGreaterThan(0);
+      else expect(st.device.driver.sgMapped).toBeGreaterThan(0);
+      expect(st.device.counters.iovaAllocs).toBeGreaterThan(0); // every I/O went through the IOMMU
+    });
 
-  for (const structured of [false, true]) {
-    it(`writes then reads back equal data (${structured ? 'structured' : 'simple'} replies)`, async () => {
-      const { client: c, info } = await NbdClient.open(addr(s), { structured });
-      expect(info.size).toBe(SIZE);
-      let off = structured ? 32 * MiB : 0;
-      for (const [len, seed] of [
-        [512, 1],
-        [4096, 2],
-        [12_288, 3],
-        [128 * 1024, 4],
-        [1536 * 1024, 5],
-        [3 * MiB, 6],
-      ] as const) {
-        const data = pattern(len, seed + (structured ? 100 : 0));
-        expect((await c.write(off, data)).error).toBe(0);
-        const r = await c.read(off, len);
-        expect(r.error).toBe(0);
-        expect(r.data.equals(data)).toBe(true);
-        if (structured) expect(r.chunks).toBe(1);
-        off += len;
+    for (const structured of [false, true]) {
+      it(`writes then reads back equal data (${structured ? 'structured' : 'simple'} replies)`, async () => {
+        const { client: c, info } = await NbdClient.open(addr(s), { structured });
+        expect(info.size).toBe(SIZE);
+        let off = structured ? 32 * MiB : 0;
+        for (const [len, seed] of [
+          [512, 1],
+          [4096, 2],
+          [12_288, 3],
+          [128 * 1024, 4],
+          [1536 * 1024, 5],
+          [3 * MiB, 6],
+        ] as const) {
+          const data = pattern(len, seed + (structured ? 100 : 0));
+          expect((await c.write(off, data)).error).toBe(0);
+          const r = await c.read(off, len);
+          expect(r.error).toBe(0);
+          expect(r.data.equals(data)).toBe(true);
+          if (structured) expect(r.chunks).toBe(1);
+          off += len;
+        }
+        await c.disconnect();
+      });
+    }
+
+    it('reads and writes the maximum block size (32 MiB) in one command, split into block requests', async () => {
+      const { client: c } = await NbdClient.open(addr(s));
+      const before = s.stats().device.blockRequests.write;
+      const data = pattern(32 * MiB, 77);
+      expect((await c.write(0, data)).error).toBe(0);
+      expect(s.stats().device.blockRequests.write - before).toBe((32 * MiB) / s.export.maxPiece);
+      const r = await c.read(0, 32 * MiB);
+      expect(r.data.equals(data)).toBe(true);
+      await c.disconnect();
+    });
+
+    it('FUA writes, flushes and trims (trimmed blocks read as zeros)', async () => {
+      const { client: c } = await NbdClient.open(addr(s));
+      const flushes = s.stats().device.blockRequests.flush;
+      const data = pattern(64 * 1024, 9);
+      expect((await c.write(MiB, data, true)).error).toBe(0);
+      expect(s.stats().device.blockRequests.flush).toBe(flushes + 1);
+      expect((await c.flush()).error).toBe(0);
+      expect((await c.trim(MiB + 4096, 8192)).error).toBe(0);
+      const r = await c.read(MiB, 64 * 1024);
+      const want = Buffer.from(data);
+      want.fill(0, 4096, 4096 + 8192);
+      expect(r.data.equals(want)).toBe(true);
+      // an unaligned trim discards only the whole blocks inside it
+      expect((await c.trim(MiB + 20_000, 10_000)).error).toBe(0);
+      const r2 = await c.read(MiB, 64 * 1024);
+      want.fill(0, 20_480, 29_696);
+      expect(r2.data.equals(want)).toBe(true);
+      expect((await c.trim(0, 0)).error).toBe(0);
+      await c.disconnect();
+    });
+
+    it('receives write payloads whole however the stream is cut (requests glued together, odd chunks)', async () => {
+      const { client: c } = await NbdClient.open(addr(s));
+      const sent: Uint8Array[] = [];
+      const send = c.send.bind(c);
+      c.send = (b: Uint8Array) => void sent.push(b);
+      const base = 20 * MiB;
+      const lens = [128 * 1024, 392 * 512, 64 * 1024, 4096, 16 * 1024, 300 * 1024];
+      const offs = lens.map((_, i) => base + i * 512 * 1024);
+      const writes = lens.map((n, i) => c.write(offs[i]!, pattern(n, 300 + i)));
+      const read = c.read(offs[0]!, lens[0]!); // glued right after the last payload
+      c.send = send;
+      const all = Buffer.concat(sent);
+      const cuts = [1, 27, 5000, 65_539, 28, 131_071, 3, 70_000];
+      for (let at = 0, k = 0; at < all.length; k++) {
+        const n = Math.min(cuts[k % cuts.length]!, all.length - at);
+        send(all.subarray(at, at + n));
+        at += n;
+        await new Promise((r) => setImmediate(r));
+      }
+      expect((await Promise.all(writes)).map((w) => w.error)).toEqual(lens.map(() => 0));
+      expect((await read).data.equals(pattern(lens[0]!, 300))).toBe(true);
+      for (const [i, n] of lens.entries()) {
+        expect((await c.read(offs[i]!, n)).data.equals(pattern(n, 300 + i))).toBe(true);
       }
       await c.disconnect();
     });
-  }
 
-  it('reads and writes the maximum block size (32 MiB) in one command, split into block requests', async () => {
-    const { client: c } = await NbdClient.open(addr(s));
-    const before = s.stats().device.blockRequests.write;
-    const data = pattern(32 * MiB, 77);
-    expect((await c.write(0, data)).error).toBe(0);
-    expect(s.stats().device.blockRequests.write - before).toBe((32 * MiB) / s.export.maxPiece);
-    const r = await c.read(0, 32 * MiB);
-    expect(r.data.equals(data)).toBe(true);
-    await c.disconnect();
-  });
+    it('pipelines requests and answers each one by handle', async () => {
+      const { client: c } = await NbdClient.open(addr(s));
+      const n = 200;
+      const base = 40 * MiB;
+      const writes = Array.from({ length: n }, (_, i) => c.write(base + i * 8192, pattern(8192, 1000 + i)));
+      expect(c.pending).toBe(n);
+      expect((await Promise.all(writes)).every((r) => r.error === 0)).toBe(true);
+      const reads = Array.from({ length: n }, (_, i) => c.read(base + i * 8192, 8192));
+      const got = await Promise.all(reads);
+      for (const [i, r] of got.entries()) expect(r.data.equals(pattern(8192, 1000 + i))).toBe(true);
+      expect(s.stats().maxInFlight).toBeGreaterThan(8);
+      await c.disconnect();
+    });
 
-  it('FUA writes, flushes and trims (trimmed blocks read as zeros)', async () => {
-    const { client: c } = await NbdClient.open(addr(s));
-    const flushes = s.stats().device.blockRequests.flush;
-    const data = pattern(64 * 1024, 9);
-    expect((await c.write(MiB, data, true)).error).toBe(0);
-    expect(s.stats().device.blockRequests.flush).toBe(flushes + 1);
-    expect((await c.flush()).error).toBe(0);
-    expect((await c.trim(MiB + 4096, 8192)).error).toBe(0);
-    const r = await c.read(MiB, 64 * 1024);
-    const want = Buffer.from(data);
-    want.fill(0, 4096, 4096 + 8192);
-    expect(r.data.equals(want)).toBe(true);
-    // an unaligned trim discards only the whole blocks inside it
-    expect((await c.trim(MiB + 20_000, 10_000)).error).toBe(0);
-    const r2 = await c.read(MiB, 64 * 1024);
-    want.fill(0, 20_480, 29_696);
-    expect(r2.data.equals(want)).toBe(true);
-    expect((await c.trim(0, 0)).error).toBe(0);
-    await c.disconnect();
-  });
+    it('serves two concurrent clients on one export without mixing their data', async () => {
+      const a = (await NbdClient.open(addr(s))).client;
+      const b = (await NbdClient.open(addr(s), { structured: true })).client;
+      const ops: Promise<unknown>[] = [];
+      for (let i = 0; i < 64; i++) {
+        ops.push(a.write(48 * MiB + i * 16384, pattern(16384, 5000 + i)));
+        ops.push(b.write(56 * MiB + i * 16384, pattern(16384, 6000 + i)));
+      }
+      await Promise.all(ops);
+      // each reads the other's region: flush/FUA effects are shared (NBD_FLAG_CAN_MULTI_CONN)
+      const ra = await Promise.all(Array.from({ length: 64 }, (_, i) => a.read(56 * MiB + i * 16384, 16384)));
+      const rb = await Promise.all(Array.from({ length: 64 }, (_, i) => b.read(48 * MiB + i * 16384, 16384)));
+      for (const [i, r] of ra.entries()) expect(r.data.equals(pattern(16384, 6000 + i))).toBe(true);
+      for (const [i, r] of rb.entries()) expect(r.data.equals(pattern(16384, 5000 + i))).toBe(true);
+      expect(s.stats().connections.maxConcurrent).toBeGreaterThanOrEqual(2);
+      await Promise.all([a.disconnect(), b.disconnect()]);
+    });
+  },
+);
 
-  it('receives write payloads whole however the stream is cut (requests glued together, odd chunks)', async () => {
-    const { client: c } = await NbdClient.open(addr(s));
-    const sent: Uint8Array[] = [];
-    const send = c.send.bind(c);
-    c.send = (b: Uint8Array) => void sent.push(b);
-    const base = 20 * MiB;
-    const lens = [128 * 1024, 392 * 512, 64 * 1024, 4096, 16 * 1024, 300 * 1024];
-    const offs = lens.map((_, i) => base + i * 512 * 1024);
-    const writes = lens.map((n, i) => c.write(offs[i]!, pattern(n, 300 + i)));
-    const read = c.read(offs[0]!, lens[0]!); // glued right after the last payload
-    c.send = send;
-    const all = Buffer.concat(sent);
-    const cuts = [1, 27, 5000, 65_539, 28, 131_071, 3, 70_000];
-    for (let at = 0, k = 0; at < all.length; k++) {
-      const n = Math.min(cuts[k % cuts.length]!, all.length - at);
-      send(all.subarray(at, at + n));
-      at += n;
-      await new Promise((r) => setImmediate(r));
-    }
-    expect((await Promise.all(writes)).map((w) => w.error)).toEqual(lens.map(() => 0));
-    expect((await read).data.equals(pattern(lens[0]!, 300))).toBe(true);
-    for (const [i, n] of lens.entries()) {
-      expect((await c.read(offs[i]!, n)).data.equals(pattern(n, 300 + i))).toBe(true);
-    }
-    await c.disconnect();
-  });
-
-  it('pipelines requests and answers each one by handle', async () => {
-    const { client: c } = await NbdClient.open(addr(s));
-    const n = 200;
-    const base = 40 * MiB;
-    const writes = Array.from({ length: n }, (_, i) => c.write(base + i * 8192, pattern(8192, 1000 + i)));
-    expect(c.pending).toBe(n);
-    expect((await Promise.all(writes)).every((r) => r.error === 0)).toBe(true);
-    const reads = Array.from({ length: n }, (_, i) => c.read(base + i * 8192, 8192));
-    const got = await Promise.all(reads);
-    for (const [i, r] of got.entries()) expect(r.data.equals(pattern(8192, 1000 + i))).toBe(true);
-    expect(s.stats().maxInFlight).toBeGreaterThan(8);
-    await c.disconnect();
-  });
-
-  it('serves two concurrent clients on one export without mixing their data', async () => {
-    const a = (await NbdClient.open(addr(s))).client;
-    const b = (await NbdClient.open(addr(s), { structured: true })).client;
-    const ops: Promise<unknown>[] = [];
-    for (let i = 0; i < 64; i++) {
-      ops.push(a.write(48 * MiB + i * 16384, pattern(16384, 5000 + i)));
-      ops.push(b.write(56 * MiB + i * 16384, pattern(16384, 6000 + i)));
-    }
-    await Promise.all(ops);
-    // each reads the other's region: flush/FUA effects are shared (NBD_FLAG_CAN_MULTI_CONN)
-    const ra = await Promise.all(Array.from({ length: 64 }, (_, i) => a.read(56 * MiB + i * 16384, 16384)));
-    const rb = await Promise.all(Array.from({ length: 64 }, (_, i) => b.read(48 * MiB + i * 16384, 16384)));
-    for (const [i, r] of ra.entries()) expect(r.data.equals(pattern(16384, 6000 + i))).toBe(true);
-    for (const [i, r] of rb.entries()) expect(r.data.equals(pattern(16384, 5000 + i))).toBe(true);
-    expect(s.stats().connections.maxConcurrent).toBeGreaterThanOrEqual(2);
-    await Promise.all([a.disconnect(), b.disconnect()]);
-  });
-});
-
-describe('bad input in transmission', () => {
+describe.each([false, true])('bad input in transmission, device thread %s', (deviceThread) => {
   let s: NbdServerHandle;
   beforeAll(async () => {
-    s = await start({ path: 'iova' });
+    s = await start({ path: 'iova', deviceThread });
   });
   afterAll(async () => {
     await closeClean(s);
@@ -540,21 +546,34 @@ describe('bad input in transmission', () => {
 });
 
 describe('flow control, shutdown and addresses', () => {
-  it('honours a small queue depth and waits for buffer memory under a small budget', async () => {
-    const s = await start({ queueDepth: 2, memBudget: 32 * MiB, debug: false });
-    const { client: a } = await NbdClient.open(addr(s));
-    const { client: b } = await NbdClient.open(addr(s));
-    const small = Array.from({ length: 40 }, (_, i) => a.write(i * 4096, pattern(4096, i)));
-    const big = [b.write(16 * MiB, pattern(24 * MiB, 1)), a.write(40 * MiB, pattern(20 * MiB, 2))];
-    const res = await Promise.all([...small, ...big]);
-    expect(res.every((r) => r.error === 0)).toBe(true);
-    expect(s.stats().maxInFlight).toBeLessThanOrEqual(2);
-    expect(s.stats().device.maxInFlight).toBeLessThanOrEqual(2);
-    expect(s.stats().device.memoryWaits).toBeGreaterThan(0);
-    expect((await b.read(16 * MiB, 24 * MiB)).data.equals(pattern(24 * MiB, 1))).toBe(true);
-    await Promise.all([a.disconnect(), b.disconnect()]);
-    await closeClean(s);
-  });
+  it.each([false, true])(
+    'honours a small queue depth and waits for buffer memory under a small budget (device thread %s)',
+    async (deviceThread) => {
+      const s = await start({ queueDepth: 2, memBudget: 32 * MiB, debug: false, deviceThread });
+      const { client: a } = await NbdClient.open(addr(s));
+      const { client: b } = await NbdClient.open(addr(s));
+      const small = Array.from({ length: 40 }, (_, i) => a.write(i * 4096, pattern(4096, i)));
+      // b's 24 MiB write holds its reservation until its payload is complete: send half of it, so
+      // that a's 20 MiB write (or b's, if a's came first) must wait for memory until the rest comes
+      const held: Uint8Array[] = [];
+      const sendB = b.send.bind(b);
+      b.send = (x: Uint8Array) => void held.push(x);
+      const bigB = b.write(16 * MiB, pattern(24 * MiB, 1));
+      b.send = sendB;
+      const bBytes = Buffer.concat(held);
+      sendB(bBytes.subarray(0, 12 * MiB));
+      const bigA = a.write(40 * MiB, pattern(20 * MiB, 2));
+      await vi.waitFor(() => expect(s.stats().device.memoryWaits).toBeGreaterThan(0), { timeout: 5000 });
+      sendB(bBytes.subarray(12 * MiB));
+      const res = await Promise.all([...small, bigB, bigA]);
+      expect(res.every((r) => r.error === 0)).toBe(true);
+      expect(s.stats().maxInFlight).toBeLessThanOrEqual(2);
+      expect(s.stats().device.maxInFlight).toBeLessThanOrEqual(2);
+      expect((await b.read(16 * MiB, 24 * MiB)).data.equals(pattern(24 * MiB, 1))).toBe(true);
+      await Promise.all([a.disconnect(), b.disconnect()]);
+      await closeClean(s);
+    },
+  );
 
   it('on close finishes in-flight commands, errors further options and removes the socket', async () => {
     const s = await start({ debug: false });

@@ -116,6 +116,7 @@ export {
   type Folio,
   MAX_PAGE_ORDER,
   PageAllocator,
+  type PageAllocatorOptions,
   pfnToPhys,
   physToPfn,
   RESERVED_LOW_PAGES,

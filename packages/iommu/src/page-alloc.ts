@@ -27,7 +27,16 @@ export interface Folio {
   readonly size: number;
 }
 
-/** The buddy allocator over a machine's RAM. */
+/** Options of a `PageAllocator`. */
+export interface PageAllocatorOptions {
+  /**
+   * First frame the allocator hands out (default `RESERVED_LOW_PAGES`). A caller managing its own
+   * range of frames (e.g. a buffer pool carved out of RAM) sets it to the range's first frame.
+   */
+  firstPfn?: number;
+}
+
+/** The buddy allocator over a machine's RAM (or over frames `firstPfn..nrFrames` of it). */
 export class PageAllocator {
   /** Free block start pfns per order (membership, for buddy lookups). */
   readonly #free: Set<number>[] = [];
@@ -44,14 +53,28 @@ export class PageAllocator {
   #freePages = 0;
   readonly totalPages: number;
 
-  constructor(nrFrames: number, counters: Counters, faults: FaultInjector) {
+  constructor(
+    nrFrames: number,
+    counters: Counters,
+    faults: FaultInjector,
+    options: PageAllocatorOptions = {},
+  ) {
     this.#counters = counters;
     this.#faults = faults;
     for (let o = 0; o <= MAX_PAGE_ORDER; o++) {
       this.#free.push(new Set());
       this.#stack.push([]);
     }
-    let pfn = Math.min(RESERVED_LOW_PAGES, nrFrames);
+    const first = options.firstPfn ?? RESERVED_LOW_PAGES;
+    if (!(Number.isSafeInteger(first) && first >= 1)) {
+      throw new MachineError(
+        `page allocator: first frame ${first} must be a positive integer (frame 0 is never handed out)`,
+        {
+          rule: 'page allocator: first frame',
+        },
+      );
+    }
+    let pfn = Math.min(first, nrFrames);
     while (pfn < nrFrames) {
       let order = MAX_PAGE_ORDER;
       while (order > 0 && (pfn % (1 << order) !== 0 || pfn + (1 << order) > nrFrames)) order--;

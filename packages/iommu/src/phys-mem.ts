@@ -142,7 +142,7 @@ export class PhysMem {
     if ((had & bit) === 0) return;
     this.#backed--;
     l2.backed[lo] = had & ~bit;
-    if (had === bit) {
+    if (had === bit && !(l2.blocks[lo]!.buffer instanceof SharedArrayBuffer)) {
       l2.blocks[lo] = undefined;
     } else {
       const o = (pfn % FRAMES_PER_BLOCK) * PAGE_SIZE;
@@ -161,6 +161,45 @@ export class PhysMem {
     const n = Math.min(maxLen, BLOCK_SIZE - o);
     if (n === 0) return new Uint8Array(0);
     return this.#backBlock(pa, n).subarray(o, o + n);
+  }
+
+  /**
+   * Backs `[pa, pa + len)` (64 KiB-aligned) with one new `SharedArrayBuffer`, keeping what the
+   * range held, and returns it: another thread attaches it (`attachShared`) to see and fill the
+   * same bytes, e.g. a server thread receiving payloads into the pages the device thread maps.
+   * Shared blocks stay backed for the life of the memory (discarding a frame zeroes it).
+   */
+  share(pa: number, len: number): SharedArrayBuffer {
+    this.#checkShareable(pa, len);
+    const sab = new SharedArrayBuffer(len);
+    const bytes = new Uint8Array(sab);
+    this.copyOut(pa, bytes, 0, len);
+    this.#useShared(pa, sab);
+    return sab;
+  }
+
+  /** Makes the `SharedArrayBuffer` another `PhysMem` returned from `share(pa, …)` the backing of the same range here. */
+  attachShared(pa: number, sab: SharedArrayBuffer): void {
+    this.#checkShareable(pa, sab.byteLength);
+    this.#useShared(pa, sab);
+  }
+
+  #checkShareable(pa: number, len: number): void {
+    this.check(pa, len);
+    if (pa % BLOCK_SIZE !== 0 || len % BLOCK_SIZE !== 0 || len === 0) {
+      throw new MachineError(
+        `shared RAM [${hex(pa)}, +${hex(len)}) must be a non-empty range aligned to ${hex(BLOCK_SIZE)} bytes`,
+        { rule: 'phys-mem: shared range alignment' },
+      );
+    }
+  }
+
+  #useShared(pa: number, sab: SharedArrayBuffer): void {
+    for (let o = 0; o < sab.byteLength; o += BLOCK_SIZE) {
+      this.#backBlock(pa + o, BLOCK_SIZE);
+      const bi = (pa + o) / BLOCK_SIZE;
+      this.#dir[Math.floor(bi / L2_SIZE)]!.blocks[bi % L2_SIZE] = new Uint8Array(sab, o, BLOCK_SIZE);
+    }
   }
 
   /** Copies `dst.length` bytes starting at physical address `pa` into `dst`. */

@@ -41,6 +41,8 @@ export interface ServeOptions {
   jsonStats?: boolean;
   /** `--no-zero-copy` makes this false: write payloads are copied from the socket's own chunks. */
   zeroCopy?: boolean;
+  /** `--device-thread`: the device model runs on a worker thread of its own. */
+  deviceThread?: boolean;
 }
 
 /** Where `serve` writes: its summary and diagnostics (stderr) and JSON stats (stdout). */
@@ -138,13 +140,14 @@ export async function serve(o: ServeOptions, signal: AbortSignal, io: ServeIo): 
     seed: o.seed,
     ...(o.debug === undefined ? {} : { debug: o.debug }),
     ...(o.zeroCopy === undefined ? {} : { zeroCopy: o.zeroCopy }),
+    ...(o.deviceThread === undefined ? {} : { deviceThread: o.deviceThread }),
     ...(o.verbose ? { log: (l: string) => io.err(l) } : {}),
   });
   const e = srv.export;
   io.err(
-    `iovalink serve: ${srv.uri} export "${e.name}" ${mib(e.size)}, path ${e.path}, IOMMU ${e.rig.mode}, ` +
+    `iovalink serve: ${srv.uri} export "${e.name}" ${mib(e.size)}, path ${e.path}, IOMMU ${e.iommu}, ` +
       `queue depth ${e.queueDepth}, block requests ≤ ${e.maxPiece / 1024} KiB` +
-      `${o.zeroCopy === false ? ', payloads copied' : ''} (Ctrl-C to stop)`,
+      `${o.zeroCopy === false ? ', payloads copied' : ''}${o.deviceThread === true ? ', device on its own thread' : ''} (Ctrl-C to stop)`,
   );
   await new Promise<void>((resolve) => {
     if (signal.aborted) resolve();
@@ -190,6 +193,10 @@ export function registerServe(program: Command): void {
     .option(
       '--no-zero-copy',
       "copy write payloads from the socket's chunks instead of receiving them into the request's pages",
+    )
+    .option(
+      '--device-thread',
+      'run the device model (driver, IOMMU, controller) on a worker thread of its own, next to the socket thread',
     )
     .action(async (o: ServeOptions) => {
       const ac = new AbortController();

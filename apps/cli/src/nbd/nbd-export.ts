@@ -1,35 +1,40 @@
 /**
- * The NBD export's backing: one simulated NVMe-style device on a fresh machine (IOMMU in the
- * chosen mode, the v6.16 scatterlist driver or the v6.17+ two-step IOVA driver), opened as a
- * `BlockDevice`, with every NBD command turned into block requests whose data sits in physical
- * pages of the simulated machine and moves by device DMA through the IOMMU. Kernel counterpart:
+ * The NBD export: what the server's commands become. Every command turns into block requests on a
+ * simulated NVMe-style device (`nbd-device.ts`) whose data sits in physical pages of the simulated
+ * machine and moves by device DMA through the IOMMU. The export owns the request buffers (pages
+ * of the machine, within a byte budget), splits commands into block requests of at most
+ * `maxPiece` bytes, and receives write payloads straight into the buffers. Kernel counterpart:
  * what `drivers/block/nbd.c`'s peer would do on Linux, a user-space server doing O_DIRECT I/O on
  * an NVMe namespace (`block/fops.c`), so pages pinned from its buffers are DMA-mapped by the NVMe
  * driver (`drivers/nvme/host/pci.c`).
  *
- * Concurrency: the machine is single-threaded JavaScript, so every access to it is serialized by
- * construction; requests from all connections are submitted as they are parsed (the controller
- * executes them at submission) and the virtual clock is run to deliver their completions once per
- * event-loop turn (`setImmediate`), which batches the completions of every socket read in that turn.
+ * The device runs on the server's thread (default) or on a thread of its own (`deviceThread`):
+ * then the buffers are a pool of the device machine's RAM shared with the server thread, which
+ * receives into them and hands the device block requests through a shared ring, while the device
+ * thread maps them, moves the data and completes them, as a server thread and an NVMe controller
+ * work side by side.
+ *
+ * Concurrency: requests from all connections are submitted as they are parsed and the device's
+ * completions are delivered once per event-loop turn (`setImmediate`) or when the device thread
+ * reports them, which batches the completions of every socket read in that turn.
  */
 import {
   BLK_STS_INVAL,
   BLK_STS_NOSPC,
   BLK_STS_NOTSUPP,
   BLK_STS_OK,
-  type BlkIoResult,
-  BlockDevice,
-  IoBuffer,
   type IoSegment,
-  type NvmeDev,
-  nvmeProbe,
-  nvmeRemove,
   SECTOR_SIZE,
 } from '@iovalink/blk-mq';
-import { blkLeakReport } from '@iovalink/blk-mq/testing';
-import { type Device, dmaDebugDeviceTeardown } from '@iovalink/dma-api';
 import { PAGE_SIZE } from '@iovalink/iommu';
-import { createRig, type IommuMode, type Rig } from '../rig.js';
+import type { IommuMode } from '../rig.js';
+import {
+  LocalNbdDevice,
+  type NbdBlockDevice,
+  type NbdDeviceOptions,
+  type NbdDeviceStats,
+} from './nbd-device.js';
+import { RemoteNbdDevice } from './nbd-device-remote.js';
 import {
   NBD_EINVAL,
   NBD_EIO,
@@ -63,10 +68,12 @@ export interface NbdExportOptions {
   memBudget?: number;
   /** Controller completion latency in virtual ns (default: the model's 10 µs). */
   latencyNs?: number;
+  /** Run the device on a worker thread of its own (`NbdExport.open` only; default false). */
+  deviceThread?: boolean;
 }
 
-/** Counters of an export (device side). */
-export interface NbdExportStats {
+/** Counters of an export: the device's, and the export's buffer waits. */
+export interface NbdExportStats extends NbdDeviceStats {
   /** Driver version (mapping path). */
   path: 'sg' | 'iova';
   /** Device translation. */
@@ -75,28 +82,10 @@ export interface NbdExportStats {
   size: number;
   /** Largest block request the server sends (bytes). */
   maxRequestBytes: number;
-  /** Block requests completed, by operation (kernel-style: one per `BlockDevice` I/O). */
-  blockRequests: Record<'read' | 'write' | 'flush' | 'discard', number>;
-  /** Bytes moved by block requests, by operation. */
-  blockBytes: Record<'read' | 'write' | 'flush' | 'discard', number>;
-  /** Failed block requests by status name. */
-  blockErrors: Record<string, number>;
-  /** Bios built. */
-  bios: number;
-  /** Most block requests in flight at once. */
-  maxInFlight: number;
   /** Times a connection waited for buffer memory. */
   memoryWaits: number;
-  /** Virtual time the device ran (ns). */
-  virtualNs: number;
-  /** What the driver did (fast path, coalesced IOVA, scatterlists, PRPs/SGLs). */
-  driver: Record<string, number>;
-  /** DMA/IOMMU counters of the machine (IOVA allocations, PTE writes, IOTLB invalidations, …). */
-  counters: Record<string, number>;
-  /** Per-I/O metadata still live at close (must be empty), and other teardown findings. */
-  leaks: string[];
-  /** Exceptions caught while running the device (must be 0). */
-  internalErrors: number;
+  /** Whether the device ran on a thread of its own. */
+  deviceThread: boolean;
 }
 
 /** Completion of an export operation: 0 or an NBD error value. */
@@ -123,7 +112,7 @@ export interface NbdWriteSink {
 
 /** Pages of one piece: the caller buffer and how to free it. */
 interface PieceBuf {
-  io: IoBuffer;
+  segs: IoSegment[];
   /** [phys, order] pairs to free. */
   allocs: number[];
   bytes: number;
@@ -140,6 +129,41 @@ export function blkStatusToNbd(status: number): number {
   if (status === BLK_STS_NOSPC) return NBD_ENOSPC;
   if (status === BLK_STS_INVAL || status === BLK_STS_NOTSUPP) return NBD_EINVAL;
   return NBD_EIO;
+}
+
+/** Checks an export's options and returns what its device is built from. */
+function deviceOptions(options: NbdExportOptions): NbdDeviceOptions & { budget: number } {
+  const size = options.size ?? DEFAULT_SIZE;
+  if (!Number.isSafeInteger(size) || size <= 0 || size % SECTOR_SIZE !== 0) {
+    throw new NbdError(`export size ${size} must be a positive multiple of ${SECTOR_SIZE} bytes`, {
+      rule: 'nbd export: size',
+    });
+  }
+  const qd = options.queueDepth ?? DEFAULT_QUEUE_DEPTH;
+  if (!Number.isInteger(qd) || qd < 1 || qd > 1023) {
+    throw new NbdError(`queue depth ${qd} must be an integer in 1..1023`, {
+      rule: 'nbd export: queue depth',
+    });
+  }
+  const budget = options.memBudget ?? DEFAULT_BUDGET;
+  if (!Number.isSafeInteger(budget) || budget < NBD_MAX_PORTABLE_PAYLOAD) {
+    throw new NbdError(`memory budget ${budget} must be at least ${NBD_MAX_PORTABLE_PAYLOAD} bytes`, {
+      rule: 'nbd export: memory budget',
+    });
+  }
+  return {
+    size,
+    path: options.path ?? 'iova',
+    iommu: options.iommu ?? 'strict',
+    queueDepth: qd,
+    seed: options.seed ?? 1,
+    budget,
+    // RAM: the request buffers (at most twice the budget after rounding to page blocks), the
+    // driver's pools and the page tables; lazily backed, so only what is touched costs memory.
+    memSize: 2 ** Math.ceil(Math.log2(4 * budget + 256 * 2 ** 20)),
+    ...(options.debug === undefined ? {} : { debug: options.debug }),
+    ...(options.latencyNs === undefined ? {} : { latencyNs: options.latencyNs }),
+  };
 }
 
 /** The simulated NVMe device behind an NBD export. */
@@ -162,14 +186,10 @@ export class NbdExport {
   readonly queueDepth: number;
   /** Driver version: `'sg'` (≤ v6.16) or `'iova'` (v6.17+). */
   readonly path: 'sg' | 'iova';
-  /** The simulated machine, IOMMU and swiotlb. */
-  readonly rig: Rig;
-  /** The NVMe controller's PCI function (its DMA side). */
-  readonly dev: Device;
-  /** The NVMe driver bound to it (kernel: `struct nvme_dev`). */
-  readonly nvme: NvmeDev;
-  /** The namespace opened for direct I/O. */
-  readonly bdev: BlockDevice;
+  /** Device translation. */
+  readonly iommu: IommuMode;
+  /** The device: on this thread (`LocalNbdDevice`) or on its own (`RemoteNbdDevice`). */
+  readonly device: NbdBlockDevice;
   readonly #layout: 'contiguous' | 'scattered';
   readonly #budget: number;
   #reserved = 0;
@@ -178,6 +198,7 @@ export class NbdExport {
   #scheduled = false;
   readonly #afterRun: Array<() => void> = [];
   #closed = false;
+  #final: NbdDeviceStats | undefined;
   #slab = Buffer.allocUnsafeSlow(SLAB_SIZE);
   #slabOff = 0;
   #memoryWaits = 0;
@@ -185,55 +206,37 @@ export class NbdExport {
   /** Called with exceptions caught while running the device or a completion callback. */
   onInternalError: (e: unknown) => void = () => {};
 
-  constructor(options: NbdExportOptions = {}) {
-    const size = options.size ?? DEFAULT_SIZE;
-    if (!Number.isSafeInteger(size) || size <= 0 || size % SECTOR_SIZE !== 0) {
-      throw new NbdError(`export size ${size} must be a positive multiple of ${SECTOR_SIZE} bytes`, {
-        rule: 'nbd export: size',
-      });
-    }
-    const qd = options.queueDepth ?? DEFAULT_QUEUE_DEPTH;
-    if (!Number.isInteger(qd) || qd < 1 || qd > 1023) {
-      throw new NbdError(`queue depth ${qd} must be an integer in 1..1023`, {
-        rule: 'nbd export: queue depth',
-      });
-    }
-    const budget = options.memBudget ?? DEFAULT_BUDGET;
-    if (!Number.isSafeInteger(budget) || budget < NBD_MAX_PORTABLE_PAYLOAD) {
-      throw new NbdError(`memory budget ${budget} must be at least ${NBD_MAX_PORTABLE_PAYLOAD} bytes`, {
-        rule: 'nbd export: memory budget',
-      });
-    }
+  /**
+   * An export whose device runs on this thread, or on the given `device` (from `open`).
+   * Invalid options throw an `NbdError` before anything is built.
+   */
+  constructor(options: NbdExportOptions = {}, device?: NbdBlockDevice) {
+    const d = deviceOptions(options);
     this.name = options.name ?? 'iovalink';
-    this.path = options.path ?? 'iova';
-    this.queueDepth = qd;
+    this.path = d.path;
+    this.iommu = d.iommu;
+    this.queueDepth = d.queueDepth;
     this.#layout = options.buffers ?? 'contiguous';
-    this.#budget = budget;
-    const iommu = options.iommu ?? 'strict';
+    this.#budget = d.budget;
     this.description =
       options.description ??
-      `iovalink simulated NVMe namespace (${this.path === 'sg' ? 'scatterlist path' : 'two-step IOVA path'}, IOMMU ${iommu})`;
-    // RAM: the request buffers (at most twice the budget after rounding to page blocks), the
-    // driver's pools and the page tables; lazily backed, so only what is touched costs memory.
-    const memSize = 2 ** Math.ceil(Math.log2(4 * budget + 256 * 2 ** 20));
-    this.rig = createRig({
-      iommu,
-      seed: options.seed ?? 1,
-      memSize,
-      ...(options.debug === undefined ? {} : { debug: options.debug }),
-    });
-    this.dev = this.rig.device(`nvme-${this.path}`);
-    this.nvme = nvmeProbe(this.dev, {
-      mapping: this.path,
-      queueDepth: qd + 1,
-      nsze: size / SECTOR_SIZE,
-      ...(options.latencyNs === undefined ? {} : { latencyNs: options.latencyNs }),
-    });
-    this.bdev = new BlockDevice(this.nvme.disk, { queueDepth: qd });
-    this.minBlockSize = this.bdev.logicalBlockSize;
-    this.size = this.bdev.capacity * SECTOR_SIZE;
-    const maxBytes = this.nvme.disk.queue.limits.maxSectors * SECTOR_SIZE;
-    this.maxPiece = Math.min(2 ** Math.floor(Math.log2(maxBytes)), 8 * 2 ** 20);
+      `iovalink simulated NVMe namespace (${this.path === 'sg' ? 'scatterlist path' : 'two-step IOVA path'}, IOMMU ${this.iommu})`;
+    this.device = device ?? new LocalNbdDevice(d);
+    this.device.onInternalError = (e) => this.onInternalError(e); // counted by the device
+    this.device.onReady = this.#run;
+    this.minBlockSize = this.device.info.minBlockSize;
+    this.size = this.device.info.size;
+    this.maxPiece = this.device.info.maxPiece;
+  }
+
+  /**
+   * Opens an export: as the constructor, but with `deviceThread` the device starts on a worker
+   * thread of its own first (its machine's buffer pool shared with this thread).
+   */
+  static async open(options: NbdExportOptions = {}): Promise<NbdExport> {
+    const d = deviceOptions(options);
+    if (options.deviceThread !== true) return new NbdExport(options);
+    return new NbdExport(options, await RemoteNbdDevice.start(d, 2 * d.budget));
   }
 
   /** True if `name` selects this export (its canonical name, or '' for the default export). */
@@ -278,7 +281,7 @@ export class NbdExport {
 
   #allocPiece(bytes: number): PieceBuf | undefined {
     const pages = Math.ceil(bytes / PAGE_SIZE);
-    const mp = this.rig.machine.pages;
+    const mp = this.device.pages;
     const allocs: number[] = [];
     const segs: IoSegment[] = [];
     if (this.#layout === 'contiguous') {
@@ -312,11 +315,11 @@ export class NbdExport {
       }
     }
     this.#liveBufs++;
-    return { io: new IoBuffer(segs), allocs, bytes };
+    return { segs, allocs, bytes };
   }
 
   #freePiece(p: PieceBuf): void {
-    const mp = this.rig.machine.pages;
+    const mp = this.device.pages;
     for (let i = 0; i < p.allocs.length; i += 2) mp.freePages(p.allocs[i]!, p.allocs[i + 1]!);
     this.#liveBufs--;
   }
@@ -362,9 +365,9 @@ export class NbdExport {
       if (err === 0) {
         out = this.#outBuffer(headerRoom + length);
         let pos = headerRoom;
-        const phys = this.rig.machine.phys;
+        const phys = this.device.phys;
         for (const p of pieces) {
-          for (const s of p.io.segments) {
+          for (const s of p.segs) {
             phys.readInto(s.phys, out.subarray(pos, pos + s.len));
             pos += s.len;
           }
@@ -382,8 +385,8 @@ export class NbdExport {
       }
       pieces.push(p);
       refs++;
-      this.bdev.submit('read', (offset + pos) / SECTOR_SIZE, p.io, (r: BlkIoResult) => {
-        if (r.status !== BLK_STS_OK && err === 0) err = blkStatusToNbd(r.status);
+      this.device.submit('read', offset + pos, n, p.segs, (status) => {
+        if (status !== BLK_STS_OK && err === 0) err = blkStatusToNbd(status);
         finish();
       });
     }
@@ -399,7 +402,7 @@ export class NbdExport {
    * `abort()`, `done` still runs once the pieces already submitted have completed (with NBD_EIO).
    */
   write(offset: number, length: number, fua: boolean, done: NbdDone): NbdWriteSink {
-    const phys = this.rig.machine.phys;
+    const phys = this.device.phys;
     let err = 0;
     let refs = 1; // the submission reference, dropped when the payload is complete or abandoned
     let open = true;
@@ -420,9 +423,9 @@ export class NbdExport {
     };
     const submit = (p: PieceBuf, at: number) => {
       refs++;
-      this.bdev.submit('write', (offset + at) / SECTOR_SIZE, p.io, (r: BlkIoResult) => {
+      this.device.submit('write', offset + at, p.bytes, p.segs, (status) => {
         this.#freePiece(p);
-        if (r.status !== BLK_STS_OK && err === 0) err = blkStatusToNbd(r.status);
+        if (status !== BLK_STS_OK && err === 0) err = blkStatusToNbd(status);
         finish();
       });
       this.#kick();
@@ -446,7 +449,7 @@ export class NbdExport {
     const sink: NbdWriteSink = {
       span: (max: number) => {
         if (!open || received === length || !openPiece()) return undefined;
-        const s = cur!.io.segments[seg]!;
+        const s = cur!.segs[seg]!;
         return phys.span(s.phys + segOff, Math.min(max, s.len - segOff, length - received));
       },
       advance: (k: number) => {
@@ -454,7 +457,7 @@ export class NbdExport {
         if (cur !== undefined) {
           curFill += k;
           segOff += k;
-          if (segOff === cur.io.segments[seg]!.len) {
+          if (segOff === cur.segs[seg]!.len) {
             seg++;
             segOff = 0;
           }
@@ -492,8 +495,8 @@ export class NbdExport {
 
   /** Flushes the device's volatile write cache (kernel: `blkdev_issue_flush`). */
   flush(done: NbdDone): void {
-    this.bdev.submit('flush', 0, 0, (r: BlkIoResult) => {
-      const e = blkStatusToNbd(r.status);
+    this.device.submit('flush', 0, 0, null, (status) => {
+      const e = blkStatusToNbd(status);
       this.#guard(() => done(e));
     });
     this.#kick();
@@ -519,8 +522,8 @@ export class NbdExport {
     for (let pos = start; pos < end; pos += maxDiscard) {
       const n = Math.min(maxDiscard, end - pos);
       refs++;
-      this.bdev.submit('discard', pos / SECTOR_SIZE, n / SECTOR_SIZE, (r: BlkIoResult) => {
-        if (r.status !== BLK_STS_OK && err === 0) err = blkStatusToNbd(r.status);
+      this.device.submit('discard', pos, n, null, (status) => {
+        if (status !== BLK_STS_OK && err === 0) err = blkStatusToNbd(status);
         finish();
       });
     }
@@ -546,14 +549,7 @@ export class NbdExport {
 
   readonly #run = (): void => {
     this.#scheduled = false;
-    try {
-      // The controller executed each command at submission; run the virtual clock until every
-      // completion has been delivered (completion callbacks may submit more, e.g. FUA flushes).
-      this.bdev.drain();
-    } catch (e) {
-      this.#internalErrors++;
-      this.onInternalError(e);
-    }
+    this.device.run();
     const after = this.#afterRun.splice(0);
     for (const fn of after) this.#guard(fn);
   };
@@ -569,7 +565,7 @@ export class NbdExport {
 
   /** Block requests not yet completed. */
   get pending(): number {
-    return this.bdev.pending;
+    return this.device.pending;
   }
 
   // -------------------------------------------------------------------------------------------
@@ -578,43 +574,19 @@ export class NbdExport {
 
   /** A snapshot of the export's counters. */
   stats(): NbdExportStats {
-    const s = this.bdev.stats;
-    const c = this.rig.machine.counters;
-    const driver: Record<string, number> = {};
-    for (const [k, v] of Object.entries(this.nvme.stats)) if (typeof v === 'number') driver[k] = v;
-    const leaks = blkLeakReport(this.rig.machine);
+    const d = this.#final ?? this.device.stats();
+    const leaks = [...d.leaks];
     if (this.#liveBufs !== 0) leaks.push(`nbd buffers: ${this.#liveBufs} still allocated`);
     return {
+      ...d,
       path: this.path,
-      iommu: this.rig.mode,
+      iommu: this.iommu,
       size: this.size,
       maxRequestBytes: this.maxPiece,
-      blockRequests: { ...s.ios },
-      blockBytes: { ...s.bytes },
-      blockErrors: { ...s.errors },
-      bios: s.bios,
-      maxInFlight: s.maxInFlight,
       memoryWaits: this.#memoryWaits,
-      virtualNs: this.rig.machine.clock.nowNs,
-      driver,
-      counters: {
-        iovaAllocs: c.iovaAllocs,
-        iovaRcacheHits: c.iovaRcacheHits,
-        pteWrites: c.pteWrites,
-        pteClears: c.pteClears,
-        iotlbInvRange: c.iotlbInvRange,
-        iotlbInvAll: c.iotlbInvAll,
-        iotlbHits: c.iotlbHits,
-        iotlbMisses: c.iotlbMisses,
-        iommuFaults: c.iommuFaults,
-        dmaMapCalls: c.dmaMapCalls,
-        dmaLinks: c.dmaLinks,
-        bounceBytes: c.bounceBytes,
-        dmaReadBytes: c.dmaReadBytes,
-        dmaWriteBytes: c.dmaWriteBytes,
-      },
+      deviceThread: this.device instanceof RemoteNbdDevice,
       leaks,
-      internalErrors: this.#internalErrors,
+      internalErrors: d.internalErrors + this.#internalErrors,
     };
   }
 
@@ -625,14 +597,7 @@ export class NbdExport {
   close(): NbdExportStats {
     if (!this.#closed) {
       this.#closed = true;
-      try {
-        this.bdev.drain();
-        nvmeRemove(this.nvme);
-        dmaDebugDeviceTeardown(this.dev);
-      } catch (e) {
-        this.#internalErrors++;
-        this.onInternalError(e);
-      }
+      this.#final = this.device.close();
     }
     return this.stats();
   }

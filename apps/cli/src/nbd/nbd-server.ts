@@ -1083,7 +1083,7 @@ export async function startNbdServer(options: NbdServerOptions): Promise<NbdServ
   }
   if (options.socket !== undefined) await clearStaleSocket(options.socket);
 
-  const exp = new NbdExport(options);
+  const exp = await NbdExport.open(options);
   const log = options.log ?? (() => {});
   const started = performance.now();
   const stats = emptyStats(exp.stats());
