@@ -7,10 +7,12 @@
  * Prints IOPS, the ratios to qemu-nbd, and the server's CPU time per job (from /proc).
  *
  *   cd apps/cli && npx tsx --conditions=@iovalink/source bench/nbd-vs-qemu.ts [--runtime 10]
- *     [--size 1G] [--copy-receive] [--json results.json]
+ *     [--size 1G] [--single-thread] [--copy-receive] [--json results.json]
  *
- * `--copy-receive` adds a row for `serve --path iova --no-zero-copy`: write payloads copied from
- * the socket's chunks instead of received into the request's pages.
+ * `serve` runs its device model on a thread of its own by default; `--single-thread` adds rows
+ * for `--no-device-thread` (socket I/O and the model on one thread). `--copy-receive` adds a row
+ * for `serve --path iova --no-device-thread --no-zero-copy`: write payloads copied from the
+ * socket's chunks instead of received into the request's pages.
  * The iovalink server runs through `registerServe` exactly as `iovalink serve` does.
  */
 import { type ChildProcess, execFile, spawn, spawnSync } from 'node:child_process';
@@ -27,16 +29,18 @@ interface Args {
   size: number;
   json: string | undefined;
   copyReceive: boolean;
+  singleThread: boolean;
 }
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { runtime: 10, size: 2 ** 30, json: undefined, copyReceive: false };
+  const a: Args = { runtime: 10, size: 2 ** 30, json: undefined, copyReceive: false, singleThread: false };
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i];
     if (k === '--runtime') a.runtime = Number(argv[++i]);
     else if (k === '--size') a.size = parseByteSize(argv[++i] ?? '');
     else if (k === '--json') a.json = argv[++i];
     else if (k === '--copy-receive') a.copyReceive = true;
+    else if (k === '--single-thread') a.singleThread = true;
     else throw new Error(`unknown argument ${k}`);
   }
   if (!(Number.isInteger(a.runtime) && a.runtime >= 1))
@@ -271,10 +275,10 @@ async function main(): Promise<void> {
   ];
   if (a.copyReceive) {
     targets.push({
-      name: 'iovalink serve --path iova --no-zero-copy',
+      name: 'iovalink serve --path iova --no-device-thread --no-zero-copy',
       kind: 'iovalink',
       path: 'iova',
-      args: ['--no-zero-copy'],
+      args: ['--no-device-thread', '--no-zero-copy'],
     });
   }
   targets.push({ name: 'qemu-nbd', kind: 'qemu' });

@@ -93,6 +93,7 @@ describe('serve options', () => {
       '--queue-depth',
       '--json-stats',
       '--no-zero-copy',
+      '--no-device-thread',
     ]) {
       expect(flags).toContain(f);
     }
@@ -164,7 +165,7 @@ describe('iovalink serve as a process', () => {
         'iova',
         '--json-stats',
         '-v',
-        ...(sig === 'SIGINT' ? ['--no-zero-copy'] : []),
+        ...(sig === 'SIGINT' ? ['--no-zero-copy', '--no-device-thread'] : []),
       ]);
       try {
         await waitFor(
@@ -173,6 +174,9 @@ describe('iovalink serve as a process', () => {
         );
         expect(p.err()).toMatch(/path iova, IOMMU strict/);
         expect(p.err().includes('payloads copied')).toBe(sig === 'SIGINT');
+        expect(p.err()).toMatch(
+          sig === 'SIGINT' ? /device on the socket thread/ : /device on its own thread/,
+        );
         const { client } = await NbdClient.open({ path: socket });
         const data = Buffer.alloc(64 * 1024, 0x77);
         expect((await client.write(0, data, true)).error).toBe(0);
@@ -184,6 +188,7 @@ describe('iovalink serve as a process', () => {
         expect(j.commands.NBD_CMD_WRITE).toBe(1);
         expect(j.device.blockRequests.flush).toBe(1);
         expect(j.device.leaks).toEqual([]);
+        expect(j.device.deviceThread).toBe(sig === 'SIGTERM');
         expect(p.err()).toMatch(/shutting down/);
         expect(p.err()).toMatch(/connections: 1 accepted/);
         expect(p.err()).toMatch(/nbd\[1\]: connected/);

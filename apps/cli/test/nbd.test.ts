@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { NbdClient, type NbdClientAddress, parseInfoReplies } from '../src/nbd/nbd-client.js';
+import { RemoteNbdDevice } from '../src/nbd/nbd-device-remote.js';
 import {
   decodeInfoRequest,
   decodeRequest,
@@ -16,6 +17,7 @@ import {
   NBD_CMD_WRITE,
   NBD_CMD_WRITE_ZEROES,
   NBD_EINVAL,
+  NBD_EIO,
   NBD_ENOSPC,
   NBD_FLAG_C_FIXED_NEWSTYLE,
   NBD_FLAG_C_NO_ZEROES,
@@ -596,6 +598,32 @@ describe('flow control, shutdown and addresses', () => {
     await c.closed;
     await h.closed;
     await expect(NbdClient.connect(addr(s))).rejects.toThrow();
+  });
+
+  it('with the device on its own thread: a device that drops off fails I/O with EIO, the server goes on', async () => {
+    const s = await start({ deviceThread: true, debug: false });
+    const { client: c } = await NbdClient.open(addr(s));
+    expect((await c.write(0, pattern(65_536, 5))).error).toBe(0);
+    expect(s.export.device).toBeInstanceOf(RemoteNbdDevice);
+    (s.export.device as RemoteNbdDevice).surpriseRemove();
+    const [w, r] = await Promise.all([c.write(65_536, pattern(8192, 6)), c.read(0, 4096)]);
+    expect([w.error, r.error]).toEqual([NBD_EIO, NBD_EIO]);
+    // new clients still connect and get answers
+    const { client: d } = await NbdClient.open(addr(s));
+    expect((await d.flush()).error).toBe(NBD_EIO);
+    await Promise.all([c.disconnect(), d.disconnect()]);
+    const st = await s.close();
+    expect(st.device.leaks.join('\n')).toMatch(/counters lost \(device removed/);
+    expect(st.device.internalErrors).toBe(0);
+    expect(st.device.blockErrors).toEqual({});
+  });
+
+  it('stops its device thread when it cannot listen', async () => {
+    const blocker = createServer();
+    await new Promise<void>((r) => blocker.listen(0, '127.0.0.1', r));
+    const port = (blocker.address() as { port: number }).port;
+    await expect(startNbdServer({ port, size: SIZE, deviceThread: true })).rejects.toThrow(/EADDRINUSE/);
+    await new Promise((r) => blocker.close(r));
   });
 
   it('listens on loopback TCP only', async () => {

@@ -6,7 +6,7 @@ import { WordRing } from '../src/nbd/word-ring.js';
 function put(r: WordRing, rec: readonly number[]): boolean {
   const i = r.reserve(rec.length);
   if (i < 0) return false;
-  rec.forEach((v, k) => r.set(i + k, v));
+  for (const [k, v] of rec.entries()) r.set(i + k, v);
   r.publish();
   return true;
 }

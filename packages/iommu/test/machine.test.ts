@@ -1,12 +1,15 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import {
+  Counters,
   FaultInjector,
   isIovalinkError,
   MAX_PAGE_ORDER,
   Machine,
   MachineError,
   PAGE_SIZE,
+  PageAllocator,
+  PhysMem,
   Prng,
   RESERVED_LOW_PAGES,
   VirtualClock,
@@ -111,7 +114,79 @@ describe('PhysMem blocks and spans', () => {
   });
 });
 
+describe('PhysMem shared between threads', () => {
+  it("shares a range: both sides see each other's bytes, and what the range held stays", () => {
+    const a = new PhysMem(1 << 22);
+    a.write(0x10000 + 5, new Uint8Array([9, 8, 7]));
+    const sab = a.share(0x10000, 0x20000);
+    expect(sab.byteLength).toBe(0x20000);
+    expect(a.backedFrames).toBe(32); // the shared range counts as backed
+    const b = new PhysMem(1 << 22);
+    b.attachShared(0x10000, sab);
+    expect(b.read(0x10000 + 5, 3)).toEqual(new Uint8Array([9, 8, 7]));
+    // a span filled on one side is what the other side reads, across the 64 KiB block boundary
+    b.span(0x1fffe, 2).set([1, 2]);
+    b.span(0x20000, 2).set([3, 4]);
+    expect(a.read(0x1fffe, 4)).toEqual(new Uint8Array([1, 2, 3, 4]));
+    a.copyIn(0x28000, new Uint8Array([5, 6]), 0, 2);
+    expect(b.read(0x28000, 2)).toEqual(new Uint8Array([5, 6]));
+    // outside the range nothing is shared
+    a.write(0x30000, new Uint8Array([1]));
+    expect(b.read(0x30000, 1)).toEqual(new Uint8Array([0]));
+  });
+
+  it('keeps a discarded shared frame shared (zeroed), and refuses unaligned ranges with a typed error', () => {
+    const a = new PhysMem(1 << 22);
+    const sab = a.share(0x10000, 0x10000);
+    const b = new PhysMem(1 << 22);
+    b.attachShared(0x10000, sab);
+    a.write(0x10000, new Uint8Array([1]));
+    a.discardFrame(0x10);
+    expect(a.read(0x10000, 1)).toEqual(new Uint8Array([0]));
+    a.write(0x10000, new Uint8Array([2]));
+    expect(b.read(0x10000, 1)).toEqual(new Uint8Array([2]));
+    for (const [pa, len] of [
+      [0x1000, 0x10000],
+      [0x10000, 0x1000],
+      [0x10000, 0],
+      [(1 << 22) - 0x10000, 0x20000],
+    ] as const) {
+      const e = (() => {
+        try {
+          a.share(pa, len);
+        } catch (x) {
+          return x;
+        }
+        return undefined;
+      })();
+      expect(e).toBeInstanceOf(MachineError);
+    }
+    expect(() => b.attachShared(0x8000, sab)).toThrow(/aligned to 0x10000/);
+  });
+});
+
 describe('alloc_pages / __free_pages (buddy)', () => {
+  it('with firstPfn hands out only frames of its own range, top-order blocks included', () => {
+    const first = 4096; // 16 MiB
+    const pa = new PageAllocator(first + 2048, new Counters(), new FaultInjector(new Prng(1)), {
+      firstPfn: first,
+    });
+    expect(pa.nrFreePages).toBe(2048);
+    const got: number[] = [];
+    for (;;) {
+      const p = pa.allocPages(MAX_PAGE_ORDER);
+      if (p === 0) break;
+      got.push(p);
+    }
+    expect(got).toEqual([first * PAGE_SIZE, (first + 1024) * PAGE_SIZE]);
+    expect(pa.allocPages(0)).toBe(0);
+    for (const p of got) pa.freePages(p, MAX_PAGE_ORDER);
+    expect(pa.nrFreePages).toBe(2048);
+    expect(
+      () => new PageAllocator(16, new Counters(), new FaultInjector(new Prng(1)), { firstPfn: 0 }),
+    ).toThrow(/first frame 0/);
+  });
+
   it('never hands out the reserved low 1 MiB, and splits larger blocks', () => {
     const m = new Machine({ memSize: 8 << 20 });
     const total = m.pages.nrFreePages;

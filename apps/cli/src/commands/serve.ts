@@ -41,7 +41,7 @@ export interface ServeOptions {
   jsonStats?: boolean;
   /** `--no-zero-copy` makes this false: write payloads are copied from the socket's own chunks. */
   zeroCopy?: boolean;
-  /** `--device-thread`: the device model runs on a worker thread of its own. */
+  /** The device model runs on a worker thread of its own (default); `--no-device-thread` makes this false. */
   deviceThread?: boolean;
 }
 
@@ -147,7 +147,7 @@ export async function serve(o: ServeOptions, signal: AbortSignal, io: ServeIo): 
   io.err(
     `iovalink serve: ${srv.uri} export "${e.name}" ${mib(e.size)}, path ${e.path}, IOMMU ${e.iommu}, ` +
       `queue depth ${e.queueDepth}, block requests ≤ ${e.maxPiece / 1024} KiB` +
-      `${o.zeroCopy === false ? ', payloads copied' : ''}${o.deviceThread === true ? ', device on its own thread' : ''} (Ctrl-C to stop)`,
+      `${o.zeroCopy === false ? ', payloads copied' : ''}${o.deviceThread === false ? ', device on the socket thread' : ', device on its own thread'} (Ctrl-C to stop)`,
   );
   await new Promise<void>((resolve) => {
     if (signal.aborted) resolve();
@@ -195,8 +195,8 @@ export function registerServe(program: Command): void {
       "copy write payloads from the socket's chunks instead of receiving them into the request's pages",
     )
     .option(
-      '--device-thread',
-      'run the device model (driver, IOMMU, controller) on a worker thread of its own, next to the socket thread',
+      '--no-device-thread',
+      'run the device model (driver, IOMMU, controller) on the socket thread instead of a worker thread of its own',
     )
     .action(async (o: ServeOptions) => {
       const ac = new AbortController();

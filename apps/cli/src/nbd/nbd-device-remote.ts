@@ -228,12 +228,24 @@ export class RemoteNbdDevice implements NbdBlockDevice {
     });
   }
 
-  #fail(why: string): void {
+  #fail(why: string, internal = true): void {
     if (this.#dead !== undefined || this.#closed) return;
     this.#dead = why;
-    this.#lostErrors++;
-    this.onInternalError(new Error(why));
+    if (internal) {
+      this.#lostErrors++;
+      this.onInternalError(new Error(why));
+    }
     queueMicrotask(() => this.onReady());
+  }
+
+  /**
+   * Stops the device thread at once, as a controller that drops off the bus: every outstanding
+   * and later request completes with `BLK_STS_IOERR` (kernel: `nvme_dev_disable` cancelling the
+   * requests of a dead controller, then `nvme_remove`). For fault injection.
+   */
+  surpriseRemove(): void {
+    this.#fail('device removed (surprise removal)', false);
+    void this.#worker.terminate();
   }
 
   get pending(): number {

@@ -1126,15 +1126,20 @@ export async function startNbdServer(options: NbdServerOptions): Promise<NbdServ
     log(`nbd[${c.id}]: connected${remote === undefined ? '' : ` from ${remote}`}`);
   });
 
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    const done = () => {
-      server.off('error', reject);
-      resolve();
-    };
-    if (options.socket !== undefined) server.listen(options.socket, done);
-    else server.listen(options.port, host, done);
-  });
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      const done = () => {
+        server.off('error', reject);
+        resolve();
+      };
+      if (options.socket !== undefined) server.listen(options.socket, done);
+      else server.listen(options.port, host, done);
+    });
+  } catch (e) {
+    exp.close(); // stops the device thread too
+    throw e;
+  }
   server.on('error', (e) => log(`nbd: server error: ${e.message}`));
 
   let address: NbdAddress;
