@@ -260,19 +260,17 @@ async function main(): Promise<void> {
   const targets: Target[] = [
     { name: 'iovalink serve --path sg', kind: 'iovalink', path: 'sg' },
     { name: 'iovalink serve --path iova', kind: 'iovalink', path: 'iova' },
-    {
-      name: 'iovalink serve --path sg --device-thread',
-      kind: 'iovalink',
-      path: 'sg',
-      args: ['--device-thread'],
-    },
-    {
-      name: 'iovalink serve --path iova --device-thread',
-      kind: 'iovalink',
-      path: 'iova',
-      args: ['--device-thread'],
-    },
   ];
+  if (a.singleThread) {
+    for (const path of ['sg', 'iova'] as const) {
+      targets.push({
+        name: `iovalink serve --path ${path} --no-device-thread`,
+        kind: 'iovalink',
+        path,
+        args: ['--no-device-thread'],
+      });
+    }
+  }
   if (a.copyReceive) {
     targets.push({
       name: 'iovalink serve --path iova --no-device-thread --no-zero-copy',

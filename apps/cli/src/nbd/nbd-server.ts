@@ -7,7 +7,8 @@
  *
  * Each connection parses its socket as a byte stream (a state machine that never blocks), so many
  * clients are read concurrently; each command becomes block requests on the one shared export
- * (`nbd-export.ts`). Up to `queueDepth` commands per connection are in flight (pipelining); the
+ * (`nbd-export.ts`), whose device runs on this thread or, with `deviceThread`, on a worker thread
+ * of its own (`nbd-device-remote.ts`). Up to `queueDepth` commands per connection are in flight (pipelining); the
  * socket is paused beyond that, while waiting for buffer memory, or while the client does not
  * read its replies. Replies may be sent out of order (§ "Transmission"); a reply is sent only
  * after the device completed the command, so whatever was acknowledged is in the backing store.
