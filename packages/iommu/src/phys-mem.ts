@@ -173,7 +173,11 @@ export class PhysMem {
     this.#checkShareable(pa, len);
     const sab = new SharedArrayBuffer(len);
     const bytes = new Uint8Array(sab);
-    this.copyOut(pa, bytes, 0, len);
+    // copy only blocks that hold data: the new memory is zeros, and untouched pages cost nothing
+    for (let o = 0; o < len; o += BLOCK_SIZE) {
+      const b = this.#peekBlock((pa + o) / BLOCK_SIZE);
+      if (b !== undefined) bytes.set(b, o);
+    }
     this.#useShared(pa, sab);
     return sab;
   }
