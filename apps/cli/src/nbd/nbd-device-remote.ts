@@ -80,7 +80,7 @@ export class RemoteNbdDevice implements NbdBlockDevice {
   readonly #waiting: Waiting[] = [];
   #pending = 0;
   #dead: string | undefined;
-  #closed = false;
+  /** The final counters, set by `close`. */
   #final: NbdDeviceStats | undefined;
   #lostErrors = 0;
 
@@ -248,6 +248,10 @@ export class RemoteNbdDevice implements NbdBlockDevice {
     void this.#worker.terminate();
   }
 
+  get #closed(): boolean {
+    return this.#final !== undefined;
+  }
+
   get pending(): number {
     return this.#pending;
   }
@@ -287,7 +291,6 @@ export class RemoteNbdDevice implements NbdBlockDevice {
       } catch (e) {
         this.#final = this.#lostStats(e);
       }
-      this.#closed = true;
       this.#port.close();
       void this.#worker.terminate();
     }

@@ -7,7 +7,7 @@
  */
 import type { MessagePort } from 'node:worker_threads';
 import type { BlkIoOp } from '@iovalink/blk-mq';
-import type { NbdDeviceOptions } from './nbd-device.js';
+import type { NbdDeviceInfo, NbdDeviceOptions } from './nbd-device.js';
 
 /** Operation codes of submission records. */
 export const RING_OPS: readonly BlkIoOp[] = ['read', 'write', 'flush', 'discard'];
@@ -30,7 +30,7 @@ export interface DeviceWorkerData {
 /** The device thread's first message. */
 export interface DeviceReady {
   t: 'ready';
-  info: import('./nbd-device.js').NbdDeviceInfo;
+  info: NbdDeviceInfo;
   /** Physical address of the buffer pool in the device machine's RAM. */
   poolBase: number;
   /** The pool's bytes. */

@@ -122,39 +122,6 @@ export interface NbdBlockDevice {
   close(): NbdDeviceStats;
 }
 
-/** Builds the device and its machine. */
-export function probeNbdDevice(o: NbdDeviceOptions): {
-  rig: Rig;
-  dev: Device;
-  nvme: NvmeDev;
-  bdev: BlockDevice;
-  info: NbdDeviceInfo;
-} {
-  const rig = createRig({
-    iommu: o.iommu,
-    seed: o.seed,
-    memSize: o.memSize,
-    ...(o.debug === undefined ? {} : { debug: o.debug }),
-  });
-  const dev = rig.device(`nvme-${o.path}`);
-  const nvme = nvmeProbe(dev, {
-    mapping: o.path,
-    queueDepth: o.queueDepth + 1,
-    nsze: o.size / SECTOR_SIZE,
-    ...(o.latencyNs === undefined ? {} : { latencyNs: o.latencyNs }),
-  });
-  const bdev = new BlockDevice(nvme.disk, { queueDepth: o.queueDepth });
-  const maxBytes = nvme.disk.queue.limits.maxSectors * SECTOR_SIZE;
-  const info: NbdDeviceInfo = {
-    path: o.path,
-    iommu: rig.mode,
-    size: bdev.capacity * SECTOR_SIZE,
-    minBlockSize: bdev.logicalBlockSize,
-    maxPiece: Math.min(2 ** Math.floor(Math.log2(maxBytes)), 4 * 2 ** 20),
-  };
-  return { rig, dev, nvme, bdev, info };
-}
-
 /** The device on the calling thread: submissions run the controller, `run` runs the virtual clock. */
 export class LocalNbdDevice implements NbdBlockDevice {
   readonly info: NbdDeviceInfo;
@@ -169,15 +136,32 @@ export class LocalNbdDevice implements NbdBlockDevice {
   #internalErrors = 0;
   #closed = false;
 
+  /** Builds the machine, probes the NVMe driver on its controller and opens the namespace. */
   constructor(o: NbdDeviceOptions) {
-    const p = probeNbdDevice(o);
-    this.info = p.info;
-    this.rig = p.rig;
-    this.dev = p.dev;
-    this.nvme = p.nvme;
-    this.bdev = p.bdev;
-    this.pages = p.rig.machine.pages;
-    this.phys = p.rig.machine.phys;
+    this.rig = createRig({
+      iommu: o.iommu,
+      seed: o.seed,
+      memSize: o.memSize,
+      ...(o.debug === undefined ? {} : { debug: o.debug }),
+    });
+    this.dev = this.rig.device(`nvme-${o.path}`);
+    this.nvme = nvmeProbe(this.dev, {
+      mapping: o.path,
+      queueDepth: o.queueDepth + 1,
+      nsze: o.size / SECTOR_SIZE,
+      ...(o.latencyNs === undefined ? {} : { latencyNs: o.latencyNs }),
+    });
+    this.bdev = new BlockDevice(this.nvme.disk, { queueDepth: o.queueDepth });
+    const maxBytes = this.nvme.disk.queue.limits.maxSectors * SECTOR_SIZE;
+    this.info = {
+      path: o.path,
+      iommu: this.rig.mode,
+      size: this.bdev.capacity * SECTOR_SIZE,
+      minBlockSize: this.bdev.logicalBlockSize,
+      maxPiece: Math.min(2 ** Math.floor(Math.log2(maxBytes)), 4 * 2 ** 20),
+    };
+    this.pages = this.rig.machine.pages;
+    this.phys = this.rig.machine.phys;
   }
 
   submit(

@@ -197,7 +197,7 @@ export class NbdExport {
   readonly #memWaiters: Array<{ bytes: number; granted: () => void }> = [];
   #scheduled = false;
   readonly #afterRun: Array<() => void> = [];
-  #closed = false;
+  /** The device's counters at close (set once closed). */
   #final: NbdDeviceStats | undefined;
   #slab = Buffer.allocUnsafeSlow(SLAB_SIZE);
   #slabOff = 0;
@@ -595,10 +595,7 @@ export class NbdExport {
    * with dma-debug that nothing stayed mapped; returns the final counters. Idempotent.
    */
   close(): NbdExportStats {
-    if (!this.#closed) {
-      this.#closed = true;
-      this.#final = this.device.close();
-    }
+    this.#final ??= this.device.close();
     return this.stats();
   }
 }
