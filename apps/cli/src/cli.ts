@@ -12,8 +12,8 @@ import { type DemoOptions, demo } from './commands/demo.js';
 import { registerServe } from './commands/serve.js';
 import { type TraceOptions, trace } from './commands/trace.js';
 import { COST_MODEL_PRESETS } from './cost-model.js';
-import { intOption } from './options.js';
-import { IOMMU_MODES, type IommuMode } from './rig.js';
+import { intOption, iommuOption, seedOption } from './options.js';
+import type { IommuMode } from './rig.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as {
   version: string;
@@ -40,12 +40,8 @@ export function buildProgram(out: (s: string) => void = (s) => process.stdout.wr
         `cost model for modeled kernel time (${COST_MODEL_PRESETS.join(', ')}, or a file)`,
       ).default('arm-smmuv3'),
     )
-    .addOption(new Option('--iommu <mode>', 'device translation').choices([...IOMMU_MODES]).default('strict'))
-    .addOption(
-      new Option('--seed <n>', 'seed for the machine and workloads')
-        .default(1)
-        .argParser(int('seed', 0, 2 ** 31 - 1)),
-    )
+    .addOption(iommuOption())
+    .addOption(seedOption('seed for the machine and workloads'))
     .addOption(new Option('--only <subsystem...>', 'run only these').choices(['block', 'odp', 'vfio']))
     .option('--debug', 'check every mapping with dma-debug (slower)')
     .option('--no-progress', 'no progress bars')
@@ -62,8 +58,8 @@ export function buildProgram(out: (s: string) => void = (s) => process.stdout.wr
         .choices(['block', 'odp', 'vfio'])
         .default('block'),
     )
-    .addOption(new Option('--iommu <mode>', 'device translation').choices([...IOMMU_MODES]).default('strict'))
-    .addOption(new Option('--seed <n>', 'seed').default(1).argParser(int('seed', 0, 2 ** 31 - 1)))
+    .addOption(iommuOption())
+    .addOption(seedOption())
     .action((o: TraceOptions) => out(trace(o)));
 
   const bench = program
@@ -104,7 +100,7 @@ export function buildProgram(out: (s: string) => void = (s) => process.stdout.wr
         .choices(['single', 'link', 'both'])
         .default('both'),
     )
-    .addOption(new Option('--iommu <mode>', 'device translation').choices([...IOMMU_MODES]).default('strict'))
+    .addOption(iommuOption())
     .addOption(
       new Option('--loops <n>', 'fixed iterations instead of --seconds').argParser(int('loops', 1, 1e9)),
     )
@@ -141,9 +137,9 @@ export function buildProgram(out: (s: string) => void = (s) => process.stdout.wr
         .default('contiguous'),
     )
     .addOption(new Option('--path <path>', 'mapping path').choices(['sg', 'iova', 'both']).default('both'))
-    .addOption(new Option('--iommu <mode>', 'device translation').choices([...IOMMU_MODES]).default('strict'))
+    .addOption(iommuOption())
     .option('--cost-model <preset|file.json>', 'cost model for modeled kernel time', 'arm-smmuv3')
-    .addOption(new Option('--seed <n>', 'seed').default(1).argParser(int('seed', 0, 2 ** 31 - 1)))
+    .addOption(seedOption())
     .option('--json', 'machine-readable output')
     .option('--csv', 'CSV output')
     .action((o: BenchBlockOptions) => out(benchBlock(o)));

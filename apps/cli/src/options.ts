@@ -1,5 +1,6 @@
 /** Option parsers shared by the commands. */
-import { InvalidArgumentError } from 'commander';
+import { InvalidArgumentError, Option } from 'commander';
+import { IOMMU_MODES } from './rig.js';
 
 /** A commander parser for an integer in `lo..hi`, rejecting anything else with a message naming `name`. */
 export function intOption(name: string, lo: number, hi: number): (v: string) => number {
@@ -10,4 +11,14 @@ export function intOption(name: string, lo: number, hi: number): (v: string) => 
     }
     return n;
   };
+}
+
+/** `--iommu <mode>`: device translation, one of IOMMU_MODES (default strict). */
+export function iommuOption(): Option {
+  return new Option('--iommu <mode>', 'device translation').choices([...IOMMU_MODES]).default('strict');
+}
+
+/** `--seed <n>`: a seed in 0..2^31-1 (default 1). */
+export function seedOption(description = 'seed'): Option {
+  return new Option('--seed <n>', description).default(1).argParser(intOption('seed', 0, 2 ** 31 - 1));
 }

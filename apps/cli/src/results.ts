@@ -3,7 +3,7 @@
  * simulator time and modeled kernel time. Shared by the demo table, JSON output and the HTML
  * report, so all three always show the same figures.
  */
-import { type CounterSnapshot, diffCounters, type Machine } from '@iovalink/iommu';
+import type { CounterSnapshot } from '@iovalink/iommu';
 import { type CostModel, modeledNs } from './cost-model.js';
 
 /** The two DMA paths every consumer runs. */
@@ -64,35 +64,39 @@ export interface RunReport {
  */
 export const NON_MAPPING_META_KINDS: readonly string[] = ['bio', 'nvme_dsm_range'];
 
-/** Builds a PathResult from the counters of a run. */
+/** DMA-mapping metadata in a run's counter diff: every kind but NON_MAPPING_META_KINDS. */
+export function mappingMeta(counts: CounterSnapshot): { bytes: number; allocs: number; sgBytes: number } {
+  let bytes = 0;
+  let allocs = 0;
+  let sgBytes = 0;
+  for (const [k, s] of Object.entries(counts.meta)) {
+    if (NON_MAPPING_META_KINDS.includes(k)) continue;
+    bytes += s.bytes;
+    allocs += s.allocs;
+    if (k === 'scatterlist' || k === 'sg_pool') sgBytes += s.bytes;
+  }
+  return { bytes, allocs, sgBytes };
+}
+
+/** Builds a PathResult from the counters of a run (`d`: the diff of two snapshots around it). */
 export function pathResult(
   path: DmaPath,
   ops: number,
   simNs: number,
-  before: CounterSnapshot,
-  machine: Machine,
+  d: CounterSnapshot,
   model: CostModel,
   extra: { pages: number; keptMetaBytes: number; verified: boolean },
 ): PathResult {
-  const d = diffCounters(before, machine.counters.snapshot());
-  let metaBytes = 0;
-  let allocs = 0;
-  let sgBytes = 0;
-  for (const [k, s] of Object.entries(d.meta)) {
-    if (NON_MAPPING_META_KINDS.includes(k)) continue;
-    metaBytes += s.bytes;
-    allocs += s.allocs;
-    if (k === 'scatterlist' || k === 'sg_pool') sgBytes += s.bytes;
-  }
+  const meta = mappingMeta(d);
   const per = (x: number) => (ops > 0 ? x / ops : 0);
   return {
     path,
     ops,
     simNsPerOp: per(simNs),
     modeledNsPerOp: per(modeledNs(model, d)),
-    metaBytesPerOp: per(metaBytes),
-    allocsPerOp: per(allocs),
-    sgBytesPerOp: per(sgBytes),
+    metaBytesPerOp: per(meta.bytes),
+    allocsPerOp: per(meta.allocs),
+    sgBytesPerOp: per(meta.sgBytes),
     iovaAllocsPerOp: per(d.events.iovaAllocs),
     pteWritesPerOp: per(d.events.pteWrites),
     iotlbInvalidationsPerOp: per(d.events.iotlbInvRange + d.events.iotlbInvAll),

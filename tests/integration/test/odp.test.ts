@@ -19,18 +19,11 @@ import {
   regOdpMr,
 } from '@iovalink/rdma-odp/testing';
 import { describe, expect, it } from 'vitest';
-import { loadPreset } from '../../../apps/cli/src/cost-model.js';
 import { odpWorkload } from '../../../apps/cli/src/workloads/odp.js';
-import type { WorkloadContext } from '../../../apps/cli/src/workloads/types.js';
+import { digest, withoutSimTime, workloadCtx } from './helpers.js';
 
 const PAGES = 48;
 const STEPS = 400;
-
-function digest(b: Uint8Array, h = 2166136261): number {
-  let x = h;
-  for (let i = 0; i < b.length; i++) x = Math.imul(x ^ b[i]!, 16777619) >>> 0;
-  return x;
-}
 
 type Kind = 'strict' | 'lazy' | 'identity' | 'none';
 
@@ -156,17 +149,10 @@ describe('ODP legacy umem vs hmm_dma_map umem (iommu + dma-api + rdma-odp)', () 
 
 describe('iovalink odpWorkload (end to end, both paths)', () => {
   const small = odpWorkload({ quick: { pages: 32, steps: 600 }, full: { pages: 32, steps: 600 } });
-  const ctx = (iommu: WorkloadContext['iommu'], seed = 5): WorkloadContext => ({
-    iommu,
-    seed,
-    quick: true,
-    debug: true,
-    costModel: loadPreset('arm-smmuv3'),
-  });
 
   it.each(['strict', 'lazy'] as const)('%s: verified; the table shows the ODP claims', (iommu) => {
     const progress: number[] = [];
-    const r = small.run({ ...ctx(iommu), onProgress: (done) => progress.push(done) });
+    const r = small.run({ ...workloadCtx(iommu), onProgress: (done) => progress.push(done) });
     expect(r.subsystem).toBe('odp');
     const sg = r.paths.find((p) => p.path === 'sg')!;
     const iova = r.paths.find((p) => p.path === 'iova')!;
@@ -184,7 +170,8 @@ describe('iovalink odpWorkload (end to end, both paths)', () => {
   });
 
   it('is deterministic for a seed (everything but simulator time)', () => {
-    const strip = (w: ReturnType<typeof small.run>) => w.paths.map(({ simNsPerOp: _s, ...rest }) => rest);
-    expect(strip(small.run(ctx('strict', 9)))).toEqual(strip(small.run(ctx('strict', 9))));
+    expect(withoutSimTime(small.run(workloadCtx('strict', 9)))).toEqual(
+      withoutSimTime(small.run(workloadCtx('strict', 9))),
+    );
   });
 });

@@ -16,17 +16,10 @@ import {
   teardownMigrationRig,
 } from '@iovalink/vfio-migration/testing';
 import { describe, expect, it } from 'vitest';
-import { loadPreset } from '../../../apps/cli/src/cost-model.js';
-import type { WorkloadContext } from '../../../apps/cli/src/workloads/types.js';
 import { vfioWorkload } from '../../../apps/cli/src/workloads/vfio.js';
+import { digest, withoutSimTime, workloadCtx } from './helpers.js';
 
 const STATE = 1 << 20;
-
-function digest(b: Uint8Array, h = 2166136261): number {
-  let x = h;
-  for (let i = 0; i < b.length; i++) x = Math.imul(x ^ b[i]!, 16777619) >>> 0;
-  return x;
-}
 
 function stateDigest(v: Mlx5Vhca): number {
   let h = digest(new Uint8Array(v.regs.buffer, v.regs.byteOffset, v.regs.byteLength));
@@ -121,17 +114,10 @@ describe("VFIO migration with 'sg' vs 'iova' data buffers (iommu + dma-api + vfi
 describe('iovalink vfioWorkload (end to end, both paths)', () => {
   const size = { stateBytes: 1 << 20, precopyIterations: 2, stepsPerIteration: 500 };
   const small = vfioWorkload({ quick: size, full: size });
-  const ctx = (iommu: WorkloadContext['iommu'], seed = 5): WorkloadContext => ({
-    iommu,
-    seed,
-    quick: true,
-    debug: true,
-    costModel: loadPreset('arm-smmuv3'),
-  });
 
   it.each(['strict', 'lazy'] as const)('%s: verified; the table shows the VFIO claims', (iommu) => {
     const progress: number[] = [];
-    const r = small.run({ ...ctx(iommu), onProgress: (done) => progress.push(done) });
+    const r = small.run({ ...workloadCtx(iommu), onProgress: (done) => progress.push(done) });
     expect(r.subsystem).toBe('vfio');
     expect(r.bytesPerOp).toBe(1 << 20);
     const sg = r.paths.find((p) => p.path === 'sg')!;
@@ -149,7 +135,8 @@ describe('iovalink vfioWorkload (end to end, both paths)', () => {
   });
 
   it('is deterministic for a seed (everything but simulator time)', () => {
-    const strip = (w: ReturnType<typeof small.run>) => w.paths.map(({ simNsPerOp: _s, ...rest }) => rest);
-    expect(strip(small.run(ctx('strict', 9)))).toEqual(strip(small.run(ctx('strict', 9))));
+    expect(withoutSimTime(small.run(workloadCtx('strict', 9)))).toEqual(
+      withoutSimTime(small.run(workloadCtx('strict', 9))),
+    );
   });
 });

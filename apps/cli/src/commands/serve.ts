@@ -8,8 +8,8 @@
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import type { NbdServerStats } from '../nbd/nbd-server.js';
 import { startNbdServer } from '../nbd/nbd-server.js';
-import { intOption } from '../options.js';
-import { IOMMU_MODES, type IommuMode } from '../rig.js';
+import { intOption, iommuOption, seedOption } from '../options.js';
+import type { IommuMode } from '../rig.js';
 
 /** Options of the serve command as commander parses them. */
 export interface ServeOptions {
@@ -174,7 +174,7 @@ export function registerServe(program: Command): void {
         .default(2 ** 30, '1G')
         .argParser(parseByteSize),
     )
-    .addOption(new Option('--iommu <mode>', 'device translation').choices([...IOMMU_MODES]).default('strict'))
+    .addOption(iommuOption())
     .addOption(
       new Option('--queue-depth <n>', 'device queue depth and NBD requests in flight per connection')
         .default(64)
@@ -186,7 +186,7 @@ export function registerServe(program: Command): void {
         .default('contiguous'),
     )
     .option('--name <export>', 'export name (the empty name selects it too)', 'iovalink')
-    .addOption(new Option('--seed <n>', 'machine seed').default(1).argParser(int('seed', 0, 2 ** 31 - 1)))
+    .addOption(seedOption('machine seed'))
     .option('--debug', 'check every mapping with dma-debug (slower)')
     .option('-v, --verbose', 'log connections and protocol errors to stderr')
     .option('--json-stats', 'print the final counters as JSON on stdout')

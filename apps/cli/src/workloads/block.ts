@@ -6,9 +6,10 @@
  */
 import { BlockDevice, nvmeProbe, nvmeRemove, runWorkload, type WorkloadOptions } from '@iovalink/blk-mq';
 import { dmaDebugDeviceTeardown } from '@iovalink/dma-api';
-import { PAGE_SIZE } from '@iovalink/iommu';
-import { type DmaPath, NON_MAPPING_META_KINDS, pathResult, type WorkloadResult } from '../results.js';
+import { diffCounters, PAGE_SIZE } from '@iovalink/iommu';
+import { type DmaPath, mappingMeta, pathResult, type WorkloadResult } from '../results.js';
 import { createRig } from '../rig.js';
+import { quietContext } from './both-paths.js';
 import type { Workload, WorkloadContext } from './types.js';
 
 /** One block case: what fio would call a job. */
@@ -104,14 +105,10 @@ export function runBlockPath(
       `${c.name} (${path}): ${r.mismatches} mismatching blocks, errors ${JSON.stringify(r.errors)}`,
     );
   }
-  const meta = rig.machine.counters.snapshot();
-  let metaBytes = 0;
-  for (const [k, s] of Object.entries(meta.meta)) {
-    if (!NON_MAPPING_META_KINDS.includes(k)) metaBytes += s.bytes - (before.meta[k]?.bytes ?? 0);
-  }
-  const res = pathResult(path, r.ios, simNs, before, rig.machine, ctx.costModel, {
+  const d = diffCounters(before, rig.machine.counters.snapshot());
+  const res = pathResult(path, r.ios, simNs, d, ctx.costModel, {
     pages: (r.ios * c.blockSize) / PAGE_SIZE,
-    keptMetaBytes: metaBytes,
+    keptMetaBytes: mappingMeta(d).bytes,
     verified,
   });
   bdev.drain();
@@ -130,9 +127,7 @@ export function blockWorkload(c: BlockCase): Workload {
       // warm the JIT on both paths first (untimed, throwaway machines), so the path measured first
       // is not the one that pays for compilation
       const warm: BlockCase = { ...c, ios: Math.min(c.quickIos, 50), quickIos: Math.min(c.quickIos, 50) };
-      const quiet: WorkloadContext = { ...ctx };
-      delete quiet.onProgress;
-      delete quiet.onMachine;
+      const quiet = quietContext(ctx);
       runBlockPath(warm, 'sg', quiet, 0, 1);
       runBlockPath(warm, 'iova', quiet, 0, 1);
       const sg = runBlockPath(c, 'sg', ctx, 0, 2);

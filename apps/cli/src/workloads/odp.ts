@@ -19,20 +19,14 @@
  * spread over those ops (both paths run the same ops and take the same faults). The counter window
  * and the simulator time cover `ib_reg_user_mr` → the request mix → `ib_dereg_mr` → one flush-queue
  * timeout of virtual time (so lazy domains' deferred IOTLB flushes are counted); the final
- * verification is outside. Both paths first run once untimed at a small size, so the path measured
+ * verification is outside. Both paths first run twice untimed at a small size, so the path measured
  * first does not also pay for JIT compilation. `keptMetaBytes` is the live ODP page-list metadata
  * (pfn_list, dma_list, hmm_dma_map lists) while the MR is registered and `pages` the MR's pages, so
  * metaBytesPerPage is 16 (legacy) vs 8 (hmm).
  */
 import { dmaDebugDeviceTeardown, IOVA_DEFAULT_FQ_TIMEOUT } from '@iovalink/dma-api';
-import { PAGE_SIZE, Prng } from '@iovalink/iommu';
+import { diffCounters, PAGE_SIZE, Prng } from '@iovalink/iommu';
 import {
-  HMM_DMA_DMA_LIST,
-  HMM_DMA_PFN_LIST,
-  IB_ACCESS_LOCAL_WRITE,
-  IB_ACCESS_ON_DEMAND,
-  IB_ACCESS_REMOTE_READ,
-  IB_ACCESS_REMOTE_WRITE,
   ibAllocPd,
   ibDeregMr,
   ibRegUserMr,
@@ -44,27 +38,15 @@ import {
   type OdpMode,
   PROT_READ,
   PROT_WRITE,
-  UMEM_ODP_DMA_LIST,
-  UMEM_ODP_PFN_LIST,
 } from '@iovalink/rdma-odp';
-import { type DmaPath, type PathResult, pathResult, type WorkloadResult } from '../results.js';
+import { ODP_ACCESS_RW, odpMetaLiveBytes } from '@iovalink/rdma-odp/testing';
+import { type DmaPath, pathResult, type WorkloadResult } from '../results.js';
 import { createRig } from '../rig.js';
+import { fnv1a, type PathRun, runBothPaths } from './both-paths.js';
 import type { Workload, WorkloadContext } from './types.js';
 
 /** The umem mode each demo path runs (see the file header). */
 export const ODP_MODE_OF_PATH: Record<DmaPath, OdpMode> = { sg: 'legacy', iova: 'hmm' };
-
-/** Metadata kinds of ODP page lists in both modes (what `keptMetaBytes` sums). */
-const ODP_LIST_KINDS: readonly string[] = [
-  UMEM_ODP_PFN_LIST,
-  UMEM_ODP_DMA_LIST,
-  HMM_DMA_PFN_LIST,
-  HMM_DMA_DMA_LIST,
-];
-
-/** Access of the demo MR: local write, remote read and write, on demand. */
-const ODP_ACCESS =
-  IB_ACCESS_LOCAL_WRITE | IB_ACCESS_REMOTE_READ | IB_ACCESS_REMOTE_WRITE | IB_ACCESS_ON_DEMAND;
 
 /** Size of one ODP run (no kernel counterpart). */
 export interface OdpWorkloadSize {
@@ -80,9 +62,8 @@ export const ODP_SIZES: { quick: OdpWorkloadSize; full: OdpWorkloadSize } = {
   full: { pages: 1024, steps: 40_000 },
 };
 
-/** Size and rounds of the untimed warm-up runs of both paths before measuring. */
+/** Size of the untimed warm-up runs of both paths before measuring. */
 const ODP_WARMUP: OdpWorkloadSize = { pages: 64, steps: 3_000 };
-const WARMUP_ROUNDS = 2;
 
 /** What one path's run did, besides its PathResult (for tests and reports). */
 export interface OdpRunStats {
@@ -122,12 +103,6 @@ function dataPool(seed: number): Uint8Array {
   return new Uint8Array(words.buffer);
 }
 
-function fnv1a(b: Uint8Array, h = 2166136261): number {
-  let x = h;
-  for (let i = 0; i < b.length; i++) x = Math.imul(x ^ b[i]!, 16777619) >>> 0;
-  return x;
-}
-
 function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
   return Buffer.from(a.buffer, a.byteOffset, a.length).equals(b);
 }
@@ -143,7 +118,7 @@ export function runOdpPath(
   ctx: WorkloadContext,
   size: OdpWorkloadSize,
   progress?: (stepsDone: number) => void,
-): { result: PathResult; stats: OdpRunStats } {
+): PathRun<OdpRunStats> {
   const rig = createRig({ iommu: ctx.iommu, seed: ctx.seed, debug: ctx.debug, memSize: 1 << 30 });
   ctx.onMachine?.(rig.machine, path);
   const machine = rig.machine;
@@ -165,7 +140,7 @@ export function runOdpPath(
 
   const before = machine.counters.snapshot();
   const t0 = performance.now();
-  const mr = ibRegUserMr(pd, base, len, base, ODP_ACCESS);
+  const mr = ibRegUserMr(pd, base, len, base, ODP_ACCESS_RW);
   if (typeof mr === 'number') throw new Error(`ODP (${path}): ib_reg_user_mr failed (${mr})`);
   for (let step = 0; step < size.steps; step++) {
     const r = rng.int(0, 99);
@@ -225,17 +200,12 @@ export function runOdpPath(
     }
     if (progress !== undefined && (step + 1) % progressEvery === 0) progress(step + 1);
   }
-  const keptMetaBytes = machine.counters.metaTotals(ODP_LIST_KINDS).liveBytes;
+  const keptMetaBytes = odpMetaLiveBytes(machine);
   const dereg = ibDeregMr(mr);
   if (dereg !== 0) problems.push(`ib_dereg_mr failed (${dereg})`);
   machine.clock.advance(IOVA_DEFAULT_FQ_TIMEOUT * 1e6); // lazy domains: the flush-queue timer fires
   const simNs = (performance.now() - t0) * 1e6;
-  const after = machine.counters.snapshot();
-  const result = pathResult(path, nicOps, simNs, before, machine, ctx.costModel, {
-    pages: size.pages,
-    keptMetaBytes,
-    verified: false,
-  });
+  const d = diffCounters(before, machine.counters.snapshot());
 
   // outside the measured window: every page of the region against the reference
   let digest = 2166136261;
@@ -247,7 +217,7 @@ export function runOdpPath(
   }
   if (nic.stats.iommuFaults !== 0) problems.push(`${nic.stats.iommuFaults} IOMMU faults`);
   mm.exit();
-  if (ctx.debug) dmaDebugDeviceTeardown(dev);
+  dmaDebugDeviceTeardown(dev); // a no-op unless dma-debug is on
   if (problems.length > 0) {
     throw new Error(
       `ODP (${path}, ${ODP_MODE_OF_PATH[path]} umem, ${ctx.iommu}): ${problems.length} problem(s); first: ${problems[0]}`,
@@ -259,10 +229,15 @@ export function runOdpPath(
     pageFaults: ibdev.stats.pageFaults,
     invalidations: ibdev.stats.invalidations,
     pagesMapped: ibdev.stats.pagesMapped,
-    iovaAllocs: after.events.iovaAllocs - before.events.iovaAllocs,
+    iovaAllocs: d.events.iovaAllocs,
     digest: digest.toString(16).padStart(8, '0'),
   };
-  return { result: { ...result, verified: true }, stats };
+  const result = pathResult(path, nicOps, simNs, d, ctx.costModel, {
+    pages: size.pages,
+    keptMetaBytes,
+    verified: true,
+  });
+  return { result, stats };
 }
 
 /**
@@ -277,22 +252,12 @@ export function odpWorkload(sizes: { quick: OdpWorkloadSize; full: OdpWorkloadSi
     subsystem: 'odp',
     run(ctx: WorkloadContext): WorkloadResult {
       const size = ctx.quick ? sizes.quick : sizes.full;
-      const total = 2 * size.steps;
-      // untimed warm-up of both paths, small, without tracer or progress: otherwise the path
-      // measured first also pays for JIT compilation of the ODP code and looks slower
-      const { onMachine: _m, onProgress: _p, ...quiet } = ctx;
-      for (let round = 0; round < WARMUP_ROUNDS; round++) {
-        runOdpPath('sg', quiet, ODP_WARMUP);
-        runOdpPath('iova', quiet, ODP_WARMUP);
-      }
-      const sg = runOdpPath('sg', ctx, size, (d) => ctx.onProgress?.(d, total));
-      const iova = runOdpPath('iova', ctx, size, (d) => ctx.onProgress?.(size.steps + d, total));
-      if (sg.stats.digest !== iova.stats.digest) {
-        throw new Error(
-          `ODP: the two paths left different memory (${sg.stats.digest} vs ${iova.stats.digest})`,
-        );
-      }
-      ctx.onProgress?.(total, total);
+      const { sg, iova } = runBothPaths(
+        ctx,
+        runOdpPath,
+        { measured: size, warmup: ODP_WARMUP, units: size.steps },
+        'ODP: the two paths left different memory',
+      );
       return {
         name,
         subsystem: 'odp',

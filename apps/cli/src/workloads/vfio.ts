@@ -21,14 +21,14 @@
  * `bytesPerOp` is the device state size). The counter window and the simulator time cover
  * `vfioMigrate` and one flush-queue timeout of virtual time afterwards (so lazy domains' deferred
  * IOTLB flushes are counted); the device's warm-up activity, fragmentation and teardown are
- * outside. Both paths first run once untimed at 1 MiB of state, so the path measured first does not
+ * outside. Both paths first run twice untimed at 2 MiB of state, so the path measured first does not
  * also pay for JIT compilation. `keptMetaBytes` is the live data-buffer metadata (buffer structs,
  * page lists, kept MTTs, scatterlists) when the stop-copy phase starts — the point where the
  * source's pre-copy and stop-copy buffers and the target's resume buffers are all allocated and
  * mapped — and `pages` the pages of those buffers (record-header buffers included).
  */
 import { dmaDebugDeviceTeardown, IOVA_DEFAULT_FQ_TIMEOUT } from '@iovalink/dma-api';
-import { type Machine, PAGE_SIZE } from '@iovalink/iommu';
+import { diffCounters, PAGE_SIZE } from '@iovalink/iommu';
 import {
   MLX5_META_KINDS,
   type Mlx5VfMigrationFile,
@@ -38,8 +38,10 @@ import {
   mlx5vfPciCreateDevice,
   vfioMigrate,
 } from '@iovalink/vfio-migration';
-import { type DmaPath, type PathResult, pathResult, type WorkloadResult } from '../results.js';
+import { fragmentMemory } from '@iovalink/vfio-migration/testing';
+import { type DmaPath, pathResult, type WorkloadResult } from '../results.js';
 import { createRig } from '../rig.js';
+import { fnv1a, type PathRun, runBothPaths } from './both-paths.js';
 import type { Workload, WorkloadContext } from './types.js';
 
 /** Metadata kinds of the data buffers on both paths (what `keptMetaBytes` sums). */
@@ -61,9 +63,8 @@ export const VFIO_SIZES: { quick: VfioWorkloadSize; full: VfioWorkloadSize } = {
   full: { stateBytes: 64 << 20, precopyIterations: 3, stepsPerIteration: 10_000 },
 };
 
-/** Size and rounds of the untimed warm-up runs of both paths before measuring. */
+/** Size of the untimed warm-up runs of both paths before measuring. */
 const VFIO_WARMUP: VfioWorkloadSize = { stateBytes: 2 << 20, precopyIterations: 3, stepsPerIteration: 1_000 };
-const WARMUP_ROUNDS = 2;
 
 /** What one path's run did, besides its PathResult (for tests and reports). */
 export interface VfioRunStats {
@@ -82,15 +83,9 @@ export interface VfioRunStats {
   digest: string;
 }
 
-function fnv1a(b: Uint8Array, h: number): number {
-  let x = h;
-  for (let i = 0; i < b.length; i++) x = Math.imul(x ^ b[i]!, 16777619) >>> 0;
-  return x;
-}
-
 /** Digest of a device's migratable state: registers, queue contexts, device memory. */
 function stateDigest(v: Mlx5Vhca): string {
-  let h = fnv1a(new Uint8Array(v.regs.buffer, v.regs.byteOffset, v.regs.byteLength), 2166136261);
+  let h = fnv1a(new Uint8Array(v.regs.buffer, v.regs.byteOffset, v.regs.byteLength));
   h = fnv1a(v.queues, h);
   h = fnv1a(v.memory, h);
   return h.toString(16).padStart(8, '0');
@@ -109,31 +104,6 @@ function migfBufferPages(migf: Mlx5VfMigrationFile | null): number {
 }
 
 /**
- * Leaves `pages` isolated free pages in the machine's page allocator, as on a long-running host
- * (models fragmented mm/page_alloc.c free lists; no kernel function): allocates twice as many
- * order-0 pages, frees every other one by address and returns the kept half (free them after).
- */
-function fragmentFreeMemory(machine: Machine, pages: number): number[] {
-  const all: number[] = [];
-  for (let i = 0; i < 2 * pages; i++) {
-    const pa = machine.pages.allocPages(0);
-    if (pa === 0) throw new Error('VFIO workload: out of memory while fragmenting');
-    all.push(pa);
-  }
-  all.sort((a, b) => a - b);
-  const kept: number[] = [];
-  for (let i = 0; i < all.length; i++) {
-    if (i % 2 === 0) kept.push(all[i]!);
-    else machine.pages.freePages(all[i]!, 0);
-  }
-  return kept;
-}
-
-function iotlbInvalidations(m: Machine): number {
-  return m.counters.iotlbInvRange + m.counters.iotlbInvAll;
-}
-
-/**
  * Runs one path of the VFIO workload on a fresh rig (models a VMM live-migrating an assigned
  * mlx5 VF with pre-copy and stop-copy: QEMU hw/vfio/migration.c over drivers/vfio/pci/mlx5/,
  * data buffers per cmd.c ≤ v6.15 (`'sg'`) or v6.16+ (`'iova'`)). Throws if the migration fails
@@ -144,14 +114,14 @@ export function runVfioPath(
   ctx: WorkloadContext,
   size: VfioWorkloadSize,
   progress?: (phasesDone: number) => void,
-): { result: PathResult; stats: VfioRunStats } {
+): PathRun<VfioRunStats> {
   const statePages = Math.ceil(size.stateBytes / PAGE_SIZE);
   const rig = createRig({ iommu: ctx.iommu, seed: ctx.seed, debug: ctx.debug, memSize: 4 * 2 ** 30 });
   ctx.onMachine?.(rig.machine, path);
   const machine = rig.machine;
   // enough isolated free pages for every buffer of the run (source pre-copy and stop-copy,
   // target resume buffers, each a little over the state size), as the package's benchmark does
-  const held = fragmentFreeMemory(machine, 3 * Math.ceil(statePages * 1.1) + 2048);
+  const held = fragmentMemory(machine, 3 * Math.ceil(statePages * 1.1) + 2048);
   const sourcePf = rig.device(`mlx5-pf-src-${path}`);
   const targetPf = rig.device(`mlx5-pf-dst-${path}`);
   const source = mlx5vfPciCreateDevice({
@@ -187,14 +157,14 @@ export function runVfioPath(
   });
   machine.clock.advance(IOVA_DEFAULT_FQ_TIMEOUT * 1e6); // lazy domains: the flush-queue timer fires
   const simNs = (performance.now() - t0) * 1e6;
-  const after = machine.counters.snapshot();
+  const d = diffCounters(before, machine.counters.snapshot());
   if (r.ret !== 0) {
     throw new Error(`VFIO migration (${path}, ${ctx.iommu}): failed at ${r.failedAt} (${r.ret})`);
   }
   if (!r.equal) {
     throw new Error(`VFIO migration (${path}, ${ctx.iommu}): target state differs from the source's`);
   }
-  const result = pathResult(path, 1, simNs, before, machine, ctx.costModel, {
+  const result = pathResult(path, 1, simNs, d, ctx.costModel, {
     pages: bufferPages,
     keptMetaBytes: bufferMetaBytes,
     verified: r.equal,
@@ -205,18 +175,15 @@ export function runVfioPath(
     stopCopyBytes: r.stopCopyBytes,
     bufferPages,
     bufferMetaBytes,
-    iovaAllocs: after.events.iovaAllocs - before.events.iovaAllocs,
-    iotlbInvalidations:
-      iotlbInvalidations(machine) - (before.events.iotlbInvRange + before.events.iotlbInvAll),
+    iovaAllocs: d.events.iovaAllocs,
+    iotlbInvalidations: d.events.iotlbInvRange + d.events.iotlbInvAll,
     digest: stateDigest(target.vhca),
   };
 
   mlx5vfPciCloseDevice(source);
   mlx5vfPciCloseDevice(target);
-  if (ctx.debug) {
-    dmaDebugDeviceTeardown(sourcePf);
-    dmaDebugDeviceTeardown(targetPf);
-  }
+  dmaDebugDeviceTeardown(sourcePf); // a no-op unless dma-debug is on
+  dmaDebugDeviceTeardown(targetPf);
   for (const pa of held) machine.pages.freePages(pa, 0);
   return { result, stats };
 }
@@ -237,22 +204,12 @@ export function vfioWorkload(
     run(ctx: WorkloadContext): WorkloadResult {
       const size = ctx.quick ? sizes.quick : sizes.full;
       const PHASES = 7; // setup, precopy-setup, precopy, stop-copy, resume, cleanup, done
-      // untimed warm-up of both paths, small, without tracer or progress: otherwise the path
-      // measured first also pays for JIT compilation of the migration code and looks slower
-      const { onMachine: _m, onProgress: _p, ...quiet } = ctx;
-      for (let round = 0; round < WARMUP_ROUNDS; round++) {
-        runVfioPath('sg', quiet, VFIO_WARMUP);
-        runVfioPath('iova', quiet, VFIO_WARMUP);
-      }
-      const total = 2 * PHASES;
-      const sg = runVfioPath('sg', ctx, size, (d) => ctx.onProgress?.(d, total));
-      const iova = runVfioPath('iova', ctx, size, (d) => ctx.onProgress?.(PHASES + d, total));
-      if (sg.stats.digest !== iova.stats.digest) {
-        throw new Error(
-          `VFIO: the two paths migrated different device states (${sg.stats.digest} vs ${iova.stats.digest})`,
-        );
-      }
-      ctx.onProgress?.(total, total);
+      const { sg, iova } = runBothPaths(
+        ctx,
+        runVfioPath,
+        { measured: size, warmup: VFIO_WARMUP, units: PHASES },
+        'VFIO: the two paths migrated different device states',
+      );
       return {
         name,
         subsystem: 'vfio',
