@@ -13,9 +13,7 @@
  * entry) and `hmm_dma_map.dma_list` (8 bytes an entry, fallback only).
  *
  * Deliberate differences: no P2P pages, so `p2pdmaState` is accepted and every page is
- * `PCI_P2PDMA_MAP_NONE`; `dma_need_sync`/`dma_addressing_limited` are modelled here from the
- * device's fields because @iovalink/dma-api does not export them yet; the kvcalloc failure is a
- * fault-injection point, `kvcalloc`.
+ * `PCI_P2PDMA_MAP_NONE`; the kvcalloc failure is a fault-injection point, `kvcalloc`.
  */
 import {
   type Device,

@@ -11,15 +11,9 @@ import { Errno, PAGE_SHIFT, PAGE_SIZE } from '@iovalink/iommu';
 import { isErr, OdpError } from './errors.js';
 import { IB_ACCESS_ON_DEMAND, type IbMr, type IbPd } from './ib-verbs.js';
 import { type Mlx5IbDev, Mlx5IbMr } from './mlx5-ib.js';
-import {
-  mlx5DeregOdpMrHw,
-  mlx5IbAllocImplicitMr,
-  mlx5IbFreeOdpMr,
-  mlx5IbInitOdpMr,
-  mlx5MnOps,
-} from './mlx5-odp.js';
+import { mlx5DeregOdpMrHw, mlx5IbAllocImplicitMr, mlx5IbInitOdpMr, mlx5MnOps } from './mlx5-odp.js';
 import { MLX5_MKC_ACCESS_MODE_MTT } from './nic.js';
-import { ibUmemOdpGet, ibUmemOdpRelease } from './umem-odp.js';
+import { ibUmemOdpGet } from './umem-odp.js';
 
 /** The length that, with start 0, asks for an implicit MR (kernel: `U64_MAX`). */
 export const U64_MAX = Number.MAX_SAFE_INTEGER;
@@ -72,16 +66,7 @@ export function mlx5IbDeregMr(ibmr: IbMr): number {
       rule: 'ib_dereg_mr: double dereg',
     });
   }
-  const dev = mr.device;
-  dev.flushWork();
-  if (!mr.isOdpImplicit) {
-    mlx5DeregOdpMrHw(mr);
-    return 0;
-  }
-  mr.deregistered = true;
-  dev.odpMkeys.delete(mr.mkey.key);
-  dev.nic.destroyMkey(mr.mkey.key);
-  mlx5IbFreeOdpMr(mr);
-  ibUmemOdpRelease(mr.umem);
+  mr.device.flushWork();
+  mlx5DeregOdpMrHw(mr);
   return 0;
 }

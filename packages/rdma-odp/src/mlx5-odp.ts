@@ -24,7 +24,7 @@
 import { dmaMappingError } from '@iovalink/dma-api';
 import { Errno, PAGE_SHIFT, PAGE_SIZE } from '@iovalink/iommu';
 import { isErr } from './errors.js';
-import { HMM_PFN_DMA_MAPPED, HMM_PFN_VALID, HMM_PFN_WRITE, hmmPfnToPhys } from './hmm.js';
+import { HMM_PFN_VALID, HMM_PFN_WRITE } from './hmm.js';
 import { hmmDmaMapPfn } from './hmm-dma.js';
 import {
   IB_UVERBS_ADVISE_MR_ADVICE_PREFETCH,
@@ -33,7 +33,6 @@ import {
   IB_UVERBS_ADVISE_MR_FLAG_FLUSH,
   type IbPd,
   type IbSge,
-  ibUsesVirtDma,
 } from './ib-verbs.js';
 import { MLX5_UMR_MTT_NUM_ENTRIES_ALIGNMENT, type Mlx5IbDev, Mlx5IbMr } from './mlx5-ib.js';
 import {
@@ -105,21 +104,15 @@ export function populateMtt(
     }
     return 0;
   }
-  const dev = odp.ibdev.dmaDevice;
+  const dev = mr.device.dmaDevice;
   for (let i = 0; i < n; i++) {
     const idx = start + i;
     if (!list.test(idx, HMM_PFN_VALID)) {
       out[i] = 0;
       continue;
     }
-    let dmaAddr: number;
-    if (dev === undefined || ibUsesVirtDma(odp.ibdev)) {
-      dmaAddr = hmmPfnToPhys(list, idx);
-      list.orFlags(idx, HMM_PFN_DMA_MAPPED);
-    } else {
-      dmaAddr = hmmDmaMapPfn(dev, odp.map, idx);
-      if (dmaMappingError(dev, dmaAddr)) return -Errno.EFAULT;
-    }
+    const dmaAddr = hmmDmaMapPfn(dev, odp.map, idx);
+    if (dmaMappingError(dev, dmaAddr)) return -Errno.EFAULT;
     let e = dmaAddr + MLX5_IB_MTT_READ;
     if (list.test(idx, HMM_PFN_WRITE) && !downgrade) e += MLX5_IB_MTT_WRITE;
     out[i] = e;
@@ -359,18 +352,23 @@ function freeImplicitChildMrWork(mr: Mlx5IbMr, idx: number): void {
   dev.stats.implicitChildrenDestroyed++;
 }
 
-/** Stops the hardware using an MR and releases its umem (kernel: `mlx5_revoke_mr` + `ib_umem_odp_release`). */
+/**
+ * Stops the hardware using an MR and releases its umem (kernel: `mlx5_revoke_mr` +
+ * `ib_umem_odp_release`); an implicit parent deregisters its children in between (kernel:
+ * `mlx5_ib_free_odp_mr`). A second call does nothing.
+ */
 export function mlx5DeregOdpMrHw(mr: Mlx5IbMr): void {
   if (mr.deregistered) return;
   mr.deregistered = true;
   const dev = mr.device;
   dev.odpMkeys.delete(mr.mkey.key);
   dev.nic.destroyMkey(mr.mkey.key);
+  if (mr.isOdpImplicit) mlx5IbFreeOdpMr(mr);
   ibUmemOdpRelease(mr.umem);
 }
 
 /** Deregisters every child of an implicit MR (kernel: `mlx5_ib_free_odp_mr`). */
-export function mlx5IbFreeOdpMr(imr: Mlx5IbMr): void {
+function mlx5IbFreeOdpMr(imr: Mlx5IbMr): void {
   for (const [idx, child] of [...imr.implicitChildren]) {
     imr.implicitChildren.delete(idx);
     mlx5DeregOdpMrHw(child);
@@ -402,8 +400,11 @@ export function mlx5IbInvalidateRange(
     const blockMask = MLX5_UMR_MTT_NUM_ENTRIES_ALIGNMENT - 1;
     const list = umem.pfnList;
     const dmaList = umem.legacyDmaList;
-    const mapped = (idx: number): boolean =>
-      umem.mode === 'hmm' ? list.test(idx, HMM_PFN_VALID) : dmaList![idx]! % 4 !== 0;
+    // hmm: the pfn is valid; legacy: the dma_list entry has access bits
+    const mapped =
+      umem.mode === 'hmm'
+        ? (idx: number): boolean => list.test(idx, HMM_PFN_VALID)
+        : (idx: number): boolean => dmaList![idx]! % 4 !== 0;
     let idx = 0;
     let blkStartIdx = 0;
     let inBlock = false;

@@ -125,10 +125,11 @@ export class MmuIntervalNotifier {
   invalidateSeq = 0;
   ops: MmuIntervalNotifierOps | undefined;
   mm: MmNotifierHost | undefined;
-  /** In the interval tree (kernel: `!RB_EMPTY_NODE(&interval_tree.rb)`). */
+  /**
+   * In the interval tree (kernel: `!RB_EMPTY_NODE(&interval_tree.rb)`); a subscription inserted
+   * during an invalidation waits on `MmuNotifierSubscriptions.deferredList` instead.
+   */
   inTree = false;
-  /** On the deferred add/remove list (kernel: `deferred_item`). */
-  deferred = false;
   /** Owner's back pointer (kernel: `container_of`). */
   readonly owner: unknown;
 
@@ -186,7 +187,6 @@ function mnItreeInvEnd(subs: MmuNotifierSubscriptions): void {
   if (subs.activeInvalidateRanges > 0 || !mnItreeIsInvalidating(subs)) return;
   subs.invalidateSeq++;
   for (const sub of subs.deferredList) {
-    sub.deferred = false;
     if (!sub.inTree) {
       subs.itree.push(sub);
       sub.inTree = true;
@@ -295,7 +295,6 @@ export function mmuIntervalNotifierInsert(
   sub.inTree = false;
   if (subs.activeInvalidateRanges > 0) {
     if (mnItreeIsInvalidating(subs)) {
-      sub.deferred = true;
       subs.deferredList.push(sub);
     } else {
       if (subs.invalidateSeq % 2 === 0) subs.invalidateSeq += 1;
@@ -329,7 +328,6 @@ export function mmuIntervalNotifierRemove(sub: MmuIntervalNotifier): void {
       // inserted during this invalidation, still deferred: just drop it
       const i = subs.deferredList.indexOf(sub);
       if (i >= 0) subs.deferredList.splice(i, 1);
-      sub.deferred = false;
     } else {
       throw new OdpError(
         `mmu_interval_notifier_remove: ${mm.name}: called while an invalidation runs (from a callback?): would wait forever`,

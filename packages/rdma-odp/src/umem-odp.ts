@@ -45,7 +45,14 @@ import {
   hmmPfnToPhys,
   hmmRangeFault,
 } from './hmm.js';
-import { HmmDmaMap, hmmDmaMapAlloc, hmmDmaMapFree, hmmDmaUnmapPfn, kvcallocAccounted } from './hmm-dma.js';
+import {
+  HMM_DMA_PFN_LIST,
+  HmmDmaMap,
+  hmmDmaMapAlloc,
+  hmmDmaMapFree,
+  hmmDmaUnmapPfn,
+  kvcallocAccounted,
+} from './hmm-dma.js';
 import {
   IB_ACCESS_HUGETLB,
   IB_ACCESS_ON_DEMAND,
@@ -193,6 +200,28 @@ export class IbUmemOdp {
   }
 }
 
+/**
+ * Frees the pfn list and DMA state of either mode (kernel: `ib_umem_odp_free`, v6.16+: the pfn
+ * list alone for software RDMA, else `hmm_dma_map_free`; ≤ v6.15: `kvfree` of `dma_list` and
+ * `pfn_list`). Lists never allocated are skipped, so the error path of `ibInitUmemOdp` uses it too.
+ */
+function ibUmemOdpFree(umem: IbUmemOdp): void {
+  const counters = umem.ibdev.machine.counters;
+  if (umem.mode === 'hmm') {
+    if (ibUsesVirtDma(umem.ibdev)) {
+      if (umem.map.pfnList !== undefined) counters.kfree(HMM_DMA_PFN_LIST, umem.map.pfnList.byteLength);
+      umem.map.pfnList = undefined;
+    } else {
+      hmmDmaMapFree(umem.ibdev.dmaDevice!, umem.map);
+    }
+    return;
+  }
+  if (umem.legacyPfnList !== undefined) counters.kfree(UMEM_ODP_PFN_LIST, umem.legacyPfnList.byteLength);
+  if (umem.legacyDmaList !== undefined) counters.kfree(UMEM_ODP_DMA_LIST, umem.legacyDmaList.length * 8);
+  umem.legacyPfnList = undefined;
+  umem.legacyDmaList = undefined;
+}
+
 /** Sets the lists and the notifier up (kernel: `ib_init_umem_odp`). Returns 0 or -errno; nothing left on error. */
 function ibInitUmemOdp(umem: IbUmemOdp, ops: MmuIntervalNotifierOps): number {
   const pageSize = 1 << umem.pageShift;
@@ -203,25 +232,9 @@ function ibInitUmemOdp(umem: IbUmemOdp, ops: MmuIntervalNotifierOps): number {
   const nrEntries = (end - start) / PAGE_SIZE;
   if (Math.floor((nrEntries * PAGE_SIZE) / pageSize) === 0) return -Errno.EINVAL;
   const machine = umem.ibdev.machine;
-  const free = (): void => {
-    if (umem.mode === 'hmm') {
-      if (ibUsesVirtDma(umem.ibdev)) {
-        if (umem.map.pfnList !== undefined) machine.counters.kfree('hmm_dma_map.pfn_list', nrEntries * 8);
-        umem.map.pfnList = undefined;
-      } else {
-        hmmDmaMapFree(umem.ibdev.dmaDevice!, umem.map);
-      }
-    } else {
-      if (umem.legacyPfnList !== undefined) machine.counters.kfree(UMEM_ODP_PFN_LIST, nrEntries * 8);
-      if (umem.legacyDmaList !== undefined)
-        machine.counters.kfree(UMEM_ODP_DMA_LIST, umem.legacyDmaList.length * 8);
-      umem.legacyPfnList = undefined;
-      umem.legacyDmaList = undefined;
-    }
-  };
   if (umem.mode === 'hmm') {
     if (ibUsesVirtDma(umem.ibdev)) {
-      if (!kvcallocAccounted(machine, 'hmm_dma_map.pfn_list', nrEntries)) return -Errno.ENOMEM;
+      if (!kvcallocAccounted(machine, HMM_DMA_PFN_LIST, nrEntries)) return -Errno.ENOMEM;
       umem.map.pfnList = new HmmPfnList(nrEntries);
       umem.map.dmaEntrySize = pageSize;
     } else {
@@ -233,17 +246,14 @@ function ibInitUmemOdp(umem: IbUmemOdp, ops: MmuIntervalNotifierOps): number {
     if (!kvcallocAccounted(machine, UMEM_ODP_PFN_LIST, nrEntries)) return -Errno.ENOMEM;
     umem.legacyPfnList = new HmmPfnList(nrEntries);
     if (!kvcallocAccounted(machine, UMEM_ODP_DMA_LIST, ndmas)) {
-      free();
+      ibUmemOdpFree(umem);
       return -Errno.ENOMEM;
     }
     umem.legacyDmaList = new Float64Array(ndmas);
   }
   const r = mmuIntervalNotifierInsert(umem.notifier, umem.owningMm, start, end - start, ops);
-  if (r !== 0) {
-    free();
-    return r;
-  }
-  return 0;
+  if (r !== 0) ibUmemOdpFree(umem);
+  return r;
 }
 
 /**
@@ -342,20 +352,7 @@ export function ibUmemOdpRelease(umem: IbUmemOdp): void {
     mutexUnlock(umem.umemMutex);
   }
   mmuIntervalNotifierRemove(umem.notifier);
-  const machine = umem.ibdev.machine;
-  if (umem.mode === 'hmm') {
-    if (ibUsesVirtDma(umem.ibdev)) {
-      machine.counters.kfree('hmm_dma_map.pfn_list', umem.map.pfnList!.length * 8);
-      umem.map.pfnList = undefined;
-    } else {
-      hmmDmaMapFree(umem.ibdev.dmaDevice!, umem.map);
-    }
-  } else {
-    machine.counters.kfree(UMEM_ODP_PFN_LIST, umem.legacyPfnList!.length * 8);
-    machine.counters.kfree(UMEM_ODP_DMA_LIST, umem.legacyDmaList!.length * 8);
-    umem.legacyPfnList = undefined;
-    umem.legacyDmaList = undefined;
-  }
+  ibUmemOdpFree(umem);
 }
 
 /**

@@ -200,25 +200,9 @@ export async function runVfioBench(): Promise<unknown> {
       `  ${label.padEnd(28)} sg ${fmtBytes(a).padStart(10)} (${round2(a / pages[0])}/page)   iova ${fmtBytes(b).padStart(10)} (${round2(b / pages[1])}/page)`,
     );
   const pages: [number, number] = [sg.bufferPages, iova.bufferPages];
-  row('scatterlist', sg.liveAfterPrecopySetup.scatterlist!, iova.liveAfterPrecopySetup.scatterlist!, pages);
-  row(
-    MLX5_META_PAGE_LIST,
-    sg.liveAfterPrecopySetup[MLX5_META_PAGE_LIST]!,
-    iova.liveAfterPrecopySetup[MLX5_META_PAGE_LIST]!,
-    pages,
-  );
-  row(
-    MLX5_META_MKEY_IN,
-    sg.liveAfterPrecopySetup[MLX5_META_MKEY_IN]!,
-    iova.liveAfterPrecopySetup[MLX5_META_MKEY_IN]!,
-    pages,
-  );
-  row(
-    MLX5_META_DATA_BUFFER,
-    sg.liveAfterPrecopySetup[MLX5_META_DATA_BUFFER]!,
-    iova.liveAfterPrecopySetup[MLX5_META_DATA_BUFFER]!,
-    pages,
-  );
+  for (const kind of ['scatterlist', MLX5_META_PAGE_LIST, MLX5_META_MKEY_IN, MLX5_META_DATA_BUFFER]) {
+    row(kind, sg.liveAfterPrecopySetup[kind]!, iova.liveAfterPrecopySetup[kind]!, pages);
+  }
   row(
     `${MLX5_META_BULK_PAGE_LIST} (peak)`,
     sg.peak[MLX5_META_BULK_PAGE_LIST]!,

@@ -170,6 +170,15 @@ function pump(src: VfioDataFile, dst: VfioDataFile, buf: Uint8Array, precopy: bo
   }
 }
 
+/** Copies the guest page at `iova` from source to target through `page`; false when either side faults. */
+function copyGuestPage(
+  guest: { source: VfioIommu; target: VfioIommu },
+  iova: number,
+  page: Uint8Array,
+): boolean {
+  return vfioDmaRw(guest.source, iova, page, false) === 0 && vfioDmaRw(guest.target, iova, page, true) === 0;
+}
+
 /**
  * Reports and clears the source's DMA log over its guest memory and copies the dirty pages; returns
  * pages copied or -errno.
@@ -192,13 +201,7 @@ function copyDirtyGuest(device: VfioDevice, guest: { source: VfioIommu; target: 
     if (ret !== 0) return ret;
     for (let i = 0; i < d.size / PAGE_SIZE; i++) {
       if (!iovaBitmapTest(bitmap, i)) continue;
-      const iova = d.iova + i * PAGE_SIZE;
-      if (
-        vfioDmaRw(guest.source, iova, page, false) !== 0 ||
-        vfioDmaRw(guest.target, iova, page, true) !== 0
-      ) {
-        return -Errno.EFAULT;
-      }
+      if (!copyGuestPage(guest, d.iova + i * PAGE_SIZE, page)) return -Errno.EFAULT;
       copied++;
     }
   }
@@ -211,12 +214,7 @@ function copyAllGuest(guest: { source: VfioIommu; target: VfioIommu }): number {
   const page = new Uint8Array(PAGE_SIZE);
   for (const d of guest.source.dmaList) {
     for (let off = 0; off < d.size; off += PAGE_SIZE) {
-      if (
-        vfioDmaRw(guest.source, d.iova + off, page, false) !== 0 ||
-        vfioDmaRw(guest.target, d.iova + off, page, true) !== 0
-      ) {
-        return -Errno.EFAULT;
-      }
+      if (!copyGuestPage(guest, d.iova + off, page)) return -Errno.EFAULT;
       copied++;
     }
   }

@@ -48,13 +48,16 @@ import {
 } from '@iovalink/dma-api';
 import {
   Errno,
+  INV_TWO32,
   iommuIotlbGatherAddRange,
   iommuIotlbGatherInit,
   iommuIotlbSync,
   iommuReadAndClearDirty,
   iommuSetDirtyTracking,
+  lo32,
   type Machine,
   PAGE_SIZE,
+  TWO32,
 } from '@iovalink/iommu';
 import { VfioError } from './errors.js';
 import { type IovaBitmap, iovaBitmapSet } from './iova-bitmap.js';
@@ -500,8 +503,8 @@ function freeMkeyIn(machine: Machine, mtt: Uint8Array): void {
 
 /** Writes MTT entry `i` as a big-endian u64 (kernel: `cpu_to_be64`). */
 function mttSet(mtt: Uint8Array, i: number, addr: number): void {
-  const hi = Math.floor(addr / 0x100000000);
-  const lo = addr - hi * 0x100000000;
+  const hi = Math.floor(addr * INV_TWO32);
+  const lo = lo32(addr);
   const o = 8 * i;
   mtt[o] = (hi >>> 24) & 0xff;
   mtt[o + 1] = (hi >>> 16) & 0xff;
@@ -528,7 +531,7 @@ export function mttGet(mtt: Uint8Array, i: number): number {
       ((mtt[o + 6] as number) << 8) |
       (mtt[o + 7] as number)) >>>
     0;
-  return hi * 0x100000000 + lo;
+  return hi * TWO32 + lo;
 }
 
 /** CREATE_MKEY over the first `npages` MTT entries (kernel: `create_mkey`). */
@@ -946,13 +949,21 @@ export function mlx5vfCmdQueryVhcaMigrationState(
   return 0;
 }
 
+/** Writes a little-endian u64 at byte `off` of `v` (kernel: `cpu_to_le64`). */
+function setLe64(v: DataView, off: number, value: number): void {
+  v.setUint32(off, lo32(value), true);
+  v.setUint32(off + 4, Math.floor(value * INV_TWO32), true);
+}
+
+/** Reads a little-endian u64 at byte `off` of `v` (kernel: `le64_to_cpu`). */
+export function getLe64(v: DataView, off: number): number {
+  return v.getUint32(off, true) + v.getUint32(off + 4, true) * TWO32;
+}
+
 /** Writes a 16-byte record header (le64 size, le32 flags, le32 tag) at the start of `out`. */
 function putRecordHeader(out: Uint8Array, recordSize: number, flags: number, tag: number): void {
-  const hi = Math.floor(recordSize / 0x100000000);
-  const lo = recordSize - hi * 0x100000000;
   const v = new DataView(out.buffer, out.byteOffset, out.byteLength);
-  v.setUint32(0, lo, true);
-  v.setUint32(4, hi, true);
+  setLe64(v, 0, recordSize);
   v.setUint32(8, flags, true);
   v.setUint32(12, tag, true);
 }
@@ -994,10 +1005,7 @@ export function writeStopCopySizeRecord(headerBuf: Mlx5VhcaDataBuffer, stopCopyS
     MLX5_MIGF_HEADER_FLAGS_TAG_OPTIONAL,
     MLX5_MIGF_HEADER_TAG_STOP_COPY_SIZE,
   );
-  const v = new DataView(rec.buffer);
-  const hi = Math.floor(stopCopySize / 0x100000000);
-  v.setUint32(MLX5_VF_MIGRATION_HEADER_SIZE, stopCopySize - hi * 0x100000000, true);
-  v.setUint32(MLX5_VF_MIGRATION_HEADER_SIZE + 4, hi, true);
+  setLe64(new DataView(rec.buffer), MLX5_VF_MIGRATION_HEADER_SIZE, stopCopySize);
   headerBuf.migf.mvdev.machine.phys.write(page, rec);
   headerBuf.length = rec.length;
   return 0;

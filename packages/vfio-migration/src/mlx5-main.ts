@@ -19,10 +19,11 @@
  *   firmware completes at once); an empty stream that is neither in pre-copy nor complete reads
  *   -EAGAIN as with O_NONBLOCK.
  */
-import { DMA_FROM_DEVICE, DMA_NONE, DMA_TO_DEVICE } from '@iovalink/dma-api';
+import { DMA_FROM_DEVICE, DMA_NONE, DMA_TO_DEVICE, type DmaDataDirection } from '@iovalink/dma-api';
 import { Errno, PAGE_SIZE } from '@iovalink/iommu';
 import { VfioError } from './errors.js';
 import {
+  getLe64,
   MAX_LOAD_SIZE,
   MAX_SAVE_SIZE,
   MLX5_MIGF_HEADER_FLAGS_TAG_OPTIONAL,
@@ -467,7 +468,7 @@ function readRecordHeader(
   const b = migf.mvdev.machine.phys.read(page, MLX5_VF_MIGRATION_HEADER_SIZE);
   const v = new DataView(b.buffer);
   return {
-    recordSize: v.getUint32(0, true) + v.getUint32(4, true) * 0x100000000,
+    recordSize: getLe64(v, 0),
     flags: v.getUint32(8, true),
     tag: v.getUint32(12, true),
   };
@@ -528,12 +529,8 @@ function mlx5vfResumeReadHeaderData(migf: Mlx5VfMigrationFile, hbuf: Mlx5VhcaDat
     if (migf.recordTag === MLX5_MIGF_HEADER_TAG_STOP_COPY_SIZE) {
       const page = mlx5vfGetMigrationPage(hbuf, 0);
       if (page === 0) return -Errno.EINVAL;
-      const b = migf.mvdev.machine.phys.read(page, 8);
-      const v = new DataView(b.buffer);
-      migf.stopCopyPrepSize = Math.min(
-        v.getUint32(0, true) + v.getUint32(4, true) * 0x100000000,
-        MAX_LOAD_SIZE,
-      );
+      const b = migf.mvdev.machine.phys.read(page, MLX5_VF_MIGRATION_TAG_STOP_COPY_DATA_SIZE);
+      migf.stopCopyPrepSize = Math.min(getLe64(new DataView(b.buffer), 0), MAX_LOAD_SIZE);
     }
     migf.loadState = MLX5_VF_LOAD_STATE_READ_HEADER;
     migf.maxPos += migf.recordSize;
@@ -564,6 +561,28 @@ function mlx5vfResumeReadImage(
 }
 
 /**
+ * resume write, PREP_HEADER_DATA / PREP_IMAGE: makes slot 0 of `slots` (the file's header or
+ * image buffer) hold at least `size` bytes, freeing a smaller buffer and allocating a new one in
+ * direction `dir` (kernel: the two PREP cases of `mlx5vf_resume_write`). Returns the buffer, or
+ * -errno with the slot empty.
+ */
+function mlx5vfResumePrepBuf(
+  migf: Mlx5VfMigrationFile,
+  slots: (Mlx5VhcaDataBuffer | null)[],
+  size: number,
+  dir: DmaDataDirection,
+): Mlx5VhcaDataBuffer | number {
+  const npages = Math.ceil(size / PAGE_SIZE);
+  const cur = slots[0] as Mlx5VhcaDataBuffer;
+  if (cur.npages >= npages) return cur;
+  mlx5vfFreeDataBuffer(cur);
+  slots[0] = null;
+  const b = mlx5vfAllocDataBuffer(migf, npages, dir);
+  if (typeof b !== 'number') slots[0] = b;
+  return b;
+}
+
+/**
  * write(2) of a resuming fd (kernel: `mlx5vf_resume_write`): parses records as they arrive —
  * header, optional data, image — growing the header and image buffers when a record needs more
  * pages, and issues LOAD_VHCA_STATE for each whole image. Returns the bytes consumed, or -errno
@@ -586,18 +605,12 @@ export function mlx5vfResumeWrite(migf: Mlx5VfMigrationFile, data: Uint8Array): 
         ret = mlx5vfResumeReadHeader(migf, hbuf, io, work);
         break;
       case MLX5_VF_LOAD_STATE_PREP_HEADER_DATA: {
-        const npages = Math.ceil(migf.recordSize / PAGE_SIZE);
-        if (hbuf.npages < npages) {
-          mlx5vfFreeDataBuffer(hbuf);
-          migf.bufHeader[0] = null;
-          const b = mlx5vfAllocDataBuffer(migf, npages, DMA_NONE);
-          if (typeof b === 'number') {
-            ret = b;
-            break;
-          }
-          migf.bufHeader[0] = b;
-          hbuf = b;
+        const b = mlx5vfResumePrepBuf(migf, migf.bufHeader, migf.recordSize, DMA_NONE);
+        if (typeof b === 'number') {
+          ret = b;
+          break;
         }
+        hbuf = b;
         hbuf.startPos = migf.maxPos;
         migf.loadState = MLX5_VF_LOAD_STATE_READ_HEADER_DATA;
         break;
@@ -607,18 +620,12 @@ export function mlx5vfResumeWrite(migf: Mlx5VfMigrationFile, data: Uint8Array): 
         break;
       case MLX5_VF_LOAD_STATE_PREP_IMAGE: {
         const size = Math.max(migf.recordSize, migf.stopCopyPrepSize);
-        const npages = Math.ceil(size / PAGE_SIZE);
-        if (vbuf.npages < npages) {
-          mlx5vfFreeDataBuffer(vbuf);
-          migf.buf[0] = null;
-          const b = mlx5vfAllocDataBuffer(migf, npages, DMA_TO_DEVICE);
-          if (typeof b === 'number') {
-            ret = b;
-            break;
-          }
-          migf.buf[0] = b;
-          vbuf = b;
+        const b = mlx5vfResumePrepBuf(migf, migf.buf, size, DMA_TO_DEVICE);
+        if (typeof b === 'number') {
+          ret = b;
+          break;
         }
+        vbuf = b;
         vbuf.startPos = migf.maxPos;
         migf.loadState = MLX5_VF_LOAD_STATE_READ_IMAGE;
         break;

@@ -21,6 +21,7 @@ import { Errno } from '@iovalink/iommu';
 import { VfioError } from './errors.js';
 import { type IovaBitmap, iovaBitmapAlloc, iovaBitmapForEach } from './iova-bitmap.js';
 import {
+  isVfioDeviceMigState,
   VFIO_DEVICE_FEATURE_DMA_LOGGING_CONTROL_SIZE,
   VFIO_DEVICE_FEATURE_DMA_LOGGING_RANGE_SIZE,
   VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT,
@@ -38,7 +39,6 @@ import {
   VFIO_DEVICE_FEATURE_PROBE,
   VFIO_DEVICE_FEATURE_SET,
   VFIO_DEVICE_STATE_ERROR,
-  VFIO_DEVICE_STATE_NR,
   VFIO_DEVICE_STATE_PRE_COPY,
   VFIO_DEVICE_STATE_PRE_COPY_P2P,
   VFIO_DEVICE_STATE_RESUMING,
@@ -169,12 +169,7 @@ function stateSupported(state: number, flags: number): boolean {
 
 /** True if the device's migration flags support `state` (kernel: the `state_flags_table` test). */
 export function vfioMigStateSupported(device: Pick<VfioDevice, 'migrationFlags'>, state: number): boolean {
-  return (
-    state >= 0 &&
-    state < VFIO_DEVICE_STATE_NR &&
-    Number.isInteger(state) &&
-    stateSupported(state, device.migrationFlags)
-  );
+  return isVfioDeviceMigState(state) && stateSupported(state, device.migrationFlags);
 }
 
 /**
@@ -187,17 +182,12 @@ export function vfioMigStateSupported(device: Pick<VfioDevice, 'migrationFlags'>
  * (the kernel's loop spins there; fixed upstream in 2026).
  */
 export function vfioMigGetNextState(device: VfioDevice, cur: number, newState: number): number {
-  const flags = device.migrationFlags;
-  if (!(Number.isInteger(cur) && cur >= 0 && cur < VFIO_DEVICE_STATE_NR) || !stateSupported(cur, flags)) {
+  if (!vfioMigStateSupported(device, cur)) {
     device.warnCount++;
     return -Errno.EINVAL;
   }
-  if (
-    !(Number.isInteger(newState) && newState >= 0 && newState < VFIO_DEVICE_STATE_NR) ||
-    !stateSupported(newState, flags)
-  ) {
-    return -Errno.EINVAL;
-  }
+  if (!vfioMigStateSupported(device, newState)) return -Errno.EINVAL;
+  const flags = device.migrationFlags;
   let next = (VFIO_FROM_FSM_TABLE[cur] as readonly number[])[newState] as number;
   while (next !== VFIO_DEVICE_STATE_ERROR && !stateSupported(next, flags)) {
     next = (VFIO_FROM_FSM_TABLE[next] as readonly number[])[newState] as number;
