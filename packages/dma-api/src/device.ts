@@ -7,6 +7,7 @@
  */
 import {
   DmaEngine,
+  Errno,
   hex,
   IOMMU_DOMAIN_BLOCKED,
   IOMMU_DOMAIN_DMA,
@@ -15,6 +16,8 @@ import {
   type IommuDevice,
   type IommuDomain,
   type IommuFault,
+  iommuMinPgsize,
+  iovaRcacheRange,
   type Machine,
 } from '@iovalink/iommu';
 import { DmaDebug } from './dma-debug.js';
@@ -194,7 +197,7 @@ export function useDmaIommu(dev: Device): boolean {
 
 /** Sets the streaming DMA mask (kernel: `dma_set_mask`). Returns 0 or -EIO for masks below 12 bits. */
 export function dmaSetMask(dev: Device, mask: number): number {
-  if (mask < 0xfff) return -5;
+  if (mask < 0xfff) return -Errno.EIO;
   dev.dmaMask = mask;
   return 0;
 }
@@ -237,8 +240,7 @@ export function dmaSetSegBoundary(dev: Device, mask: number): void {
  */
 export function dmaGetMergeBoundary(dev: Device): number {
   if (!dev.dmaIommu || dev.domain === undefined) return 0;
-  const bitmap = dev.domain.pgsizeBitmap;
-  return (bitmap & -bitmap) - 1;
+  return iommuMinPgsize(dev.domain) - 1;
 }
 
 /** True when the device is coherent, so no CPU cache maintenance is needed (kernel: `dev_is_dma_coherent`). */
@@ -261,7 +263,7 @@ export function dmaNeedUnmap(dev: Device): boolean {
  * range, 128 KiB (larger allocations miss the per-CPU caches); unlimited otherwise.
  */
 export function dmaOptMappingSize(dev: Device): number {
-  return dev.dmaIommu ? 4096 << 5 : Number.MAX_SAFE_INTEGER;
+  return dev.dmaIommu ? iovaRcacheRange() : Number.MAX_SAFE_INTEGER;
 }
 
 /**

@@ -106,10 +106,10 @@ export class FlushQueue {
     this.flushAll();
   }
 
+  /** The timer fired (kernel: `fq_flush_timeout`): it is disarmed, so `flushAll` cancels nothing. */
   #timeout(): void {
     this.#timer = undefined;
-    this.#flushIotlb();
-    for (const r of this.#rings) this.#ringFree(r);
+    this.flushAll();
   }
 
   #flushIotlb(): void {

@@ -17,8 +17,11 @@ import {
   iommuIovaToPhys,
   iommuMap,
   iommuMapSg,
+  iommuMinPgsize,
   iommuUnmapFast,
-  modPow2,
+  iovaAlign,
+  iovaOffset,
+  iovaPfn,
   SG_DMA_BUS_ADDRESS,
 } from '@iovalink/iommu';
 import { archSyncDma } from './cpu-sync.js';
@@ -26,9 +29,7 @@ import type { Device } from './device.js';
 import {
   DMA_ATTR_MMIO,
   DMA_ATTR_SKIP_CPU_SYNC,
-  DMA_FROM_DEVICE,
   DMA_MAPPING_ERROR,
-  DMA_TO_DEVICE,
   type DmaDataDirection,
   dmaInfoToProt,
 } from './dma-direction.js';
@@ -74,21 +75,14 @@ export function iommuDmaCookie(domain: IommuDomain): IommuDmaCookie {
 export function iommuDmaInitDomain(dev: Device, domain: IommuDomain): IommuDmaCookie {
   const existing = domain.iovaCookie as IommuDmaCookie | undefined;
   if (existing !== undefined) return existing;
-  const granule = domain.pgsizeBitmap & -domain.pgsizeBitmap;
-  const shift = Math.log2(granule);
+  const granule = iommuMinPgsize(domain);
   const startPfn = Math.max(1, Math.floor(domain.geometry.apertureStart / granule));
   const iovad = new IovaDomain(dev.machine, granule, startPfn);
-  if (dev.isPci)
-    iovad.reserveIova(Math.floor(MSI_RANGE_START / 2 ** shift), Math.floor(MSI_RANGE_END / 2 ** shift));
+  if (dev.isPci) iovad.reserveIova(iovaPfn(iovad, MSI_RANGE_START), iovaPfn(iovad, MSI_RANGE_END));
   const fq = domain.isFq ? new FlushQueue(domain, iovad) : undefined;
   const cookie: IommuDmaCookie = { iovad, fq };
   domain.iovaCookie = cookie;
   return cookie;
-}
-
-/** The device's DMA domain and cookie; throws when the device does not use iommu-dma. */
-export function devDmaDomain(dev: Device): { domain: IommuDomain; cookie: IommuDmaCookie } {
-  return { domain: devDomain(dev), cookie: devCookie(dev) };
 }
 
 /** The device's DMA-API domain (hot path: no allocation); throws when it has none. */
@@ -105,18 +99,6 @@ export function devCookie(dev: Device): IommuDmaCookie {
   return iommuDmaCookie(devDomain(dev));
 }
 
-/** Offset of `addr` within the IOVA granule (kernel: `iova_offset`). */
-export function iovaOffsetOf(iovad: IovaDomain, addr: number): number {
-  return modPow2(addr, iovad.granule);
-}
-
-/** `size` rounded up to the granule (kernel: `iova_align`). */
-export function iovaAlignUp(iovad: IovaDomain, size: number): number {
-  const g = iovad.granule;
-  const r = modPow2(size, g);
-  return r === 0 ? size : size + g - r;
-}
-
 /**
  * Allocates `size` bytes (granule multiple) of IOVA below `dmaLimit` (kernel:
  * `iommu_dma_alloc_iova`): PCI devices try below 4 GiB first without flushing the rcaches, and
@@ -124,23 +106,23 @@ export function iovaAlignUp(iovad: IovaDomain, size: number): number {
  */
 export function iommuDmaAllocIova(dev: Device, domain: IommuDomain, size: number, dmaLimit: number): number {
   const { iovad } = iommuDmaCookie(domain);
-  const shift = iovad.shift;
-  const pages = size / iovad.granule;
+  const granule = iovad.granule;
+  const pages = size / granule;
   let limit = dmaLimit;
   if (domain.geometry.forceAperture) limit = Math.min(limit, domain.geometry.apertureEnd);
   const counters = dev.machine.counters;
   if (limit > 0xffffffff && dev.pci32bitWorkaround) {
-    const pfn = iovad.allocIovaFast(pages, Math.floor(0xffffffff / 2 ** shift), false);
+    const pfn = iovad.allocIovaFast(pages, iovaPfn(iovad, 0xffffffff), false);
     if (pfn !== 0) {
       counters.iovaAllocs++;
-      return pfn * 2 ** shift;
+      return pfn * granule;
     }
     dev.pci32bitWorkaround = false;
   }
-  const pfn = iovad.allocIovaFast(pages, Math.floor(limit / 2 ** shift), true);
+  const pfn = iovad.allocIovaFast(pages, iovaPfn(iovad, limit), true);
   if (pfn === 0) return 0;
   counters.iovaAllocs++;
-  return pfn * 2 ** shift;
+  return pfn * granule;
 }
 
 /**
@@ -176,15 +158,15 @@ export function __iommuDmaMap(
   prot: number,
   dmaMask: number,
 ): number {
-  const { domain, cookie } = devDmaDomain(dev);
-  const iovad = cookie.iovad;
+  const domain = devDomain(dev);
+  const iovad = iommuDmaCookie(domain).iovad;
   if (dev.dmaParms.minAlignMask > iovad.granule - 1) {
     throw new DmaError(`${dev}: min_align_mask ${hex(dev.dmaParms.minAlignMask)} exceeds the IOVA granule`, {
       rule: '__iommu_dma_map: min_align_mask > granule',
     });
   }
-  const off = iovaOffsetOf(iovad, phys);
-  const len = iovaAlignUp(iovad, size + off);
+  const off = iovaOffset(iovad, phys);
+  const len = iovaAlign(iovad, size + off);
   const iova = iommuDmaAllocIova(dev, domain, len, dmaMask);
   if (iova === 0) return DMA_MAPPING_ERROR;
   if (iommuMap(domain, iova, phys - off, len, prot) !== 0) {
@@ -200,11 +182,12 @@ export function __iommuDmaMap(
  * the freed page-table pages on the flush queue.
  */
 export function __iommuDmaUnmap(dev: Device, dmaAddr: number, size: number): void {
-  const { domain, cookie } = devDmaDomain(dev);
+  const domain = devDomain(dev);
+  const cookie = iommuDmaCookie(domain);
   const iovad = cookie.iovad;
-  const off = iovaOffsetOf(iovad, dmaAddr);
+  const off = iovaOffset(iovad, dmaAddr);
   const start = dmaAddr - off;
-  const len = iovaAlignUp(iovad, size + off);
+  const len = iovaAlign(iovad, size + off);
   const gather = iommuIotlbGatherInit(cookie.fq !== undefined);
   const unmapped = iommuUnmapFast(domain, start, len, gather);
   if (unmapped !== len) {
@@ -237,12 +220,11 @@ export function iommuDmaMapPhys(
   dir: DmaDataDirection,
   attrs: number,
 ): number {
-  const { domain, cookie } = devDmaDomain(dev);
-  const iovad = cookie.iovad;
+  const iovad = devCookie(dev).iovad;
   const prot = dmaInfoToProt(dir, dev.coherent, attrs);
   let p = phys;
   let bounced = false;
-  if (devUseSwiotlb(dev) && (iovaOffsetOf(iovad, phys) !== 0 || size % iovad.granule !== 0)) {
+  if (devUseSwiotlb(dev) && (iovaOffset(iovad, phys) !== 0 || iovaOffset(iovad, size) !== 0)) {
     if (attrs & DMA_ATTR_MMIO) return DMA_MAPPING_ERROR;
     const mem = dev.swiotlb;
     if (mem === undefined) return DMA_MAPPING_ERROR;
@@ -265,7 +247,6 @@ export function iommuDmaMapPhys(
   if (iova === DMA_MAPPING_ERROR && bounced && dev.swiotlb !== undefined) {
     swiotlbTblUnmapSingle(dev.swiotlb, p, size, dir, attrs | DMA_ATTR_SKIP_CPU_SYNC);
   }
-  void domain;
   return iova;
 }
 
@@ -281,8 +262,7 @@ export function iommuDmaUnmapPhys(
   dir: DmaDataDirection,
   attrs: number,
 ): void {
-  const { domain } = devDmaDomain(dev);
-  const phys = iommuIovaToPhys(domain, dmaHandle);
+  const phys = iommuIovaToPhys(devDomain(dev), dmaHandle);
   if (phys === 0) {
     throw new DmaError(`${dev}: unmap of ${hex(dmaHandle)}: no translation (not mapped)`, {
       rule: 'iommu_dma_unmap_phys: no translation',
@@ -302,8 +282,7 @@ export function iommuDmaSyncSingleForCpu(
   size: number,
   dir: DmaDataDirection,
 ): void {
-  const { domain } = devDmaDomain(dev);
-  const phys = iommuIovaToPhys(domain, dmaHandle);
+  const phys = iommuIovaToPhys(devDomain(dev), dmaHandle);
   if (!dev.coherent) dev.machine.counters.cpuCacheSyncs++;
   if (dev.swiotlb !== undefined && phys !== 0 && isSwiotlbBuffer(dev.swiotlb, phys)) {
     swiotlbSyncSingleForCpu(dev.swiotlb, phys, size, dir);
@@ -317,8 +296,7 @@ export function iommuDmaSyncSingleForDevice(
   size: number,
   dir: DmaDataDirection,
 ): void {
-  const { domain } = devDmaDomain(dev);
-  const phys = iommuIovaToPhys(domain, dmaHandle);
+  const phys = iommuIovaToPhys(devDomain(dev), dmaHandle);
   if (dev.swiotlb !== undefined && phys !== 0 && isSwiotlbBuffer(dev.swiotlb, phys)) {
     swiotlbSyncSingleForDevice(dev.swiotlb, phys, size, dir);
   }
@@ -337,15 +315,12 @@ function iommuDmaMapSgSwiotlb(
   for (const s of sgIter(sgl, nents)) {
     const addr = iommuDmaMapPhys(dev, s.page + s.offset, s.length, dir, attrs);
     if (addr === DMA_MAPPING_ERROR) {
-      let j = 0;
       for (const t of sgIter(sgl, i)) {
         iommuDmaUnmapPhys(dev, t.dmaAddress, t.dmaLength, dir, attrs | DMA_ATTR_SKIP_CPU_SYNC);
         t.dmaAddress = DMA_MAPPING_ERROR;
         t.dmaLength = 0;
         t.dmaFlags &= ~SG_DMA_SWIOTLB;
-        j++;
       }
-      void j;
       return -Errno.EIO;
     }
     s.dmaAddress = addr;
@@ -421,8 +396,8 @@ export function iommuDmaMapSg(
   dir: DmaDataDirection,
   attrs: number,
 ): number {
-  const { domain, cookie } = devDmaDomain(dev);
-  const iovad = cookie.iovad;
+  const domain = devDomain(dev);
+  const iovad = iommuDmaCookie(domain).iovad;
   if (devUseSwiotlb(dev)) return iommuDmaMapSgSwiotlb(dev, sgl, nents, dir, attrs);
   if ((attrs & DMA_ATTR_SKIP_CPU_SYNC) === 0 && !dev.coherent) dev.machine.counters.cpuCacheSyncs += nents;
   const prot = dmaInfoToProt(dir, dev.coherent, attrs);
@@ -431,11 +406,11 @@ export function iommuDmaMapSg(
   let iovaLen = 0;
   for (const s of sgIter(sgl, nents)) {
     if ((s.dmaFlags & SG_DMA_BUS_ADDRESS) !== 0) continue;
-    const sIovaOff = iovaOffsetOf(iovad, s.offset);
+    const sIovaOff = iovaOffset(iovad, s.offset);
     s.dmaAddress = sIovaOff;
     s.dmaLength = s.length;
     s.offset -= sIovaOff;
-    const sLength = iovaAlignUp(iovad, s.length + sIovaOff);
+    const sLength = iovaAlign(iovad, s.length + sIovaOff);
     s.length = sLength;
     // bytes from the current IOVA end to the next segment boundary
     const padLen = (segSize - (iovaLen % segSize)) % segSize;
@@ -492,14 +467,4 @@ export function iommuDmaUnmapSg(
   }
   if (start < 0) return;
   __iommuDmaUnmap(dev, start, end - start);
-}
-
-/** Direction helpers used by the sync paths. */
-export function dirCopiesToDevice(dir: DmaDataDirection): boolean {
-  return dir !== DMA_FROM_DEVICE;
-}
-
-/** True when data flows device → CPU for `dir`. */
-export function dirCopiesToCpu(dir: DmaDataDirection): boolean {
-  return dir !== DMA_TO_DEVICE;
 }

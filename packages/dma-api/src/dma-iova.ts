@@ -20,7 +20,8 @@ import {
   iommuMapNosync,
   iommuSyncMap,
   iommuUnmapFast,
-  modPow2,
+  iovaAlign,
+  iovaOffset,
 } from '@iovalink/iommu';
 import { archSyncDma, devNeedsCpuSync } from './cpu-sync.js';
 import type { Device } from './device.js';
@@ -33,14 +34,7 @@ import {
   dmaInfoToProt,
   validDmaDirection,
 } from './dma-direction.js';
-import {
-  devCookie,
-  devDomain,
-  iommuDmaAllocIova,
-  iommuDmaCookie,
-  iommuDmaFreeIova,
-  iovaAlignUp,
-} from './dma-iommu.js';
+import { devCookie, devDomain, iommuDmaAllocIova, iommuDmaCookie, iommuDmaFreeIova } from './dma-iommu.js';
 import { DmaDebugError, DmaError } from './errors.js';
 import { isSwiotlbBuffer, swiotlbTblMapSingle, swiotlbTblUnmapSingle } from './swiotlb.js';
 
@@ -80,9 +74,9 @@ export function dmaIovaTryAlloc(dev: Device, state: DmaIovaState, phys: number, 
   if (!dev.dmaIommu) return false;
   if (!(size > 0) || !Number.isSafeInteger(size)) return false;
   const domain = devDomain(dev);
-  const iovad = devCookie(dev).iovad;
-  const pad = modPow2(phys, iovad.granule);
-  const len = iovaAlignUp(iovad, size + pad);
+  const iovad = iommuDmaCookie(domain).iovad;
+  const pad = iovaOffset(iovad, phys);
+  const len = iovaAlign(iovad, size + pad);
   const iova = iommuDmaAllocIova(dev, domain, len, dev.dmaMask);
   if (iova === 0) return false;
   state.addr = iova + pad;
@@ -162,7 +156,7 @@ function bounceAndLink(
     dev,
     addr - startPad,
     bouncePhys - startPad,
-    iovaAlignUp(iovad, bounceLen + startPad),
+    iovaAlign(iovad, bounceLen + startPad),
     dir,
     attrs,
   );
@@ -193,26 +187,23 @@ export function dmaIovaLink(
   if (phys < 0 || phys + size > machine.phys.size) machine.phys.check(phys, size);
   const domain = devDomain(dev);
   const iovad = iommuDmaCookie(domain).iovad;
-  const granule = iovad.granule;
-  const pad = modPow2(phys, granule);
+  const pad = iovaOffset(iovad, phys);
   if (pad !== 0 && offset !== 0) return -Errno.EIO;
   dev.debug?.checkLink(state, offset, size);
   const tr = machine.tracer;
   tr?.begin('dma_iova_link', 'iova', { dev: dev.name, phys, offset, size });
   let ret: number;
-  if (dev.untrusted && (pad !== 0 || modPow2(phys + size, granule) !== 0)) {
+  if (dev.untrusted && (pad !== 0 || iovaOffset(iovad, phys + size) !== 0)) {
     ret = linkSwiotlb(dev, state, phys, offset, size, dir, attrs);
   } else {
-    // the common case, inlined: whole granules mapped without an IOTLB sync (__dma_iova_link)
+    // the common case, inlined (`iovaLinkRaw` without a second domain lookup): whole granules
+    // mapped without an IOTLB sync (__dma_iova_link)
     archSyncDma(dev, attrs);
-    const end = size + pad;
-    const rem = modPow2(end, granule);
-    const len = rem === 0 ? end : end + granule - rem;
     ret = iommuMapNosync(
       domain,
       state.addr + offset - pad,
       phys - pad,
-      len,
+      iovaAlign(iovad, size + pad),
       dmaInfoToProt(dir, dev.coherent, attrs),
     );
   }
@@ -234,10 +225,11 @@ function linkSwiotlb(
   dir: DmaDataDirection,
   attrs: number,
 ): number {
-  const granule = devCookie(dev).iovad.granule;
+  const iovad = devCookie(dev).iovad;
+  const granule = iovad.granule;
   const addr = state.addr + offset;
-  const startPad = modPow2(phys, granule);
-  const endPad = modPow2(phys + size, granule);
+  const startPad = iovaOffset(iovad, phys);
+  const endPad = iovaOffset(iovad, phys + size);
   let mapped = 0;
   let p = phys;
   let left = size;
@@ -277,19 +269,20 @@ function linkSwiotlb(
  */
 export function dmaIovaSync(dev: Device, state: DmaIovaState, offset: number, size: number): number {
   checkState(dev, state, 'dma_iova_sync');
-  const iovad = devCookie(dev).iovad;
-  const pad = modPow2(state.addr, iovad.granule);
+  const domain = devDomain(dev);
+  const iovad = iommuDmaCookie(domain).iovad;
+  const pad = iovaOffset(iovad, state.addr);
   dev.machine.tracer?.instant('dma_iova_sync', 'iova', { dev: dev.name, offset, size });
-  return iommuSyncMap(devDomain(dev), state.addr + offset - pad, iovaAlignUp(iovad, size + pad));
+  return iommuSyncMap(domain, state.addr + offset - pad, iovaAlign(iovad, size + pad));
 }
 
 /** Slow teardown walk: CPU syncs and bounce releases granule by granule (kernel: `iommu_dma_iova_unlink_range_slow`). */
 function unlinkSlow(dev: Device, start: number, end: number, dir: DmaDataDirection, attrs: number): void {
   const domain = devDomain(dev);
-  const granule = devCookie(dev).iovad.granule;
+  const iovad = iommuDmaCookie(domain).iovad;
   let addr = start;
   while (addr < end) {
-    const len = Math.min(granule - modPow2(addr, granule), end - addr);
+    const len = Math.min(iovad.granule - iovaOffset(iovad, addr), end - addr);
     const phys = iommuIovaToPhys(domain, addr);
     if (phys === 0) {
       throw new DmaError(`dma_iova_unlink: ${dev.name}: ${hex(addr)} has no translation`, {
@@ -315,12 +308,12 @@ function unlinkRange(
   freeIova: boolean,
 ): void {
   const domain = devDomain(dev);
-  const cookie = devCookie(dev);
+  const cookie = iommuDmaCookie(domain);
   const iovad = cookie.iovad;
   const addr = state.addr + offset;
-  const pad = modPow2(addr, iovad.granule);
+  const pad = iovaOffset(iovad, addr);
   const start = addr - pad;
-  const len = iovaAlignUp(iovad, size + pad);
+  const len = iovaAlign(iovad, size + pad);
   const gather = iommuIotlbGatherInit(freeIova && cookie.fq !== undefined);
   if (state.usedSwiotlb || devNeedsCpuSync(dev, attrs)) {
     unlinkSlow(dev, addr, addr + size, dir, attrs);
@@ -366,9 +359,10 @@ export function dmaIovaUnlink(
 export function dmaIovaFree(dev: Device, state: DmaIovaState): void {
   checkState(dev, state, 'dma_iova_free');
   dev.debug?.checkFree(state);
-  const iovad = devCookie(dev).iovad;
-  const pad = modPow2(state.addr, iovad.granule);
-  iommuDmaFreeIova(devDomain(dev), state.addr - pad, iovaAlignUp(iovad, state.size + pad), undefined);
+  const domain = devDomain(dev);
+  const iovad = iommuDmaCookie(domain).iovad;
+  const pad = iovaOffset(iovad, state.addr);
+  iommuDmaFreeIova(domain, state.addr - pad, iovaAlign(iovad, state.size + pad), undefined);
   dev.machine.tracer?.instant('dma_iova_free', 'iova', { dev: dev.name, size: state.size });
   dev.debug?.iovaRelease(state);
 }

@@ -4,7 +4,7 @@
  * `dma_map_phys`, `dma_map_page_attrs`, `dma_map_sg_attrs`, `dma_map_sgtable`, unmaps, syncs,
  * `dma_mapping_error`). Differs on purpose: no arch `dma_map_ops` (only direct and iommu-dma).
  */
-import { Errno, hex } from '@iovalink/iommu';
+import { Errno } from '@iovalink/iommu';
 import type { Device } from './device.js';
 import {
   dmaDirectMapPhys,
@@ -227,9 +227,4 @@ export function dmaSyncSgtableForCpu(dev: Device, sgt: SgTable, dir: DmaDataDire
 export function dmaSyncSgtableForDevice(dev: Device, sgt: SgTable, dir: DmaDataDirection): void {
   if (sgt.sgl === null) return;
   for (const s of sgIter(sgt.sgl, sgt.nents)) dmaSyncSingleForDevice(dev, s.dmaAddress, s.dmaLength, dir);
-}
-
-/** Formats a bus address for messages. */
-export function fmtDma(addr: number): string {
-  return addr === DMA_MAPPING_ERROR ? 'DMA_MAPPING_ERROR' : hex(addr);
 }

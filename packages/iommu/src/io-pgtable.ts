@@ -56,7 +56,7 @@
  * - A software walk cache (the last table used per leaf level) spares map/unmap the walk from the
  *   root; the hardware walk (`lookup`, `iovaToPhys`) always starts at the root and reads PTEs.
  */
-import { INV_TWO32, isAlignedPow2, lo32, modPow2 } from './bits.js';
+import { INV_TWO32, isAlignedPow2, lo32, modPow2, TWO32 } from './bits.js';
 import { Errno } from './errno.js';
 import { hex, IommuError } from './errors.js';
 import { type IommuIotlbGather, iommuIotlbGatherAddRange } from './iommu-gather.js';
@@ -94,7 +94,6 @@ export const IO_PGTABLE_MAX_OAS = 52;
 const SZ_4K = 1 << 12;
 const SZ_2M = 1 << 21;
 const SZ_1G = 1 << 30;
-const TWO32 = 4294967296;
 /** Bytes mapped by one entry at each level, plus the whole-tree size at index 4. */
 const LEVEL_SIZE: readonly number[] = [SZ_4K, SZ_2M, SZ_1G, 2 ** 39, 2 ** 48];
 /** Exact reciprocals of LEVEL_SIZE (multiplying by them is exact and avoids division). */
@@ -325,16 +324,6 @@ export class IoPgtable {
   }
 
   /**
-   * Maps `pgcount` leaves of `pgsize` bytes at `iova` → `paddr` (kernel: `ops->map_pages`,
-   * `arm_lpae_map_pages`). Returns 0 or -errno and stores the bytes mapped in `out.mapped`, also on
-   * error (the core unmaps them). -EINVAL: `pgsize` not in the bitmap, iova/paddr not aligned to it,
-   * `pgcount` < 1, or `prot` has neither READ nor WRITE (v6.17 io-pgtable-arm and generic_pt; older
-   * arm-lpae returned 0 and mapped nothing). -ERANGE: the run ends beyond 2^ias or its output beyond 2^oas.
-   * -EEXIST: a leaf, or a table with a leaf somewhere below it, already sits where a leaf goes
-   * (generic_pt: -EADDRINUSE); a table with no leaf below it is freed and replaced.
-   * -ENOMEM: a page-table page could not be allocated.
-   */
-  /**
    * Maps one 4 KiB page (the commonest call by far: a single-page `dma_iova_link` or
    * `dma_map_page`); same rules and results as `mapPages(iova, paddr, SZ_4K, 1, prot, out)` with
    * the per-run bookkeeping left out. Returns 0 or -errno.
@@ -367,6 +356,16 @@ export class IoPgtable {
     return 0;
   }
 
+  /**
+   * Maps `pgcount` leaves of `pgsize` bytes at `iova` → `paddr` (kernel: `ops->map_pages`,
+   * `arm_lpae_map_pages`). Returns 0 or -errno and stores the bytes mapped in `out.mapped`, also on
+   * error (the core unmaps them). -EINVAL: `pgsize` not in the bitmap, iova/paddr not aligned to it,
+   * `pgcount` < 1, or `prot` has neither READ nor WRITE (v6.17 io-pgtable-arm and generic_pt; older
+   * arm-lpae returned 0 and mapped nothing). -ERANGE: the run ends beyond 2^ias or its output beyond 2^oas.
+   * -EEXIST: a leaf, or a table with a leaf somewhere below it, already sits where a leaf goes
+   * (generic_pt: -EADDRINUSE); a table with no leaf below it is freed and replaced.
+   * -ENOMEM: a page-table page could not be allocated.
+   */
   mapPages(
     iova: number,
     paddr: number,

@@ -52,7 +52,7 @@ export function iommuDomainTypeName(type: number): string {
   }
 }
 
-/** Fault flag: the faulting access was a write (kernel: `IOMMU_FAULT_WRITE`). */
+/** Fault flag: the faulting access was a read (kernel: `IOMMU_FAULT_READ`). */
 export const IOMMU_FAULT_READ = 0;
 /** Fault flag: the faulting access was a write (kernel: `IOMMU_FAULT_WRITE`). */
 export const IOMMU_FAULT_WRITE = 1;

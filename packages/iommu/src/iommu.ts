@@ -34,11 +34,6 @@ export function iommuMinPgsize(domain: IommuDomain): number {
   return lowBit31(domain.pgsizeBitmap);
 }
 
-/** True if `x` is a multiple of `align` (a power of two ≤ 2^30). */
-function aligned(x: number, align: number): boolean {
-  return isAlignedPow2(x, align);
-}
-
 /** Result holder for `iommuPgsize`'s count (kernel: the `count` out-parameter). */
 export interface PgsizeCount {
   count: number;
@@ -118,8 +113,9 @@ export function iommuMapNosync(
     domain.iommu.machine.counters.iommuMapCalls++;
     return pgtbl.mapOne4K(iova, paddr, prot);
   }
-  const min = lowBit31(domain.pgsizeBitmap);
-  if (!aligned(iova, min) || !aligned(paddr, min) || !aligned(size, min) || size < 0) return -Errno.EINVAL;
+  const min = iommuMinPgsize(domain);
+  if (!isAlignedPow2(iova, min) || !isAlignedPow2(paddr, min) || !isAlignedPow2(size, min) || size < 0)
+    return -Errno.EINVAL;
   if (!Number.isSafeInteger(iova) || !Number.isSafeInteger(paddr) || iova < 0 || paddr < 0)
     return -Errno.EINVAL;
   const machine = domain.iommu.machine;
@@ -185,8 +181,8 @@ export function iommuMap(
 function iommuUnmapInner(domain: IommuDomain, iova: number, size: number, gather: IommuIotlbGather): number {
   const pgtbl = domain.pgtbl;
   if (!domain.isPaging || pgtbl === undefined) return 0;
-  const min = lowBit31(domain.pgsizeBitmap);
-  if (!aligned(iova, min) || !aligned(size, min)) return 0;
+  const min = iommuMinPgsize(domain);
+  if (!isAlignedPow2(iova, min) || !isAlignedPow2(size, min)) return 0;
   const machine = domain.iommu.machine;
   machine.counters.iommuUnmapCalls++;
   const tr = machine.tracer;

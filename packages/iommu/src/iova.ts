@@ -24,6 +24,7 @@
  * - Allocating the rcaches at construction cannot fail (the kernel's GFP_KERNEL allocation can);
  *   only the GFP_ATOMIC magazine allocation on free consults the `iova_magazine` fault point.
  */
+import { modPow2 } from './bits.js';
 import type { Timer, VirtualClock } from './clock.js';
 import type { Counters } from './counters.js';
 import { hex, IommuError } from './errors.js';
@@ -933,14 +934,19 @@ export function iovaMask(iovad: IovaDomain): number {
   return iovad.granule - 1;
 }
 
-/** Offset of `addr` within its granule. Kernel: `iova_offset` (include/linux/iova.h). */
+/**
+ * Offset of `addr` (a non-negative safe integer) within its granule. Kernel: `iova_offset`
+ * (include/linux/iova.h). A mask, not `%` (which is a slow fmod on addresses above 2^31): the
+ * DMA paths call it on every map and unmap.
+ */
 export function iovaOffset(iovad: IovaDomain, addr: number): number {
-  return addr % iovad.granule;
+  return modPow2(addr, iovad.granule);
 }
 
 /** `size` rounded up to a whole number of granules. Kernel: `iova_align` (include/linux/iova.h). */
 export function iovaAlign(iovad: IovaDomain, size: number): number {
-  return Math.ceil(size / iovad.granule) * iovad.granule;
+  const r = modPow2(size, iovad.granule);
+  return r === 0 ? size : size + iovad.granule - r;
 }
 
 /** The pfn of bus address `addr`. Kernel: `iova_pfn` (include/linux/iova.h). */

@@ -6,6 +6,7 @@ import { describe, expect, it } from 'vitest';
 import { IommuError } from '../src/errors.js';
 import { IOVA_DEPOT_DELAY_MS, IOVA_MAG_SIZE, IovaDomain } from '../src/iova.js';
 import { Machine } from '../src/machine.js';
+import { expectRejected } from './iova-helpers.js';
 
 const LIMIT_4G = 0xfffff;
 /** A 64-bit limit: searched from cached_node, so it is not pulled down by 32-bit allocations. */
@@ -31,24 +32,6 @@ function sizeOf(d: IovaDomain, pfn: number): number {
 
 function live(m: Machine, kind: string): number {
   return m.counters.meta.get(kind)?.liveBytes ?? 0;
-}
-
-function expectRejected(m: Machine, d: IovaDomain, rule: string, fn: () => void): void {
-  const ranges = d.ranges();
-  const rc = d.rcacheState();
-  const counters = m.counters.snapshot();
-  let err: unknown;
-  try {
-    fn();
-  } catch (e) {
-    err = e;
-  }
-  expect(err).toBeInstanceOf(IommuError);
-  expect((err as IommuError).rule).toBe(rule);
-  expect(d.ranges()).toEqual(ranges);
-  expect(d.rcacheState()).toEqual(rc);
-  expect(m.counters.snapshot()).toEqual(counters);
-  d.check();
 }
 
 describe('alloc_iova_fast / free_iova_fast', () => {

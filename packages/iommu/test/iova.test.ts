@@ -21,6 +21,7 @@ import {
 } from '../src/iova.js';
 import { Machine } from '../src/machine.js';
 import { RbNode, RbRoot, rbNext, rbPrev } from '../src/rbtree.js';
+import { expectRejected } from './iova-helpers.js';
 
 /** Last pfn below 4 GiB with 4 KiB granules. */
 const LIMIT_4G = 0xfffff;
@@ -38,25 +39,6 @@ function alloc(d: IovaDomain, size: number, limit: number, aligned = true): Iova
 
 function iovaLive(m: Machine): number {
   return m.counters.meta.get('iova')?.liveBytes ?? 0;
-}
-
-/** Expects `fn` to throw an IommuError for `rule` and to leave the domain exactly as it was. */
-function expectRejected(m: Machine, d: IovaDomain, rule: string, fn: () => void): void {
-  const ranges = d.ranges();
-  const counters = m.counters.snapshot();
-  const cached = [d.cachedNode, d.cached32Node, d.max32AllocSize];
-  let err: unknown;
-  try {
-    fn();
-  } catch (e) {
-    err = e;
-  }
-  expect(err).toBeInstanceOf(IommuError);
-  expect((err as IommuError).rule).toBe(rule);
-  expect(d.ranges()).toEqual(ranges);
-  expect(m.counters.snapshot()).toEqual(counters);
-  expect([d.cachedNode, d.cached32Node, d.max32AllocSize]).toEqual(cached);
-  d.check();
 }
 
 describe('lib/rbtree.c: rb_insert_color / rb_erase / rb_next / rb_prev', () => {
