@@ -75,6 +75,53 @@ export class IoBuffer {
   }
 }
 
+/** A caller buffer and the `[phys, order]` page blocks behind it. */
+export interface IoPages {
+  buf: IoBuffer;
+  allocs: Array<[number, number]>;
+}
+
+/**
+ * Allocates a caller buffer of `bytes` starting `offset` bytes into its first page: physically
+ * contiguous (one block of pages), or scattered (one page at a time, never two adjacent: the page
+ * after each is taken and given back). Null when memory runs out, with nothing left allocated.
+ * No kernel counterpart: it stands in for a user's pinned pages.
+ */
+export function allocIoPages(
+  machine: Machine,
+  bytes: number,
+  layout: 'contiguous' | 'scattered',
+  offset = 0,
+): IoPages | null {
+  const pages = Math.ceil((bytes + offset) / PAGE_SIZE);
+  const allocs: Array<[number, number]> = [];
+  const segs: IoSegment[] = [];
+  if (layout === 'contiguous') {
+    const order = Math.ceil(Math.log2(pages));
+    const phys = machine.pages.allocPages(order);
+    if (phys === 0) return null;
+    allocs.push([phys, order]);
+    segs.push({ phys: phys + offset, len: bytes });
+    return { buf: new IoBuffer(segs), allocs };
+  }
+  let left = bytes;
+  for (let p = 0; p < pages; p++) {
+    const phys = machine.pages.allocPages(0);
+    const hole = machine.pages.allocPages(0);
+    if (hole !== 0) machine.pages.freePages(hole, 0);
+    if (phys !== 0) allocs.push([phys, 0]);
+    if (phys === 0 || hole === 0) {
+      for (const [a, o] of allocs) machine.pages.freePages(a, o);
+      return null;
+    }
+    const off = p === 0 ? offset : 0;
+    const n = Math.min(PAGE_SIZE - off, left);
+    segs.push({ phys: phys + off, len: n });
+    left -= n;
+  }
+  return { buf: new IoBuffer(segs), allocs };
+}
+
 /** An I/O operation of the face. */
 export type BlkIoOp = 'read' | 'write' | 'flush' | 'discard';
 

@@ -328,11 +328,14 @@ export function bioWillGap(q: HasLimits, prevRq: Request | null, prev: Bio, next
   return __bvecGapToPrev(lim, pb, nb.offset);
 }
 
-/** Most sectors a request may grow to (kernel: `blk_rq_get_max_sectors`, no chunk boundaries). */
+/**
+ * Most sectors a request may grow to (kernel: `blk_rq_get_max_sectors` → `blk_queue_get_max_sectors`,
+ * no chunk boundaries): a discard's byte count must still fit the request's 32-bit `__data_len`.
+ */
 export function blkRqGetMaxSectors(rq: Request): number {
   const lim = rq.q.limits;
   const op = reqOp(rq);
-  if (op === REQ_OP_DISCARD) return lim.maxDiscardSectors;
+  if (op === REQ_OP_DISCARD) return Math.min(lim.maxDiscardSectors, Math.floor(UINT_MAX / SECTOR_SIZE));
   if (op === REQ_OP_WRITE_ZEROES) return lim.maxWriteZeroesSectors;
   return lim.maxSectors;
 }

@@ -34,10 +34,10 @@ import {
 } from './bio.js';
 import {
   BIO_MERGE_OK,
+  bioAttemptBackMerge,
   bioSplitRwAt,
   bioSplitToLimitsAt,
   blkAttemptBioMerge,
-  llBackMergeFn,
   type SegCount,
 } from './blk-merge.js';
 import { BLK_MQ_NO_TAG, BlkMqTags } from './blk-mq-tag.js';
@@ -253,20 +253,15 @@ export function blkMqAllocRequest(q: RequestQueue, opf: number): Request | null 
 /**
  * Adds a bio to a caller-built request (kernel: `blk_rq_append_bio`, block/blk-map.c): the bio's
  * layout must fit the hardware limits without a split (-EREMOTEIO otherwise; -EINVAL for a
- * misaligned buffer), and a second bio must back-merge. Returns 0 or -errno.
+ * misaligned buffer), and a second bio must back-merge (`bioAttemptBackMerge`, which also folds
+ * the seam into the request's gap bit; -EINVAL when refused). Returns 0 or -errno.
  */
 export function blkRqAppendBio(rq: Request, bio: Bio): number {
   const lim = rq.q.limits;
   const segs: SegCount = { nsegs: 0, bytes: 0 };
   const ret = bioSplitRwAt(bio, lim, segs, Math.min(lim.maxHwSectors * SECTOR_SIZE, UINT_MAX));
   if (ret !== 0) return ret > 0 ? -Errno.EREMOTEIO : ret;
-  if (rq.bio !== null) {
-    if (!llBackMergeFn(rq, bio, segs.nsegs)) return -Errno.EINVAL;
-    rq.biotail!.biNext = bio;
-    rq.biotail = bio;
-    rq.dataLen += bio.biIter.biSize;
-    return 0;
-  }
+  if (rq.bio !== null) return bioAttemptBackMerge(rq, bio, segs.nsegs) === BIO_MERGE_OK ? 0 : -Errno.EINVAL;
   rq.nrPhysSegments = segs.nsegs;
   rq.bio = bio;
   rq.biotail = bio;
@@ -401,15 +396,11 @@ export function submitBio(disk: Gendisk, bio: Bio, plug?: BlkPlug): void {
       continue;
     }
     const op = bioOp(b);
+    // a flush: REQ_OP_FLUSH, or an empty write carrying PREFLUSH
     if (
-      (op === REQ_OP_WRITE || op === REQ_OP_FLUSH) &&
-      (b.biOpf & REQ_PREFLUSH) !== 0 &&
-      b.biIter.biSize === 0
+      op === REQ_OP_FLUSH ||
+      (op === REQ_OP_WRITE && (b.biOpf & REQ_PREFLUSH) !== 0 && b.biIter.biSize === 0)
     ) {
-      submitFlush(q, b, plug);
-      continue;
-    }
-    if (op === REQ_OP_FLUSH) {
       submitFlush(q, b, plug);
       continue;
     }

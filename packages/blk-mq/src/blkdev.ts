@@ -17,7 +17,6 @@ import {
   REQ_OP_DISCARD,
   REQ_OP_FLUSH,
   REQ_OP_MASK,
-  REQ_OP_READ,
   REQ_OP_WRITE,
   SECTOR_SIZE,
 } from './bio.js';
@@ -338,9 +337,4 @@ export function opStatGroup(op: number): number {
   if (op === REQ_OP_DISCARD) return STAT_DISCARD;
   if (op === REQ_OP_FLUSH) return STAT_FLUSH;
   return op === REQ_OP_WRITE || opIsWrite(op) ? STAT_WRITE : STAT_READ;
-}
-
-/** True for a plain read or write, the operations with data in bios (kernel: `op_is_read`/`op_is_write` on REQ_OP_READ/WRITE). */
-export function opIsReadWrite(op: number): boolean {
-  return op === REQ_OP_READ || op === REQ_OP_WRITE;
 }

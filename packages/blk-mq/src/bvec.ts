@@ -7,7 +7,6 @@
  * `struct page` exists. Differs on purpose: the single-page helpers (`bvec_iter_bvec`) are not
  * modelled — every walker here uses the multi-page view, as blk-merge.c and blk-mq-dma.c do.
  */
-import { PAGE_SIZE } from '@iovalink/iommu';
 import { BlkError } from './errors.js';
 
 /** One vector of a bio (kernel: `struct bio_vec`). */
@@ -137,9 +136,4 @@ export function bvecIterAdvance(bvecs: readonly BioVec[], iter: BvecIter, bytes:
   iter.biIdx = idx;
   iter.biBvecDone = done;
   return true;
-}
-
-/** The page-aligned base of a physical address (kernel: `phys & PAGE_MASK`). */
-export function pageBase(phys: number): number {
-  return phys - (phys % PAGE_SIZE);
 }

@@ -11,7 +11,7 @@
  * (GFP_ATOMIC exhaustion).
  */
 import { type Device, DMA_BIDIRECTIONAL, dmaMapPhys, dmaMappingError, dmaUnmapPhys } from '@iovalink/dma-api';
-import { hex, PAGE_SIZE } from '@iovalink/iommu';
+import { hex, INV_TWO32, lo32, PAGE_SIZE, TWO32 } from '@iovalink/iommu';
 import { BlkError } from './errors.js';
 
 /** Fault point consulted by `dmaPoolAlloc`. */
@@ -154,16 +154,16 @@ export function dmaPoolDestroy(pool: DmaPool): void {
 
 /** Writes a little-endian u64 (an address up to 2^53) at `off` of a view, without BigInt (kernel: `cpu_to_le64` store). */
 export function putLe64(view: DataView, off: number, value: number): void {
-  if (value < 0x1_0000_0000) {
+  if (value < TWO32) {
     view.setUint32(off, value, true);
     view.setUint32(off + 4, 0, true);
     return;
   }
-  view.setUint32(off, value % 0x1_0000_0000, true);
-  view.setUint32(off + 4, Math.floor(value / 0x1_0000_0000), true);
+  view.setUint32(off, lo32(value), true);
+  view.setUint32(off + 4, Math.floor(value * INV_TWO32), true);
 }
 
 /** Reads a little-endian u64 written by `putLe64` (kernel: `le64_to_cpu` load; values above 2^53 lose precision). */
 export function getLe64(view: DataView, off: number): number {
-  return view.getUint32(off, true) + view.getUint32(off + 4, true) * 0x1_0000_0000;
+  return view.getUint32(off, true) + view.getUint32(off + 4, true) * TWO32;
 }

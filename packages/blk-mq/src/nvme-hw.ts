@@ -15,6 +15,7 @@
 import type { Device } from '@iovalink/dma-api';
 import { PAGE_SIZE } from '@iovalink/iommu';
 import { chunkRun, SparseStore } from './backing-store.js';
+import { getLe64 } from './dmapool.js';
 import {
   NVME_CMD_DSM,
   NVME_CMD_FLUSH,
@@ -226,7 +227,8 @@ export class NvmeHw {
   #dsm(cmd: NvmeCommand): number {
     const nr = cmd.dsmNr + 1;
     const bytes = nr * NVME_DSM_RANGE_SIZE;
-    const ranges: number[] = [];
+    const ranges = this.#ranges;
+    ranges.length = 0;
     const st = this.dataRanges(cmd, bytes, ranges);
     if (st !== NVME_SC_SUCCESS) return st;
     const buf = new Uint8Array(bytes);
@@ -241,7 +243,7 @@ export class NvmeHw {
     const v = new DataView(buf.buffer);
     for (let r = 0; r < nr; r++) {
       const nlb = v.getUint32(r * 16 + 4, true);
-      const slba = v.getUint32(r * 16 + 8, true) + v.getUint32(r * 16 + 12, true) * 0x1_0000_0000;
+      const slba = getLe64(v, r * 16 + 8);
       if (slba + nlb > this.nsze) return NVME_SC_LBA_RANGE;
       this.store.zero(slba * 2 ** this.lbaShift, nlb * 2 ** this.lbaShift);
     }
@@ -288,7 +290,7 @@ export class NvmeHw {
       const v = this.#scratch;
       let i = 0;
       for (; i < slots; i++) {
-        const e = v.getUint32(i * 8, true) + v.getUint32(i * 8 + 4, true) * 0x1_0000_0000;
+        const e = getLe64(v, i * 8);
         if (i === slots - 1 && left > ps) {
           list = e;
           break;
@@ -320,7 +322,7 @@ export class NvmeHw {
       for (let i = 0; i < n; i++) {
         const o = i * NVME_SGL_DESC_SIZE;
         if (v.getUint8(o + 15) >> 4 !== NVME_SGL_FMT_DATA_DESC) return NVME_SC_SGL_INVALID_TYPE;
-        const addr = v.getUint32(o, true) + v.getUint32(o + 4, true) * 0x1_0000_0000;
+        const addr = getLe64(v, o);
         const len = v.getUint32(o + 8, true);
         out.push(addr, len);
         total += len;

@@ -566,28 +566,44 @@ export function nvmePciSetupDataSimple(req: Request, useSgl: number): BlkStatus 
 
 function setupDataSimple(nvme: NvmeDev, iod: NvmeIod, req: Request, useSgl: number): BlkStatus {
   const bv = reqBvec(req, iod.bv);
-  const prp1Offset = bv.offset % NVME_CTRL_PAGE_SIZE;
-  const prpPossible = prp1Offset + bv.len <= NVME_CTRL_PAGE_SIZE * 2;
+  const prpPossible = prpSimpleFits(bv);
   if (useSgl === SGL_UNSUPPORTED && !prpPossible) return BLK_STS_AGAIN;
   const dmaAddr = dmaMapPhys(nvme.dev, bvecPhys(bv), bv.len, rqDmaDir(req), 0);
   if (dmaMappingError(nvme.dev, dmaAddr)) return BLK_STS_RESOURCE;
   iod.totalLen = bv.len;
   iod.flags |= IOD_SINGLE_SEGMENT;
+  nvmeSetupCmdSimple(nvme, iod.cmd, dmaAddr, bv, prpPossible && useSgl !== SGL_FORCED);
+  return BLK_STS_OK;
+}
+
+/** True when PRP1 + PRP2 can describe the bvec: it ends within its second controller page. */
+function prpSimpleFits(bv: BioVec): boolean {
+  return (bv.offset % NVME_CTRL_PAGE_SIZE) + bv.len <= NVME_CTRL_PAGE_SIZE * 2;
+}
+
+/**
+ * Points the command at one mapped bvec, both driver versions (kernel: the tail of
+ * `nvme_pci_setup_data_simple`; ≤ v6.16 `nvme_setup_prp_simple` / `nvme_setup_sgl_simple`):
+ * PRP1, plus PRP2 when the bvec runs into a second controller page, or one SGL data descriptor.
+ */
+function nvmeSetupCmdSimple(
+  nvme: NvmeDev,
+  cmd: NvmeCommand,
+  dmaAddr: number,
+  bv: BioVec,
+  usePrp: boolean,
+): void {
   nvme.stats.simple++;
-  const cmd = iod.cmd;
-  if (useSgl === SGL_FORCED || !prpPossible) {
-    cmd.flags = NVME_CMD_SGL_METABUF;
-    cmd.prp1 = dmaAddr;
-    cmd.sglLength = bv.len;
-    cmd.sglType = NVME_SGL_FMT_DATA_DESC << 4;
-    nvme.stats.sgl++;
-  } else {
-    const firstPrpLen = NVME_CTRL_PAGE_SIZE - prp1Offset;
+  if (usePrp) {
+    const firstPrpLen = NVME_CTRL_PAGE_SIZE - (bv.offset % NVME_CTRL_PAGE_SIZE);
     cmd.prp1 = dmaAddr;
     cmd.prp2 = bv.len > firstPrpLen ? dmaAddr + firstPrpLen : 0;
     nvme.stats.prp++;
+  } else {
+    cmd.flags = NVME_CMD_SGL_METABUF;
+    nvmeCmdSglSetData(cmd, dmaAddr, bv.len);
+    nvme.stats.sgl++;
   }
-  return BLK_STS_OK;
 }
 
 /**
@@ -640,8 +656,34 @@ function takeDescriptor(nvme: NvmeDev, iod: NvmeIod, pool: DmaPool, kind: string
   const b = dmaPoolAlloc(pool);
   if (b === null) return null;
   nvme.machine.counters.kmalloc(kind, pool.size);
+  if (kind === PRP_LIST_META_KIND) nvme.stats.prpLists++;
+  else nvme.stats.sglLists++;
   iod.descriptors[iod.nrDescriptors++] = b;
   return b;
+}
+
+/**
+ * The first PRP list block for the `length` bytes after PRP1: from the small pool when 32 entries
+ * are enough, else a 4 KiB page (kernel: the list setup of `nvme_pci_setup_data_prp`). Null when
+ * the pool is empty.
+ */
+function prpListAlloc(nvme: NvmeDev, iod: NvmeIod, length: number): DmaPoolBlock | null {
+  if (Math.ceil(length / NVME_CTRL_PAGE_SIZE) <= NVME_SMALL_POOL_SIZE / 8) iod.flags |= IOD_SMALL_DESCRIPTOR;
+  return takeDescriptor(nvme, iod, poolOf(nvme, iod), PRP_LIST_META_KIND);
+}
+
+/**
+ * Chains a full PRP list page to a new one: its last entry moves to the new page's first slot and
+ * is replaced by the new page's address (kernel: the `i == NVME_CTRL_PAGE_SIZE >> 3` step of the
+ * PRP loops). Returns the new page, or null when the pool is empty.
+ */
+function prpListChain(nvme: NvmeDev, iod: NvmeIod, full: DataView): DmaPoolBlock | null {
+  const next = takeDescriptor(nvme, iod, nvme.largePool, PRP_LIST_META_KIND);
+  if (next === null) return null;
+  const last = NVME_CTRL_PAGE_SIZE - 8;
+  putLe64(next.view, 0, getLe64(full, last));
+  putLe64(full, last, next.dma);
+  return next;
 }
 
 /**
@@ -666,13 +708,11 @@ function nvmePrpFillRest(
     iod.totalLen += length;
     return;
   }
-  if (Math.ceil(length / ps) <= NVME_SMALL_POOL_SIZE / 8) iod.flags |= IOD_SMALL_DESCRIPTOR;
-  const list = takeDescriptor(nvme, iod, poolOf(nvme, iod), PRP_LIST_META_KIND);
+  const list = prpListAlloc(nvme, iod, length);
   if (list === null) {
     iter.status = BLK_STS_RESOURCE;
     return;
   }
-  nvme.stats.prpLists++;
   out.prp2 = list.dma;
   let view = list.view;
   let i = 0;
@@ -713,17 +753,12 @@ function nvmePrpFillRest(
       seg = iter.len;
     }
     if (i === ps / 8) {
-      // a full page: move its last entry to a new page and chain to it
-      const old = view;
-      const next = takeDescriptor(nvme, iod, nvme.largePool, PRP_LIST_META_KIND);
+      const next = prpListChain(nvme, iod, view);
       if (next === null) {
         iter.status = BLK_STS_RESOURCE;
         break;
       }
-      nvme.stats.prpLists++;
       view = next.view;
-      putLe64(view, 0, getLe64(old, (i - 1) * 8));
-      putLe64(old, (i - 1) * 8, next.dma);
       i = 1;
     }
   }
@@ -772,10 +807,25 @@ export function nvmePciSetupDataPrp(req: Request, iter: BlkDmaIter): BlkStatus {
   return iter.status;
 }
 
+/** Writes a data block descriptor into a descriptor list (kernel: `nvme_pci_sgl_set_data`). */
 function sglSetData(view: DataView, off: number, addr: number, len: number): void {
   putLe64(view, off, addr);
   view.setUint32(off + 8, len, true);
   view.setUint8(off + 15, NVME_SGL_FMT_DATA_DESC << 4);
+}
+
+/** The command's data pointer as one data block descriptor (kernel: `nvme_pci_sgl_set_data` on `dptr.sgl`). */
+function nvmeCmdSglSetData(cmd: NvmeCommand, addr: number, len: number): void {
+  cmd.prp1 = addr;
+  cmd.sglLength = len;
+  cmd.sglType = NVME_SGL_FMT_DATA_DESC << 4;
+}
+
+/** The command's data pointer as a last-segment descriptor naming `entries` descriptors (kernel: `nvme_pci_sgl_set_seg`). */
+function nvmeCmdSglSetSeg(cmd: NvmeCommand, dma: number, entries: number): void {
+  cmd.prp1 = dma;
+  cmd.sglLength = entries * NVME_SGL_DESC_SIZE;
+  cmd.sglType = NVME_SGL_FMT_LAST_SEG_DESC << 4;
 }
 
 /**
@@ -791,9 +841,7 @@ export function nvmePciSetupDataSgl(req: Request, iter: BlkDmaIter): BlkStatus {
   cmd.flags = NVME_CMD_SGL_METABUF;
   nvme.stats.sgl++;
   if (entries === 1 || blkRqDmaMapCoalesce(iod.dmaState)) {
-    cmd.prp1 = iter.addr;
-    cmd.sglLength = iter.len;
-    cmd.sglType = NVME_SGL_FMT_DATA_DESC << 4;
+    nvmeCmdSglSetData(cmd, iter.addr, iter.len);
     iod.totalLen += iter.len;
     return BLK_STS_OK;
   }
@@ -804,7 +852,6 @@ export function nvmePciSetupDataSgl(req: Request, iter: BlkDmaIter): BlkStatus {
     dmaUnmapPhys(nvme.dev, iter.addr, iter.len, rqDmaDir(req));
     return BLK_STS_RESOURCE;
   }
-  nvme.stats.sglLists++;
   let mapped = 0;
   do {
     if (mapped === entries) {
@@ -818,9 +865,7 @@ export function nvmePciSetupDataSgl(req: Request, iter: BlkDmaIter): BlkStatus {
     mapped++;
     iod.totalLen += iter.len;
   } while (blkRqDmaMapIterNext(req, nvme.dev, iod.dmaState, iter));
-  cmd.prp1 = list.dma;
-  cmd.sglLength = mapped * NVME_SGL_DESC_SIZE;
-  cmd.sglType = NVME_SGL_FMT_LAST_SEG_DESC << 4;
+  nvmeCmdSglSetSeg(cmd, list.dma, mapped);
   if (iter.status !== BLK_STS_OK) nvmeUnmapData(req);
   return iter.status;
 }
@@ -967,20 +1012,14 @@ export function nvmePciSetupPrpsLegacy(req: Request): BlkStatus {
     cmd.prp2 = dmaAddr;
     return BLK_STS_OK;
   }
-  if (Math.ceil(length / ps) <= NVME_SMALL_POOL_SIZE / 8) iod.flags |= IOD_SMALL_DESCRIPTOR;
-  let list = takeDescriptor(nvme, iod, poolOf(nvme, iod), PRP_LIST_META_KIND);
+  let list = prpListAlloc(nvme, iod, length);
   if (list === null) return BLK_STS_RESOURCE;
-  nvme.stats.prpLists++;
   cmd.prp2 = list.dma;
   let i = 0;
   for (;;) {
     if (i === ps / 8) {
-      const old = list;
-      list = takeDescriptor(nvme, iod, nvme.largePool, PRP_LIST_META_KIND);
+      list = prpListChain(nvme, iod, list.view);
       if (list === null) return BLK_STS_RESOURCE;
-      nvme.stats.prpLists++;
-      putLe64(list.view, 0, getLe64(old.view, (i - 1) * 8));
-      putLe64(old.view, (i - 1) * 8, list.dma);
       i = 1;
     }
     // whole pages well inside the segment, with no chaining due: the common case, kept tight
@@ -1019,18 +1058,13 @@ export function nvmePciSetupSglsLegacy(req: Request, entries: number): BlkStatus
   nvme.stats.sgl++;
   let sg: Scatterlist | null = iod.sgt.sgl!;
   if (entries === 1) {
-    cmd.prp1 = sg.dmaAddress;
-    cmd.sglLength = sg.dmaLength;
-    cmd.sglType = NVME_SGL_FMT_DATA_DESC << 4;
+    nvmeCmdSglSetData(cmd, sg.dmaAddress, sg.dmaLength);
     return BLK_STS_OK;
   }
   if (entries <= NVME_SMALL_POOL_SIZE / NVME_SGL_DESC_SIZE) iod.flags |= IOD_SMALL_DESCRIPTOR;
   const list = takeDescriptor(nvme, iod, poolOf(nvme, iod), SGL_LIST_META_KIND);
   if (list === null) return BLK_STS_RESOURCE;
-  nvme.stats.sglLists++;
-  cmd.prp1 = list.dma;
-  cmd.sglLength = entries * NVME_SGL_DESC_SIZE;
-  cmd.sglType = NVME_SGL_FMT_LAST_SEG_DESC << 4;
+  nvmeCmdSglSetSeg(cmd, list.dma, entries);
   for (let i = 0; i < entries; i++) {
     sglSetData(list.view, i * NVME_SGL_DESC_SIZE, sg!.dmaAddress, sg!.dmaLength);
     sg = sgNext(sg!);
@@ -1067,25 +1101,12 @@ export function nvmeMapDataLegacy(req: Request): BlkStatus {
   iod.dmaLen = 0;
   if (nphys === 1 && nvme.simpleFastPath) {
     const bv = reqBvec(req, iod.bv);
-    const usePrp = (bv.offset % NVME_CTRL_PAGE_SIZE) + bv.len <= NVME_CTRL_PAGE_SIZE * 2;
+    const usePrp = prpSimpleFits(bv);
     if (usePrp || (nvme.sglThreshold !== 0 && nvme.sglSupported)) {
       iod.firstDma = dmaMapPhys(dev, bvecPhys(bv), bv.len, dir, 0);
       if (dmaMappingError(dev, iod.firstDma)) return BLK_STS_RESOURCE;
       iod.dmaLen = bv.len;
-      nvme.stats.simple++;
-      const cmd = iod.cmd;
-      if (usePrp) {
-        const first = NVME_CTRL_PAGE_SIZE - (bv.offset % NVME_CTRL_PAGE_SIZE);
-        cmd.prp1 = iod.firstDma;
-        cmd.prp2 = bv.len > first ? iod.firstDma + first : 0;
-        nvme.stats.prp++;
-      } else {
-        cmd.flags = NVME_CMD_SGL_METABUF;
-        cmd.prp1 = iod.firstDma;
-        cmd.sglLength = bv.len;
-        cmd.sglType = NVME_SGL_FMT_DATA_DESC << 4;
-        nvme.stats.sgl++;
-      }
+      nvmeSetupCmdSimple(nvme, iod.cmd, iod.firstDma, bv, usePrp);
       return BLK_STS_OK;
     }
   }

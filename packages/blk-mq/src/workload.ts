@@ -11,8 +11,8 @@
  * never written). Two I/Os in
  * flight never overlap, so expectations are exact; a block whose write failed is no longer checked.
  */
-import { type Machine, PAGE_SIZE, Prng } from '@iovalink/iommu';
-import { type BlkIoOp, type BlockDevice, IoBuffer, type IoSegment } from './bdev.js';
+import { type Machine, Prng } from '@iovalink/iommu';
+import { allocIoPages, type BlkIoOp, type BlockDevice, type IoPages } from './bdev.js';
 import { BLK_STS_OK, blkStatusToStr } from './blk-status.js';
 import { BlkError } from './errors.js';
 
@@ -79,10 +79,7 @@ function patternByte(lba: number, gen: number, i: number): number {
   return (lba * 131 + gen * 251 + i * 7 + (i >> 9)) & 0xff;
 }
 
-interface Slot {
-  buf: IoBuffer;
-  /** [phys, order] of every block of pages allocated for the slot. */
-  allocs: Array<[number, number]>;
+interface Slot extends IoPages {
   busy: boolean;
 }
 
@@ -92,34 +89,16 @@ function allocSlot(
   offset: number,
   layout: 'contiguous' | 'scattered',
 ): Slot {
-  const total = bytes + offset;
-  const pages = Math.ceil(total / PAGE_SIZE);
-  const allocs: Array<[number, number]> = [];
-  const segs: IoSegment[] = [];
-  if (layout === 'contiguous') {
-    const order = Math.ceil(Math.log2(pages));
-    const phys = machine.pages.allocPages(order);
-    if (phys === 0)
-      throw new BlkError('workload: out of memory for a contiguous buffer', { rule: 'workload: buffers' });
-    allocs.push([phys, order]);
-    segs.push({ phys: phys + offset, len: bytes });
-  } else {
-    let left = bytes;
-    for (let p = 0; p < pages; p++) {
-      // take two pages and give the second back, so no two buffer pages are adjacent
-      const phys = machine.pages.allocPages(0);
-      const hole = machine.pages.allocPages(0);
-      if (phys === 0 || hole === 0)
-        throw new BlkError('workload: out of memory for a buffer', { rule: 'workload: buffers' });
-      allocs.push([phys, 0]);
-      const off = p === 0 ? offset : 0;
-      const n = Math.min(PAGE_SIZE - off, left);
-      segs.push({ phys: phys + off, len: n });
-      left -= n;
-      machine.pages.freePages(hole, 0);
-    }
+  const io = allocIoPages(machine, bytes, layout, offset);
+  if (io === null) {
+    throw new BlkError(
+      `workload: out of memory for a ${layout === 'contiguous' ? 'contiguous ' : ''}buffer`,
+      {
+        rule: 'workload: buffers',
+      },
+    );
   }
-  return { buf: new IoBuffer(segs), allocs, busy: false };
+  return { ...io, busy: false };
 }
 
 /**

@@ -5,11 +5,14 @@ import {
   BioVec,
   bioAttemptBackMerge,
   bioSplitRwAt,
+  blkMqAllocRequest,
   blkRecalcRqSegments,
+  blkRqGetMaxSectors,
   blkValidateLimits,
   bvecGapToPrev,
   getMaxSegmentSize,
   QueueLimits,
+  REQ_OP_DISCARD,
   REQ_OP_READ,
   REQ_OP_WRITE,
   reqPhysGapMask,
@@ -120,5 +123,27 @@ describe('ll_back_merge_fn', () => {
     );
     expect(blkRecalcRqSegments(rq)).toBe(3);
     expect(reqPhysGapMask(rq) % 4096).toBe(0);
+  });
+});
+
+describe('blk_rq_append_bio', () => {
+  it('folds the seam between appended bios into the request gap bit, as a merge does', () => {
+    const m = createTestMachine();
+    const { q } = makeQueue(m);
+    const rq = makeRequest(q, REQ_OP_WRITE, [
+      makeBio(REQ_OP_WRITE, 0, [[0x100000, 2048, 0]]),
+      makeBio(REQ_OP_WRITE, 4, [[0x300000, 4096, 0]]),
+    ]);
+    expect(rq.physGapBit).toBe(12);
+    expect(reqPhysGapMask(rq) % 4096).not.toBe(0);
+  });
+});
+
+describe('blk_rq_get_max_sectors', () => {
+  it('caps a discard so its byte count fits 32 bits, whatever max_discard_sectors says', () => {
+    const m = createTestMachine();
+    const { q } = makeQueue(m, { maxHwDiscardSectors: 0xffffffff });
+    const rq = blkMqAllocRequest(q, REQ_OP_DISCARD)!;
+    expect(blkRqGetMaxSectors(rq)).toBe(Math.floor(0xffffffff / 512));
   });
 });

@@ -1,11 +1,12 @@
 import {
+  type Device,
   DMA_TO_DEVICE,
   DmaIovaState,
   dmaDebugDeviceTeardown,
   dmaIovaSize,
   dmaUnmapPhys,
   dmaUseIova,
-  Scatterlist,
+  sgArray,
   sgInitTable,
 } from '@iovalink/dma-api';
 import { createDmaRig, createKindDevice } from '@iovalink/dma-api/testing';
@@ -18,23 +19,17 @@ import {
   BlkDmaIter,
   blkCanDmaMapIova,
   blkRqDmaMapCoalesce,
-  blkRqDmaMapIterNext,
   blkRqDmaMapIterStart,
   blkRqDmaUnmap,
   blkRqMapSg,
   blkRqNrPhysSegments,
   REQ_OP_READ,
   REQ_OP_WRITE,
+  type Request,
+  type RequestQueue,
 } from '../src/index.js';
 import { makeBio, makeRequest } from '../src/testing/index.js';
-import { alignedBlock, makeQueue, pattern } from './helpers.js';
-
-/** An array of scatterlist entries (what a driver's iod or mempool element provides). */
-function sgArray(n: number): Scatterlist[] {
-  const a: Scatterlist[] = new Array(n);
-  for (let i = 0; i < n; i++) a[i] = new Scatterlist(a, i);
-  return a;
-}
+import { alignedBlock, dmaMapAll, makeQueue, pattern } from './helpers.js';
 
 /** Maps a request into a fresh table and returns the entries as [page, offset, length]. */
 function mapSg(rq: Parameters<typeof blkRqMapSg>[0]): Array<[number, number, number]> {
@@ -160,30 +155,32 @@ describe('blk_rq_dma_map_iter_start', () => {
     return { rig, m: rig.machine, dev, q };
   }
 
-  /** Maps with the iterator, returns the segments, and the state; checks the device reads `data`. */
-  function mapAll(rq: ReturnType<typeof makeRequest>, dev: ReturnType<typeof createKindDevice>) {
-    const state = new DmaIovaState();
-    const iter = new BlkDmaIter();
-    const segs: Array<[number, number]> = [];
-    let ok = blkRqDmaMapIterStart(rq, dev, state, iter);
-    while (ok) {
-      segs.push([iter.addr, iter.len]);
-      ok = blkRqDmaMapIterNext(rq, dev, state, iter);
-    }
-    return { state, iter, segs };
+  /** A write of whole pages, one bvec each, at sector 0. */
+  function pagesRequest(q: RequestQueue, pages: readonly number[]): Request {
+    return makeRequest(q, REQ_OP_WRITE, [
+      makeBio(
+        REQ_OP_WRITE,
+        0,
+        pages.map((p) => [p, 4096, 0] as [number, number, number]),
+      ),
+    ]);
   }
 
-  function unmapAll(
-    rq: ReturnType<typeof makeRequest>,
-    dev: ReturnType<typeof createKindDevice>,
-    r: ReturnType<typeof mapAll>,
-  ) {
+  /** Only the first step of the iterator, on fresh state; returns what it returned. */
+  function mapStart(rq: Request, dev: Device) {
+    const state = new DmaIovaState();
+    const iter = new BlkDmaIter();
+    const ok = blkRqDmaMapIterStart(rq, dev, state, iter);
+    return { ok, state, iter };
+  }
+
+  function unmapAll(rq: Request, dev: Device, r: ReturnType<typeof dmaMapAll>) {
     const total = r.segs.reduce((a, [, l]) => a + l, 0);
     if (!blkRqDmaUnmap(rq, dev, r.state, total))
       for (const [a, l] of r.segs) dmaUnmapPhys(dev, a, l, DMA_TO_DEVICE);
   }
 
-  function deviceBytes(dev: ReturnType<typeof createKindDevice>, segs: Array<[number, number]>): Uint8Array {
+  function deviceBytes(dev: Device, segs: Array<[number, number]>): Uint8Array {
     const total = segs.reduce((a, [, l]) => a + l, 0);
     const out = new Uint8Array(total);
     let off = 0;
@@ -208,7 +205,7 @@ describe('blk_rq_dma_map_iter_start', () => {
       ]),
     ]);
     const before = m.counters.snapshot();
-    const r = mapAll(rq, dev);
+    const r = dmaMapAll(rq, dev);
     expect(r.segs).toHaveLength(1);
     expect(blkRqDmaMapCoalesce(r.state)).toBe(true);
     expect(r.segs[0]).toEqual([r.state.addr, dmaIovaSize(r.state)]);
@@ -229,7 +226,7 @@ describe('blk_rq_dma_map_iter_start', () => {
       ]),
     ]);
     expect(blkCanDmaMapIova(rq, dev)).toBe(false);
-    const r = mapAll(rq, dev);
+    const r = dmaMapAll(rq, dev);
     expect(r.segs.map(([, l]) => l)).toEqual([2048, 4096]);
     expect(dmaUseIova(r.state)).toBe(false);
     expect(blkRqDmaUnmap(rq, dev, r.state, 6144)).toBe(false); // the driver must unmap each
@@ -245,14 +242,8 @@ describe('blk_rq_dma_map_iter_start', () => {
       pages.forEach((p, i) => {
         m.phys.write(p, data.subarray(i * 4096, (i + 1) * 4096));
       });
-      const rq = makeRequest(q, REQ_OP_WRITE, [
-        makeBio(
-          REQ_OP_WRITE,
-          0,
-          pages.map((p) => [p, 4096, 0] as [number, number, number]),
-        ),
-      ]);
-      const r = mapAll(rq, dev);
+      const rq = pagesRequest(q, pages);
+      const r = dmaMapAll(rq, dev);
       expect(r.segs).toEqual(pages.map((p) => [p, 4096]));
       expect(deviceBytes(dev, r.segs)).toEqual(data);
       unmapAll(rq, dev, r);
@@ -262,18 +253,12 @@ describe('blk_rq_dma_map_iter_start', () => {
   it('falls back to direct mappings when the IOVA allocation fails', () => {
     const { m, dev, q } = setup('strict', { virtBoundaryMask: 4095 });
     const pages = allocScatteredPages(m, 4);
-    const rq = makeRequest(q, REQ_OP_WRITE, [
-      makeBio(
-        REQ_OP_WRITE,
-        0,
-        pages.map((p) => [p, 4096, 0] as [number, number, number]),
-      ),
-    ]);
+    const rq = pagesRequest(q, pages);
     // dma_iova_try_alloc makes three tree attempts (below 4 GiB, full mask, again after flushing
     // the per-CPU caches); fail exactly those, so the per-segment mappings that follow succeed
     m.faults.failNth('iova_alloc', 1, 3);
     const mapsBefore = m.counters.dmaMapCalls;
-    const r = mapAll(rq, dev);
+    const r = dmaMapAll(rq, dev);
     expect(r.iter.status).toBe(BLK_STS_OK);
     expect(dmaUseIova(r.state)).toBe(false);
     expect(r.segs).toHaveLength(4);
@@ -284,22 +269,15 @@ describe('blk_rq_dma_map_iter_start', () => {
   it('fails with BLK_STS_RESOURCE when every IOVA allocation fails (the fallback needs IOVA too)', () => {
     const { m, dev, q } = setup('strict', { virtBoundaryMask: 4095 });
     const pages = allocScatteredPages(m, 4);
-    const rq = makeRequest(q, REQ_OP_WRITE, [
-      makeBio(
-        REQ_OP_WRITE,
-        0,
-        pages.map((p) => [p, 4096, 0] as [number, number, number]),
-      ),
-    ]);
+    const rq = pagesRequest(q, pages);
     m.faults.failAlways('iova_alloc');
-    const state = new DmaIovaState();
-    const iter = new BlkDmaIter();
-    expect(blkRqDmaMapIterStart(rq, dev, state, iter)).toBe(false);
+    const { ok, state, iter } = mapStart(rq, dev);
+    expect(ok).toBe(false);
     expect(iter.status).toBe(BLK_STS_RESOURCE);
     expect(dmaUseIova(state)).toBe(false);
     m.faults.clear();
     // once IOVA space is back, the same request maps as one range
-    const r = mapAll(rq, dev);
+    const r = dmaMapAll(rq, dev);
     expect(r.segs).toHaveLength(1);
     unmapAll(rq, dev, r);
   });
@@ -307,17 +285,10 @@ describe('blk_rq_dma_map_iter_start', () => {
   it('fails with BLK_STS_RESOURCE when a link cannot get a page-table page, leaving nothing mapped', () => {
     const { m, dev, q } = setup('strict', { virtBoundaryMask: 4095 });
     const pages = allocScatteredPages(m, 2);
-    const rq = makeRequest(q, REQ_OP_WRITE, [
-      makeBio(
-        REQ_OP_WRITE,
-        0,
-        pages.map((p) => [p, 4096, 0] as [number, number, number]),
-      ),
-    ]);
+    const rq = pagesRequest(q, pages);
     m.faults.failAlways('pgtable_page');
-    const state = new DmaIovaState();
-    const iter = new BlkDmaIter();
-    expect(blkRqDmaMapIterStart(rq, dev, state, iter)).toBe(false);
+    const { ok, iter } = mapStart(rq, dev);
+    expect(ok).toBe(false);
     m.faults.clear();
     expect(iter.status).toBe(BLK_STS_RESOURCE);
     expect(m.counters.iovaFrees).toBe(m.counters.iovaAllocs);
@@ -342,17 +313,10 @@ describe('blk_rq_dma_map_iter_start', () => {
   it('fails with the sync error and unlinks when iotlb_sync_map fails', () => {
     const { m, dev, q } = setup('strict', { virtBoundaryMask: 4095 }, { iommu: { cachesNonPresent: true } });
     const pages = allocScatteredPages(m, 2);
-    const rq = makeRequest(q, REQ_OP_WRITE, [
-      makeBio(
-        REQ_OP_WRITE,
-        0,
-        pages.map((p) => [p, 4096, 0] as [number, number, number]),
-      ),
-    ]);
+    const rq = pagesRequest(q, pages);
     m.faults.failNth('iotlb_sync_map', 1);
-    const state = new DmaIovaState();
-    const iter = new BlkDmaIter();
-    expect(blkRqDmaMapIterStart(rq, dev, state, iter)).toBe(false);
+    const { ok, iter } = mapStart(rq, dev);
+    expect(ok).toBe(false);
     expect(iter.status).toBe(BLK_STS_RESOURCE);
   });
 
@@ -366,9 +330,8 @@ describe('blk_rq_dma_map_iter_start', () => {
       ]),
     ]);
     m.faults.failAlways('iova_alloc');
-    const state = new DmaIovaState();
-    const iter = new BlkDmaIter();
-    expect(blkRqDmaMapIterStart(rq, dev, state, iter)).toBe(false);
+    const { ok, iter } = mapStart(rq, dev);
+    expect(ok).toBe(false);
     m.faults.clear();
     expect(iter.status).toBe(BLK_STS_RESOURCE);
   });
@@ -385,7 +348,7 @@ describe('blk_rq_dma_map_iter_start', () => {
         [pages[1]!, 1024, 0],
       ]),
     ]);
-    const r = mapAll(rq, dev);
+    const r = dmaMapAll(rq, dev);
     expect(r.segs).toHaveLength(1);
     expect(deviceBytes(dev, r.segs)).toEqual(data);
     expect(m.counters.bounceBytes).toBeGreaterThan(0);

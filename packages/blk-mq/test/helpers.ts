@@ -1,12 +1,16 @@
-// Shared helpers for blk-mq tests: a bare request queue with a recording driver, aligned page
-// blocks, and byte patterns.
+// Shared helpers for blk-mq tests: a bare request queue with a recording driver, the two-step
+// DMA walk of a request, aligned page blocks, and byte patterns.
+import { type Device, DmaIovaState } from '@iovalink/dma-api';
 import type { Machine } from '@iovalink/iommu';
 import {
   BLK_STS_OK,
+  BlkDmaIter,
   type BlkMqQueueData,
   BlkMqTagSet,
   blkMqAllocQueue,
   blkMqAllocTagSet,
+  blkRqDmaMapIterNext,
+  blkRqDmaMapIterStart,
   QueueLimits,
   type Request,
   type RequestQueue,
@@ -31,6 +35,22 @@ export function makeQueue(
   });
   if (blkMqAllocTagSet(set) !== 0) throw new Error('tag set');
   return { q: blkMqAllocQueue(set, QueueLimits.of(limits)), queued };
+}
+
+/** Maps a request with the two-step iterator to the end; returns the state, the iterator and every `[addr, len]` segment. */
+export function dmaMapAll(
+  rq: Request,
+  dev: Device,
+): { state: DmaIovaState; iter: BlkDmaIter; segs: Array<[number, number]> } {
+  const state = new DmaIovaState();
+  const iter = new BlkDmaIter();
+  const segs: Array<[number, number]> = [];
+  let ok = blkRqDmaMapIterStart(rq, dev, state, iter);
+  while (ok) {
+    segs.push([iter.addr, iter.len]);
+    ok = blkRqDmaMapIterNext(rq, dev, state, iter);
+  }
+  return { state, iter, segs };
 }
 
 /** A physically contiguous, naturally aligned block of 2^order pages. */

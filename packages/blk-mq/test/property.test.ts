@@ -1,32 +1,22 @@
 // Model-based properties: random request layouts through both mapping paths must move the same
 // bytes and leave nothing mapped; random command sequences on two NVMe devices (two-step and
 // scatterlist drivers) must agree with a plain byte-array model of the disk.
-import {
-  DMA_TO_DEVICE,
-  DmaIovaState,
-  dmaDebugDeviceTeardown,
-  dmaUnmapPhys,
-  Scatterlist,
-  sgInitTable,
-} from '@iovalink/dma-api';
+import { DMA_TO_DEVICE, dmaDebugDeviceTeardown, dmaUnmapPhys, sgArray, sgInitTable } from '@iovalink/dma-api';
 import { createDmaRig, createKindDevice, DEVICE_KINDS } from '@iovalink/dma-api/testing';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import {
   BLK_STS_OK,
-  BlkDmaIter,
   BlockDevice,
   blkMqAllocRequest,
   blkMqFreeRequest,
   blkRqAppendBio,
-  blkRqDmaMapIterNext,
-  blkRqDmaMapIterStart,
   blkRqDmaUnmap,
   blkRqMapSg,
   REQ_OP_WRITE,
 } from '../src/index.js';
 import { allocIoBuffer, createNvmeRig, makeBio, type NvmeRig } from '../src/testing/index.js';
-import { makeQueue, pattern, sameBytes } from './helpers.js';
+import { dmaMapAll, makeQueue, pattern, sameBytes } from './helpers.js';
 
 const bvecArb = fc.record({
   offset: fc.integer({ min: 0, max: 7 }).map((x) => x * 512),
@@ -79,8 +69,7 @@ describe('blk_rq_map_sg and blk_rq_dma_map_iter_start agree', () => {
           }
           // legacy walk
           const n = rq.nrPhysSegments;
-          const sgl: Scatterlist[] = new Array(n);
-          for (let i = 0; i < n; i++) sgl[i] = new Scatterlist(sgl, i);
+          const sgl = sgArray(n);
           sgInitTable(sgl[0]!, n);
           const count = blkRqMapSg(rq, sgl[0]!);
           const viaSg = new Uint8Array(total);
@@ -92,14 +81,7 @@ describe('blk_rq_map_sg and blk_rq_dma_map_iter_start agree', () => {
           }
           expect(sameBytes(viaSg, data)).toBe(true);
           // two-step walk, read by the device
-          const state = new DmaIovaState();
-          const iter = new BlkDmaIter();
-          const segs: Array<[number, number]> = [];
-          let ok = blkRqDmaMapIterStart(rq, dev, state, iter);
-          while (ok) {
-            segs.push([iter.addr, iter.len]);
-            ok = blkRqDmaMapIterNext(rq, dev, state, iter);
-          }
+          const { state, iter, segs } = dmaMapAll(rq, dev);
           if (iter.status === BLK_STS_OK) {
             const viaDev = new Uint8Array(total);
             off = 0;

@@ -6,8 +6,8 @@
  */
 import { type Device, type DeviceOptions, dmaDebugDeviceTeardown } from '@iovalink/dma-api';
 import { createDmaRig, createKindDevice, type DeviceKind, type DmaRig } from '@iovalink/dma-api/testing';
-import { Machine, type MachineOptions, PAGE_SIZE } from '@iovalink/iommu';
-import { BlockDevice, IoBuffer, type IoSegment } from '../bdev.js';
+import { Machine, type MachineOptions } from '@iovalink/iommu';
+import { allocIoPages, BlockDevice, type IoBuffer } from '../bdev.js';
 import { Bio } from '../bio.js';
 import { blkMqAllocRequest, blkRqAppendBio } from '../blk-mq.js';
 import type { Gendisk, Request, RequestQueue } from '../blkdev.js';
@@ -155,34 +155,12 @@ export function allocIoBuffer(
   layout: 'contiguous' | 'scattered',
   offset = 0,
 ): AllocatedBuffer {
-  const pages = Math.ceil((bytes + offset) / PAGE_SIZE);
-  const segs: IoSegment[] = [];
-  const allocs: Array<[number, number]> = [];
-  if (layout === 'contiguous') {
-    const order = Math.ceil(Math.log2(pages));
-    const phys = machine.pages.allocPages(order);
-    if (phys === 0) throw new BlkError('allocIoBuffer: out of memory', { rule: 'testing: alloc' });
-    allocs.push([phys, order]);
-    segs.push({ phys: phys + offset, len: bytes });
-  } else {
-    let left = bytes;
-    for (let p = 0; p < pages; p++) {
-      const phys = machine.pages.allocPages(0);
-      const hole = machine.pages.allocPages(0);
-      if (phys === 0 || hole === 0)
-        throw new BlkError('allocIoBuffer: out of memory', { rule: 'testing: alloc' });
-      machine.pages.freePages(hole, 0);
-      allocs.push([phys, 0]);
-      const off = p === 0 ? offset : 0;
-      const n = Math.min(PAGE_SIZE - off, left);
-      segs.push({ phys: phys + off, len: n });
-      left -= n;
-    }
-  }
+  const io = allocIoPages(machine, bytes, layout, offset);
+  if (io === null) throw new BlkError('allocIoBuffer: out of memory', { rule: 'testing: alloc' });
   return {
-    buf: new IoBuffer(segs),
+    buf: io.buf,
     free: () => {
-      for (const [p, o] of allocs) machine.pages.freePages(p, o);
+      for (const [p, o] of io.allocs) machine.pages.freePages(p, o);
     },
   };
 }
