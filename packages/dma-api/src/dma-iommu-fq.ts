@@ -3,8 +3,10 @@
  * freed wait in a per-CPU ring until one global IOTLB flush has completed after they were queued;
  * a 10 ms timer (virtual clock) or a full ring triggers the flush. Kernel counterpart: the
  * `iova_fq` code in drivers/iommu/dma-iommu.c (v6.17): `queue_iova`, `fq_ring_free`,
- * `fq_flush_iotlb`, `fq_flush_timeout`. Differs on purpose: no single-queue mode for IOMMUs that
- * shadow on flush (32768 entries, 1 s), no locking.
+ * `fq_flush_iotlb`, `fq_flush_timeout`. The flush is the driver's `flush_iotlb_all`: the IOMMU's
+ * hardware description decides the commands (e.g. CMD_TLBI_NH_ASID + CMD_SYNC on SMMUv3, a
+ * domain-selective descriptor + wait on VT-d) and counts them. Differs on purpose: no single-queue
+ * mode for IOMMUs that shadow on flush (32768 entries, 1 s), no locking.
  */
 import {
   freeTablePage,
