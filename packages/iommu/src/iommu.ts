@@ -225,13 +225,17 @@ export function iommuUnmapFast(
 
 /**
  * Invalidates what the gather collected and frees its page-table pages (kernel:
- * `iommu_iotlb_sync`). Counts one ranged invalidation when the gather holds a range.
+ * `iommu_iotlb_sync`). The IOMMU's hardware description decides the commands (see
+ * `IommuDevice.iotlbSync`); the IOTLB model counts one range drop (`iotlbInvRange`).
  */
 export function iommuIotlbSync(domain: IommuDomain, gather: IommuIotlbGather): void {
   domain.iommu.iotlbSync(domain, gather);
 }
 
-/** Invalidates every IOTLB entry of the domain (kernel: `iommu_flush_iotlb_all`). */
+/**
+ * Invalidates every IOTLB entry of the domain (kernel: `iommu_flush_iotlb_all`) with the driver's
+ * domain-wide command and its completion wait.
+ */
 export function iommuFlushIotlbAll(domain: IommuDomain): void {
   domain.iommu.flushIotlbAll(domain);
 }
