@@ -47,6 +47,16 @@ export function amdBuildInvAddress(address: number, size: number): AmdInvCoverag
   return { all: false, sBit: true, start: Math.floor(address / block) * block, size: block };
 }
 
+/**
+ * `build_inv_address` for a piece of 2^align bytes aligned to its size (what the NpCache split
+ * produces): computed from the exponent, exact where `address + size - 1` would round.
+ */
+function alignedCoverage(address: number, align: number): AmdInvCoverage {
+  if (align <= 12) return { all: false, sBit: false, start: address, size: PAGE_SIZE };
+  if (align - 1 > MSB_MAX) return { all: true, sBit: true, start: 0, size: 2 ** 52 };
+  return { all: false, sBit: true, start: address, size: 2 ** align };
+}
+
 /** Counts one command and drops what it covers. */
 function flushPages(
   counters: Counters,
@@ -90,7 +100,7 @@ export function amdIommuDomainFlushPages(
         if (addrAlign < align) align = addrAlign;
       }
       const piece = 2 ** align;
-      flushPages(counters, iotlb, domainId, amdBuildInvAddress(address, piece), onlyNonPresent);
+      flushPages(counters, iotlb, domainId, alignedCoverage(address, align), onlyNonPresent);
       address += piece;
       size -= piece;
     }
@@ -98,11 +108,26 @@ export function amdIommuDomainFlushPages(
   counters.iotlbInvSyncs++; // domain_flush_complete: COMPLETION_WAIT
 }
 
+/** CMD_INV_IOMMU_ALL_PAGES_ADDRESS, the size `amd_iommu_domain_flush_all` passes (2^63 - 4 KiB). */
+const ALL_PAGES_SIZE = 2 ** 63 - PAGE_SIZE;
+
 /**
- * All pages of the domain + wait (kernel: `amd_iommu_domain_flush_all`, which passes
- * CMD_INV_IOMMU_ALL_PAGES_ADDRESS as the size: one command whatever NpCache says).
+ * All pages of the domain + wait (kernel: `amd_iommu_domain_flush_all` →
+ * `amd_iommu_domain_flush_pages(domain, 0, CMD_INV_IOMMU_ALL_PAGES_ADDRESS)`): one all-pages
+ * command; with NpCache the split loop cuts 2^63 - 4 KiB into 51 aligned pieces (2^62 … 2^12),
+ * of which those of 2^53 and more are all-pages commands and the rest S-bit commands.
  */
-export function amdIommuDomainFlushAll(counters: Counters, iotlb: Iotlb, domainId: number): void {
+export function amdIommuDomainFlushAll(
+  counters: Counters,
+  iotlb: Iotlb,
+  npCache: boolean,
+  domainId: number,
+): void {
+  if (npCache) {
+    amdIommuDomainFlushPages(counters, iotlb, true, domainId, 0, ALL_PAGES_SIZE);
+    iotlb.invalidateAll(domainId);
+    return;
+  }
   flushPages(counters, iotlb, domainId, { all: true, sBit: true, start: 0, size: 2 ** 52 }, false);
   counters.iotlbInvSyncs++;
 }

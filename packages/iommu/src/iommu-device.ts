@@ -204,7 +204,7 @@ export class IommuDevice {
     const inv = this.#inv;
     if (inv.kind === 'arm-smmu-v3') armSmmuTlbInvContext(c, this.iotlb, domain.id);
     else if (inv.kind === 'intel-vtd') cacheTagFlushAll(c, this.iotlb, inv, domain.id);
-    else amdIommuDomainFlushAll(c, this.iotlb, domain.id);
+    else amdIommuDomainFlushAll(c, this.iotlb, this.cachesNonPresent, domain.id);
   }
 
   /**

@@ -341,6 +341,21 @@ describe('amd-vi (INVALIDATE_IOMMU_PAGES with the S bit)', () => {
       sync: 1,
     });
   });
+
+  it('with NpCache, flush_iotlb_all goes through the split loop: 51 pieces of 2^62 down to 2^12', () => {
+    const { machine, iommu, domain } = setup('amd-vi', { cachesNonPresent: true });
+    map4k(domain, BASE, SZ_4K);
+    iommu.translate(domain, BASE, false, 't');
+    // 2^63 - 2^12 from 0: pieces 2^62, 2^61, ..., 2^12; msb_diff = log2(piece) - 1 > 51 (all pages)
+    // for 2^53..2^62 (10 pieces), S-bit ranges for 2^13..2^52 (40), one page without S (2^12)
+    expect(cmds(machine, () => iommuFlushIotlbAll(domain))).toEqual({
+      page: 1,
+      range: 40,
+      domain: 10,
+      sync: 1,
+    });
+    expect(iommu.iotlb.lookup(domain.id, BASE)).toBeUndefined();
+  });
 });
 
 describe('every preset', () => {
