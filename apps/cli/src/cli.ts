@@ -10,7 +10,7 @@ import { type BenchBlockOptions, benchBlock, parseSizes } from './commands/bench
 import { benchMap } from './commands/bench-map.js';
 import { type DemoOptions, demo } from './commands/demo.js';
 import { registerServe } from './commands/serve.js';
-import { type TraceOptions, trace } from './commands/trace.js';
+import { TRACE_CLOCKS, type TraceOptions, trace } from './commands/trace.js';
 import { COST_MODEL_PRESETS } from './cost-model.js';
 import { intOption, iommuOption, seedOption } from './options.js';
 import type { IommuMode } from './rig.js';
@@ -45,7 +45,7 @@ export function buildProgram(out: (s: string) => void = (s) => process.stdout.wr
     .addOption(new Option('--only <subsystem...>', 'run only these').choices(['block', 'odp', 'vfio']))
     .option('--debug', 'check every mapping with dma-debug (slower)')
     .option('--no-progress', 'no progress bars')
-    .action((o: DemoOptions) => out(demo(o)));
+    .action(async (o: DemoOptions) => out(await demo(o)));
 
   program
     .command('trace')
@@ -58,9 +58,15 @@ export function buildProgram(out: (s: string) => void = (s) => process.stdout.wr
         .choices(['block', 'odp', 'vfio'])
         .default('block'),
     )
+    .addOption(
+      new Option('--clock <clock>', 'timestamps: modeled kernel time, or wall-clock simulator time')
+        .choices([...TRACE_CLOCKS])
+        .default('modeled'),
+    )
+    .option('--cost-model <preset|file.json>', 'cost model of the modeled clock', 'arm-smmuv3')
     .addOption(iommuOption())
     .addOption(seedOption())
-    .action((o: TraceOptions) => out(trace(o)));
+    .action(async (o: TraceOptions) => out(await trace(o)));
 
   const bench = program
     .command('bench')
@@ -142,7 +148,7 @@ export function buildProgram(out: (s: string) => void = (s) => process.stdout.wr
     .addOption(seedOption())
     .option('--json', 'machine-readable output')
     .option('--csv', 'CSV output')
-    .action((o: BenchBlockOptions) => out(benchBlock(o)));
+    .action(async (o: BenchBlockOptions) => out(await benchBlock(o)));
 
   registerServe(program);
 

@@ -5,6 +5,7 @@
  */
 import type { CounterSnapshot } from '@iovalink/iommu';
 import { type CostModel, modeledNs } from './cost-model.js';
+import { median, type SimComparison } from './measure.js';
 
 /** The two DMA paths every consumer runs. */
 export type DmaPath = 'sg' | 'iova';
@@ -15,12 +16,22 @@ export const PATH_LABEL: Record<DmaPath, string> = {
   iova: 'two-step IOVA',
 };
 
-/** One path's result for one workload (all per-op figures are averages over `ops`). */
+/**
+ * One path's result for one workload. Counts and modeled time are averages over `ops`; simulator
+ * times are medians over the measured rounds.
+ */
 export interface PathResult {
   path: DmaPath;
   ops: number;
-  /** Simulator time per op: how fast this model ran here (ns). */
+  /** Simulator time per op in the model: how fast this model ran here (ns, median over rounds). */
   simNsPerOp: number;
+  /** Simulator time per op in the model, one figure per measured round (ns). */
+  simNsPerOpRounds: number[];
+  /**
+   * Simulator time per op spent by the workload harness, not the model: preparing write payloads
+   * and checking what was read (ns, median over rounds; 0 where the harness is outside the timing).
+   */
+  harnessNsPerOp: number;
   /** Modeled kernel time per op: counts × cost model (ns). */
   modeledNsPerOp: number;
   /** Heap metadata bytes allocated per op, all kinds. */
@@ -47,6 +58,8 @@ export interface WorkloadResult {
   /** Bytes moved per op (request size, MR size, state size). */
   bytesPerOp: number;
   paths: PathResult[];
+  /** Simulator time two-step / legacy, round by round (present when both paths ran). */
+  sim?: SimComparison;
 }
 
 /** A whole demo or sweep. */
@@ -78,11 +91,17 @@ export function mappingMeta(counts: CounterSnapshot): { bytes: number; allocs: n
   return { bytes, allocs, sgBytes };
 }
 
+/** Per-round simulator times of a run (ns per op), the model's and the harness's. */
+export interface RoundTimes {
+  modelNsPerOpRounds: number[];
+  harnessNsPerOpRounds: number[];
+}
+
 /** Builds a PathResult from the counters of a run (`d`: the diff of two snapshots around it). */
 export function pathResult(
   path: DmaPath,
   ops: number,
-  simNs: number,
+  sim: RoundTimes,
   d: CounterSnapshot,
   model: CostModel,
   extra: { pages: number; keptMetaBytes: number; verified: boolean },
@@ -92,7 +111,9 @@ export function pathResult(
   return {
     path,
     ops,
-    simNsPerOp: per(simNs),
+    simNsPerOp: median(sim.modelNsPerOpRounds),
+    simNsPerOpRounds: sim.modelNsPerOpRounds,
+    harnessNsPerOp: median(sim.harnessNsPerOpRounds),
     modeledNsPerOp: per(modeledNs(model, d)),
     metaBytesPerOp: per(meta.bytes),
     allocsPerOp: per(meta.allocs),

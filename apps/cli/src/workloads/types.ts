@@ -21,7 +21,7 @@ export interface WorkloadContext {
   costModel: CostModel;
   /** Check every mapping with dma-debug (slower). */
   debug: boolean;
-  /** Called as work progresses (done, total ops) for progress bars. */
+  /** Called after each chunk of measured work (done, total units) for progress bars. */
   onProgress?: (done: number, total: number) => void;
   /**
    * Called with each path's machine right after it is built, before any work: `iovalink trace`
@@ -35,6 +35,9 @@ export interface Workload {
   /** Shown in tables and charts, e.g. "block 4 KiB random read". */
   name: string;
   subsystem: WorkloadResult['subsystem'];
-  /** Runs both paths and returns their results; throws if data does not verify. */
-  run(ctx: WorkloadContext): WorkloadResult;
+  /**
+   * Runs both paths (warm-up, then interleaved measured rounds, yielding to the event loop between
+   * chunks) and returns their results; rejects if data does not verify.
+   */
+  run(ctx: WorkloadContext): Promise<WorkloadResult>;
 }
