@@ -1,24 +1,46 @@
 /**
- * The cost model: nanoseconds per counted event, each with its source, turning the counters a run
- * collected into modeled kernel time. Modeled time is a prediction from counts × costs, never tuned
- * per workload, and is always shown apart from simulator time (how fast this model runs here).
- * Presets live in `cost-models/*.json` beside this package; users edit them or pass their own file.
+ * The cost model: nanoseconds per counted event kind, each with its source and a category, turning
+ * the counters a run collected into modeled kernel time. Modeled time = Σ count × cost over event
+ * kinds (invalidation commands, sync waits, PTE writes, table pages, IOVA work, scatterlist chunks,
+ * bounce bytes, …), never a lump sum per operation, never tuned per workload, and always shown
+ * apart from simulator time (how fast this model runs here). Presets live in `cost-models/*.json`
+ * beside this package; users edit them or pass their own file. Kernel counterpart: none; the
+ * figures come from kernel benchmarks, vendor documents or are marked `estimate: true` with the
+ * reasoning in `source`.
  */
 import { readFileSync } from 'node:fs';
 import { COUNTER_NAMES, type CounterName, type CounterSnapshot } from '@iovalink/iommu';
 
-/** One cost figure. */
+/** Where modeled time goes, for breakdowns and stacked charts. */
+export const COST_CATEGORIES = [
+  'invalidation',
+  'sync-wait',
+  'page-table',
+  'iova',
+  'scatterlist',
+  'metadata',
+  'bounce',
+  'cache-sync',
+  'dma-api',
+] as const;
+/** One of COST_CATEGORIES. */
+export type CostCategory = (typeof COST_CATEGORIES)[number];
+
+/** One cost figure per counted event. */
 export interface CostEntry {
   ns: number;
+  category: CostCategory;
+  /** Where the figure comes from; for an estimate, how it was chosen. */
   source: string;
   /** True where no figure is published and the value is our estimate. */
   estimate: boolean;
 }
 
-/** One metadata kind's allocation and free cost. */
+/** One metadata kind's allocation and free cost (per kmalloc / kfree counted). */
 export interface MetaCost {
   allocNs: number;
   freeNs: number;
+  category: CostCategory;
   source: string;
   estimate: boolean;
 }
@@ -32,7 +54,7 @@ export interface CostModel {
 }
 
 /** The presets shipped with the CLI. */
-export const COST_MODEL_PRESETS = ['arm-smmuv3', 'intel-vtd'] as const;
+export const COST_MODEL_PRESETS = ['arm-smmuv3', 'intel-vtd', 'amd-vi'] as const;
 /** A preset name. */
 export type CostModelPreset = (typeof COST_MODEL_PRESETS)[number];
 
@@ -44,38 +66,97 @@ export class CostModelError extends Error {
   }
 }
 
-function isEntry(v: unknown): v is CostEntry {
-  const e = v as CostEntry;
-  return (
-    typeof e === 'object' && e !== null && Number.isFinite(e.ns) && e.ns >= 0 && typeof e.source === 'string'
-  );
+const TOP_KEYS = ['name', 'description', 'events', 'metadata'];
+const ENTRY_KEYS = ['ns', 'category', 'source', 'estimate'];
+const META_KEYS = ['allocNs', 'freeNs', 'category', 'source', 'estimate'];
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
-/** Checks a parsed JSON object is a cost model, naming the first thing wrong. */
+function checkKeys(where: string, v: Record<string, unknown>, allowed: readonly string[]): void {
+  for (const k of Object.keys(v)) {
+    if (!allowed.includes(k)) {
+      throw new CostModelError(`${where}: unknown key "${k}"; expected only ${allowed.join(', ')}`);
+    }
+  }
+}
+
+function checkCommon(where: string, v: Record<string, unknown>): void {
+  if (!(COST_CATEGORIES as readonly string[]).includes(v.category as string)) {
+    throw new CostModelError(
+      `${where}: "category" must be one of ${COST_CATEGORIES.join(', ')}, got ${JSON.stringify(v.category)}`,
+    );
+  }
+  if (typeof v.source !== 'string' || v.source.trim().length === 0) {
+    throw new CostModelError(`${where}: "source" must be a non-empty string (a reference, or the reasoning)`);
+  }
+  if (typeof v.estimate !== 'boolean') {
+    throw new CostModelError(`${where}: "estimate" must be true or false`);
+  }
+}
+
+function isCost(n: unknown): n is number {
+  return typeof n === 'number' && Number.isFinite(n) && n >= 0;
+}
+
+function validateEntry(where: string, v: unknown): CostEntry {
+  if (!isObject(v)) throw new CostModelError(`${where}: expected {"ns", "category", "source", "estimate"}`);
+  checkKeys(where, v, ENTRY_KEYS);
+  if (!isCost(v.ns))
+    throw new CostModelError(`${where}: "ns" must be a number >= 0, got ${JSON.stringify(v.ns)}`);
+  checkCommon(where, v);
+  return v as unknown as CostEntry;
+}
+
+function validateMeta(where: string, v: unknown): MetaCost {
+  if (!isObject(v)) {
+    throw new CostModelError(`${where}: expected {"allocNs", "freeNs", "category", "source", "estimate"}`);
+  }
+  checkKeys(where, v, META_KEYS);
+  if (!(isCost(v.allocNs) && isCost(v.freeNs))) {
+    throw new CostModelError(`${where}: "allocNs" and "freeNs" must be numbers >= 0`);
+  }
+  checkCommon(where, v);
+  return v as unknown as MetaCost;
+}
+
+/**
+ * Checks a parsed JSON object is a cost model, naming the first thing wrong: an unknown top-level
+ * key, an event that is not a counter name, an entry without a number, category, source or
+ * estimate flag, or an unknown key inside an entry.
+ */
 export function validateCostModel(raw: unknown, where: string): CostModel {
-  const m = raw as CostModel;
-  if (typeof m !== 'object' || m === null) throw new CostModelError(`${where}: expected a JSON object`);
-  if (typeof m.name !== 'string') throw new CostModelError(`${where}: "name" must be a string`);
-  if (typeof m.events !== 'object' || m.events === null)
-    throw new CostModelError(`${where}: "events" must be an object`);
-  for (const [k, v] of Object.entries(m.events)) {
+  if (!isObject(raw)) throw new CostModelError(`${where}: expected a JSON object`);
+  checkKeys(where, raw, TOP_KEYS);
+  if (typeof raw.name !== 'string') throw new CostModelError(`${where}: "name" must be a string`);
+  if (raw.description !== undefined && typeof raw.description !== 'string') {
+    throw new CostModelError(`${where}: "description" must be a string`);
+  }
+  if (!isObject(raw.events)) throw new CostModelError(`${where}: "events" must be an object`);
+  const events: Partial<Record<CounterName, CostEntry>> = {};
+  for (const [k, v] of Object.entries(raw.events)) {
     if (!(COUNTER_NAMES as readonly string[]).includes(k)) {
       throw new CostModelError(`${where}: unknown event "${k}"; expected one of ${COUNTER_NAMES.join(', ')}`);
     }
-    if (!isEntry(v)) {
-      throw new CostModelError(`${where}: event "${k}" needs {"ns": a number >= 0, "source": a string}`);
-    }
+    events[k as CounterName] = validateEntry(`${where}: event "${k}"`, v);
   }
-  const md = m.metadata;
-  if (typeof md !== 'object' || md === null || typeof md.default !== 'object') {
-    throw new CostModelError(`${where}: "metadata.default" must be {"allocNs", "freeNs", "source"}`);
+  const md = raw.metadata;
+  if (!isObject(md))
+    throw new CostModelError(`${where}: "metadata" must be {"default": {...}, "kinds": {...}}`);
+  checkKeys(`${where}: metadata`, md, ['default', 'kinds']);
+  const def = validateMeta(`${where}: metadata "default"`, md.default);
+  const kinds: Record<string, MetaCost> = {};
+  if (md.kinds !== undefined) {
+    if (!isObject(md.kinds)) throw new CostModelError(`${where}: "metadata.kinds" must be an object`);
+    for (const [k, v] of Object.entries(md.kinds)) kinds[k] = validateMeta(`${where}: metadata "${k}"`, v);
   }
-  for (const [k, v] of Object.entries({ default: md.default, ...(md.kinds ?? {}) })) {
-    if (!(Number.isFinite(v.allocNs) && Number.isFinite(v.freeNs))) {
-      throw new CostModelError(`${where}: metadata "${k}" needs numeric "allocNs" and "freeNs"`);
-    }
-  }
-  return { ...m, description: m.description ?? '', metadata: { default: md.default, kinds: md.kinds ?? {} } };
+  return {
+    name: raw.name,
+    description: (raw.description as string | undefined) ?? '',
+    events,
+    metadata: { default: def, kinds },
+  };
 }
 
 /** Loads a preset by name. */
@@ -105,15 +186,33 @@ export function loadCostModel(nameOrPath: string): CostModel {
   return validateCostModel(raw, `cost model ${nameOrPath}`);
 }
 
-/** Modeled kernel time in ns for the counters of a run (a diff of two snapshots). */
-export function modeledNs(model: CostModel, counts: CounterSnapshot): number {
-  let ns = 0;
+/** Modeled kernel time split by category, plus the total. */
+export interface ModeledBreakdown {
+  totalNs: number;
+  byCategory: Record<CostCategory, number>;
+}
+
+/**
+ * Modeled kernel time of the counters of a run (a diff of two snapshots), by category:
+ * Σ count × ns over the model's events, plus metadata allocs × allocNs + frees × freeNs per kind
+ * (kinds without an entry use `metadata.default`). `totalNs` is the sum of the categories.
+ */
+export function modeledBreakdown(model: CostModel, counts: CounterSnapshot): ModeledBreakdown {
+  const byCategory = {} as Record<CostCategory, number>;
+  for (const c of COST_CATEGORIES) byCategory[c] = 0;
   for (const [name, entry] of Object.entries(model.events) as Array<[CounterName, CostEntry]>) {
-    ns += (counts.events[name] ?? 0) * entry.ns;
+    byCategory[entry.category] += (counts.events[name] ?? 0) * entry.ns;
   }
   for (const [kind, stat] of Object.entries(counts.meta)) {
     const c = model.metadata.kinds[kind] ?? model.metadata.default;
-    ns += stat.allocs * c.allocNs + stat.frees * c.freeNs;
+    byCategory[c.category] += stat.allocs * c.allocNs + stat.frees * c.freeNs;
   }
-  return ns;
+  let totalNs = 0;
+  for (const c of COST_CATEGORIES) totalNs += byCategory[c];
+  return { totalNs, byCategory };
+}
+
+/** Modeled kernel time in ns for the counters of a run (the total of `modeledBreakdown`). */
+export function modeledNs(model: CostModel, counts: CounterSnapshot): number {
+  return modeledBreakdown(model, counts).totalNs;
 }

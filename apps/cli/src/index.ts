@@ -5,7 +5,9 @@
 
 export { buildProgram } from './cli.js';
 export {
+  COST_CATEGORIES,
   COST_MODEL_PRESETS,
+  type CostCategory,
   type CostEntry,
   type CostModel,
   CostModelError,
@@ -13,6 +15,8 @@ export {
   loadCostModel,
   loadPreset,
   type MetaCost,
+  type ModeledBreakdown,
+  modeledBreakdown,
   modeledNs,
   validateCostModel,
 } from './cost-model.js';

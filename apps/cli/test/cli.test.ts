@@ -88,8 +88,10 @@ describe('cost model', () => {
       good,
       JSON.stringify({
         name: 'mine',
-        events: { pteWrites: { ns: 2, source: 'measured on my box' } },
-        metadata: { default: { allocNs: 1, freeNs: 1, source: 'x' } },
+        events: {
+          pteWrites: { ns: 2, category: 'page-table', source: 'measured on my box', estimate: false },
+        },
+        metadata: { default: { allocNs: 1, freeNs: 1, category: 'metadata', source: 'x', estimate: true } },
       }),
     );
     expect(loadCostModel(good).events.pteWrites!.ns).toBe(2);

@@ -35,6 +35,11 @@ export const COUNTER_NAMES = [
   'iotlbInvRange',
   'iotlbInvAll',
   'iotlbSyncMap',
+  // invalidation commands the driver issues (see IOTLB_COMMAND_COUNTERS)
+  'iotlbInvPageCmds',
+  'iotlbInvRangeCmds',
+  'iotlbInvDomainCmds',
+  'iotlbInvSyncs',
   'iotlbHits',
   'iotlbMisses',
   'iommuFaults',
@@ -43,6 +48,7 @@ export const COUNTER_NAMES = [
   'fqFlushes',
   // IOVA allocator
   'iovaTreeAllocs',
+  'iovaTreeWalkSteps',
   'iovaTreeFrees',
   'iovaAllocFailures',
   'iovaRcacheHits',
@@ -61,6 +67,14 @@ export const COUNTER_NAMES = [
   // device DMA
   'dmaReadBytes',
   'dmaWriteBytes',
+] as const;
+
+/** The counters of invalidation commands the driver issued, by kind (what the cost model charges). */
+export const IOTLB_COMMAND_COUNTERS = [
+  'iotlbInvPageCmds',
+  'iotlbInvRangeCmds',
+  'iotlbInvDomainCmds',
+  'iotlbInvSyncs',
 ] as const;
 
 /** One event counter name. */
@@ -82,15 +96,44 @@ export class Counters {
   pgtablePagesFreed = 0;
   iommuMapCalls = 0;
   iommuUnmapCalls = 0;
+  /** IOTLB-model range drops (one per flush request that invalidated a range; not a command count). */
   iotlbInvRange = 0;
+  /** IOTLB-model domain drops (flush-all, a domain-wide fallback, domain free; not a command count). */
   iotlbInvAll = 0;
   iotlbSyncMap = 0;
+  /**
+   * Invalidation commands for one translation-granule address: arm-smmu-v3 CMD_TLBI_NH_VA without
+   * range invalidation, VT-d page-selective IOTLB descriptor with mask 0, AMD INVALIDATE_IOMMU_PAGES
+   * without the S bit.
+   */
+  iotlbInvPageCmds = 0;
+  /**
+   * Invalidation commands covering several pages at once: arm-smmu-v3 range TLBI (RIL: TG, SCALE,
+   * NUM), VT-d page-selective descriptor with an address mask > 0, AMD INVALIDATE_IOMMU_PAGES with
+   * the S bit.
+   */
+  iotlbInvRangeCmds = 0;
+  /**
+   * Invalidation commands for a whole domain: arm-smmu-v3 CMD_TLBI_NH_ASID, VT-d domain-selective
+   * IOTLB descriptor, AMD INVALIDATE_IOMMU_PAGES with the all-pages address.
+   */
+  iotlbInvDomainCmds = 0;
+  /**
+   * Waits for invalidation completion: arm-smmu-v3 CMD_SYNC, VT-d invalidation wait descriptor
+   * (`qi_submit_sync`), AMD COMPLETION_WAIT. The CPU spins until the IOMMU has drained the queue.
+   */
+  iotlbInvSyncs = 0;
   iotlbHits = 0;
   iotlbMisses = 0;
   iommuFaults = 0;
   fqEnqueued = 0;
   fqFlushes = 0;
   iovaTreeAllocs = 0;
+  /**
+   * Tree nodes the top-down search visited in tree allocations (kernel:
+   * `__alloc_and_insert_iova_range`'s `rb_prev` walk); grows with fragmentation below the limit.
+   */
+  iovaTreeWalkSteps = 0;
   iovaTreeFrees = 0;
   iovaAllocFailures = 0;
   iovaRcacheHits = 0;

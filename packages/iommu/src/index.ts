@@ -2,6 +2,8 @@
  * @iovalink/iommu — the simulated machine and the IOMMU layer: physical memory and its buddy
  * allocator, the IOMMU page-table format and IOTLB, the iommu core, and the IOVA allocator.
  */
+export { type AmdInvCoverage, amdBuildInvAddress } from './amd-iommu-inv.js';
+export { armSmmuBatchSyncs, armSmmuRangeTlbiCount } from './arm-smmu-v3-tlbi.js';
 export { INV_TWO32, isAlignedPow2, lo32, modPow2, TWO32 } from './bits.js';
 export { type Timer, VirtualClock } from './clock.js';
 export {
@@ -10,6 +12,7 @@ export {
   type CounterSnapshot,
   Counters,
   diffCounters,
+  IOTLB_COMMAND_COUNTERS,
   type MetaStat,
 } from './counters.js';
 export { DmaEngine } from './dma-engine.js';
@@ -23,6 +26,7 @@ export {
   MachineError,
 } from './errors.js';
 export { FaultInjector, type FaultPoint } from './fault-inject.js';
+export { calculatePsiAlignedAddress, type PsiAligned } from './intel-cache-tag.js';
 export {
   freeTablePage,
   IO_PGTABLE_LEVELS,
@@ -96,6 +100,23 @@ export {
   iommuIotlbGatherIsEmpty,
   iommuIotlbGatherReset,
 } from './iommu-gather.js';
+export {
+  type AmdViInvalidation,
+  CMDQ_BATCH_ENTRIES,
+  CMDQ_TLBI_RANGE_NUM_MAX,
+  DEFAULT_IOMMU_HW,
+  IOMMU_HW_PRESET_NAMES,
+  IOMMU_HW_PRESETS,
+  type IommuHw,
+  type IommuHwPreset,
+  type IommuInvalidation,
+  iommuHwPreset,
+  MAX_AGAW_PFN_WIDTH,
+  QI_MAX_BATCHED_DESC_COUNT,
+  type SmmuV3Invalidation,
+  type VtdInvalidation,
+  validateIommuHw,
+} from './iommu-hw.js';
 export { IOMMU_CACHE, IOMMU_MMIO, IOMMU_NOEXEC, IOMMU_PRIV, IOMMU_READ, IOMMU_WRITE } from './iommu-prot.js';
 export { Iotlb, type IotlbEntry } from './iotlb.js';
 export {

@@ -1,12 +1,19 @@
 /**
  * One IOMMU instance: the hardware (page-table walker, IOTLB, fault reporting, dirty tracking)
  * and the driver's domain ops over it. Kernel counterpart: `struct iommu_device` with its
- * `iommu_ops`/`iommu_domain_ops` as implemented by drivers such as arm-smmu-v3 or intel-iommu
- * over io-pgtable. Variants are options, not subclasses: `cachesNonPresent` models VT-d caching
- * mode / virtualised IOMMUs (needs `iotlb_sync_map`), `deferredFlush` models
+ * `iommu_ops`/`iommu_domain_ops` as implemented by arm-smmu-v3, intel-iommu and amd-iommu over
+ * io-pgtable (v6.17). Variants are data, not subclasses: an `IommuHw` description (`iommu-hw.ts`,
+ * default preset `smmuv3-norange`) gives page sizes, IOTLB size, whether non-present entries are
+ * cached (VT-d caching mode / AMD NpCache: needs `iotlb_sync_map`) and the driver's invalidation
+ * rules; `iotlbSync` / `flushIotlbAll` / `iotlbSyncMap` issue that driver's commands, counted by
+ * kind (`iotlbInvPageCmds`, `iotlbInvRangeCmds`, `iotlbInvDomainCmds`, `iotlbInvSyncs`), and drop
+ * exactly what those commands cover from the IOTLB model. `deferredFlush` models
  * IOMMU_CAP_DEFERRED_FLUSH (flush queues allowed).
  */
+import { amdIommuDomainFlushAll, amdIommuDomainFlushPages } from './amd-iommu-inv.js';
+import { armSmmuTlbInvContext, armSmmuTlbInvRange } from './arm-smmu-v3-tlbi.js';
 import { IommuError } from './errors.js';
+import { cacheTagFlushAll, cacheTagFlushRange, cacheTagFlushRangeNp } from './intel-cache-tag.js';
 import { freeTablePage, IoPgtable, type PteLookup } from './io-pgtable.js';
 import {
   IOMMU_DOMAIN_BLOCKED,
@@ -23,6 +30,7 @@ import {
   iommuIotlbGatherIsEmpty,
   iommuIotlbGatherReset,
 } from './iommu-gather.js';
+import { DEFAULT_IOMMU_HW, type IommuHw, type IommuInvalidation, iommuHwPreset } from './iommu-hw.js';
 import { IOMMU_READ, IOMMU_WRITE } from './iommu-prot.js';
 import { Iotlb } from './iotlb.js';
 import type { Machine } from './machine.js';
@@ -40,15 +48,20 @@ export const DEFAULT_PGSIZE_BITMAP = SZ_4K | SZ_2M | SZ_1G;
 export interface IommuDeviceOptions {
   /** Name for traces and messages (default `"iommu0"`). */
   name?: string;
-  /** Page sizes supported (default 4K|2M|1G). */
+  /**
+   * The hardware followed: a preset name or a validated description (default `smmuv3-norange`).
+   * `pgsizeBitmap`, `iotlbEntries` and `cachesNonPresent` below override its fields.
+   */
+  hw?: IommuHw | string;
+  /** Page sizes supported (default: the hardware's, 4K|2M|1G in every preset). */
   pgsizeBitmap?: number;
   /** Input (IOVA) address bits, ≤ 48 (default 48). */
   ias?: number;
   /** Output (physical) address bits, ≤ 52 (default 48). */
   oas?: number;
-  /** IOTLB capacity in entries (default 512). */
+  /** IOTLB capacity in entries (default: the hardware's). */
   iotlbEntries?: number;
-  /** Caches non-present entries: needs `iotlb_sync_map` after mapping (default false). */
+  /** Caches non-present entries: needs `iotlb_sync_map` after mapping (default: the hardware's). */
   cachesNonPresent?: boolean;
   /** IOMMU_CAP_DEFERRED_FLUSH: flush queues may be used (default true). */
   deferredFlush?: boolean;
@@ -67,6 +80,9 @@ export class IommuDevice {
   readonly deferredFlush: boolean;
   readonly supportsDirtyTracking: boolean;
   readonly iotlb: Iotlb;
+  /** The hardware description this instance follows. */
+  readonly hw: IommuHw;
+  readonly #inv: IommuInvalidation;
   #nextDomainId = 1;
   readonly #lookup: PteLookup = { leafIova: 0, leafPhys: 0, leafSize: 0, prot: 0, dirty: false };
   readonly #domains = new Set<IommuDomain>();
@@ -74,7 +90,10 @@ export class IommuDevice {
   constructor(machine: Machine, options: IommuDeviceOptions = {}) {
     this.machine = machine;
     this.name = options.name ?? 'iommu0';
-    this.pgsizeBitmap = options.pgsizeBitmap ?? DEFAULT_PGSIZE_BITMAP;
+    const hw = typeof options.hw === 'object' ? options.hw : iommuHwPreset(options.hw ?? DEFAULT_IOMMU_HW);
+    this.hw = hw;
+    this.#inv = hw.invalidation;
+    this.pgsizeBitmap = options.pgsizeBitmap ?? hw.pgsizeBitmap;
     this.ias = options.ias ?? 48;
     this.oas = options.oas ?? 48;
     if ((this.pgsizeBitmap & SZ_4K) === 0 || (this.pgsizeBitmap & ~DEFAULT_PGSIZE_BITMAP) !== 0) {
@@ -88,10 +107,10 @@ export class IommuDevice {
         rule: 'iommu: address size',
       });
     }
-    this.cachesNonPresent = options.cachesNonPresent ?? false;
+    this.cachesNonPresent = options.cachesNonPresent ?? hw.cachesNonPresent;
     this.deferredFlush = options.deferredFlush ?? true;
     this.supportsDirtyTracking = options.dirtyTracking ?? true;
-    this.iotlb = new Iotlb(machine, options.iotlbEntries ?? 512);
+    this.iotlb = new Iotlb(machine, options.iotlbEntries ?? hw.iotlbEntries);
   }
 
   /** Live domains of this IOMMU. */
@@ -130,46 +149,110 @@ export class IommuDevice {
   }
 
   /**
-   * Driver `iotlb_sync`: invalidates the gathered range, then frees the page-table pages the
-   * unmap unlinked (safe only now), then re-initialises the gather.
+   * Driver `iotlb_sync`: issues the driver's invalidation commands for the gathered range, then
+   * frees the page-table pages the unmap unlinked (safe only now), then re-initialises the gather.
+   * Kernel: `arm_smmu_iotlb_sync` (granule = the gathered leaf size), `intel_iommu_tlb_sync`
+   * (`cache_tag_flush_range`), `amd_iommu_iotlb_sync` (`amd_iommu_domain_flush_pages`). Differs: an
+   * empty gather issues nothing, and a gather holding only freed tables is flushed domain-wide.
    */
   iotlbSync(domain: IommuDomain, gather: IommuIotlbGather): void {
     if (!iommuIotlbGatherIsEmpty(gather)) {
+      const size = gather.end - gather.start + 1;
       this.machine.tracer?.instant('iotlb_inv_range', 'iotlb', {
         domain: domain.id,
         iova: gather.start,
-        size: gather.end - gather.start + 1,
+        size,
       });
-      this.iotlb.invalidateRange(domain.id, gather.start, gather.end - gather.start + 1);
+      this.#flushRange(domain, gather.start, size, gather.pgsize === 0 ? SZ_4K : gather.pgsize);
     } else if (gather.freelist.length > 0) {
-      this.iotlb.invalidateAll(domain.id);
+      this.flushIotlbAll(domain);
     }
     for (const pa of gather.freelist) freeTablePage(this.machine, pa);
     iommuIotlbGatherReset(gather);
   }
 
-  /** Driver `flush_iotlb_all`: drops every IOTLB entry of the domain. */
-  flushIotlbAll(domain: IommuDomain): void {
-    this.machine.tracer?.instant('iotlb_inv_all', 'iotlb', { domain: domain.id });
-    this.iotlb.invalidateAll(domain.id);
+  /** The range flush of the hardware's driver (commands counted, IOTLB entries dropped). */
+  #flushRange(domain: IommuDomain, iova: number, size: number, granule: number): void {
+    const c = this.machine.counters;
+    const inv = this.#inv;
+    if (inv.kind === 'arm-smmu-v3') {
+      armSmmuTlbInvRange(
+        c,
+        this.iotlb,
+        inv,
+        this.pgsizeBitmap & -this.pgsizeBitmap,
+        domain.id,
+        iova,
+        size,
+        granule,
+      );
+    } else if (inv.kind === 'intel-vtd') {
+      cacheTagFlushRange(c, this.iotlb, inv, domain.id, iova, iova + size - 1);
+    } else {
+      amdIommuDomainFlushPages(c, this.iotlb, this.cachesNonPresent, domain.id, iova, size);
+    }
   }
 
   /**
-   * Driver `iotlb_sync_map`: only IOMMUs that cache non-present entries implement it; it drops
-   * those entries in the range. Returns false when the IOMMU has no such op (nothing to do).
+   * Driver `flush_iotlb_all`: the domain-wide invalidation and its wait; drops every IOTLB entry of
+   * the domain. Kernel: `arm_smmu_flush_iotlb_all` (CMD_TLBI_NH_ASID + CMD_SYNC),
+   * `intel_flush_iotlb_all` (DSI + wait), `amd_iommu_flush_iotlb_all` (all pages + COMPLETION_WAIT).
+   */
+  flushIotlbAll(domain: IommuDomain): void {
+    this.machine.tracer?.instant('iotlb_inv_all', 'iotlb', { domain: domain.id });
+    const c = this.machine.counters;
+    const inv = this.#inv;
+    if (inv.kind === 'arm-smmu-v3') armSmmuTlbInvContext(c, this.iotlb, domain.id);
+    else if (inv.kind === 'intel-vtd') cacheTagFlushAll(c, this.iotlb, inv, domain.id);
+    else amdIommuDomainFlushAll(c, this.iotlb, domain.id);
+  }
+
+  /**
+   * Driver `iotlb_sync_map`: only IOMMUs that cache non-present entries need it; it issues the
+   * range invalidation for the new mapping and the model drops the cached non-present entries
+   * there. Returns false when the IOMMU has no such op (nothing to do). Kernel:
+   * `cache_tag_flush_range_np` (VT-d caching mode), `amd_iommu_iotlb_sync_map` (NpCache). SMMUv3
+   * never caches non-present entries; an SMMUv3 device forced to (`cachesNonPresent` option, a
+   * test hook) issues its range TLBI at the smallest page size.
    */
   iotlbSyncMap(domain: IommuDomain, iova: number, size: number): boolean {
     if (!this.cachesNonPresent) return false;
-    this.iotlb.invalidateNonPresent(domain.id, iova, size);
+    const c = this.machine.counters;
+    const inv = this.#inv;
+    if (inv.kind === 'intel-vtd') {
+      cacheTagFlushRangeNp(c, this.iotlb, inv, domain.id, iova, iova + size - 1);
+    } else if (inv.kind === 'amd-vi') {
+      amdIommuDomainFlushPages(c, this.iotlb, true, domain.id, iova, size, true);
+    } else {
+      const min = this.pgsizeBitmap & -this.pgsizeBitmap;
+      const cmds = inv.rangeInvalidation ? 1 : Math.ceil(size / min);
+      if (inv.rangeInvalidation) c.iotlbInvRangeCmds += cmds;
+      else c.iotlbInvPageCmds += cmds;
+      c.iotlbInvSyncs++;
+      this.iotlb.invalidateNonPresent(domain.id, iova, size);
+    }
     return true;
   }
 
-  /** iommu_iotlb_gather_add_page: sync first if the page size changes or the range is disjoint. */
+  /**
+   * The driver's gather hook for one cleared leaf. arm-smmu-v3 (`arm_smmu_tlb_inv_page_nosync` →
+   * `iommu_iotlb_gather_add_page`): sync first if the page size changes or the range is disjoint.
+   * intel-iommu (`intel_iommu_unmap` → `iommu_iotlb_gather_add_range`): only widen. amd-iommu
+   * (`amd_iommu_iotlb_gather_add_page`): sync first only when NpCache is on and the page is disjoint.
+   */
   #gatherAddPage(domain: IommuDomain, g: IommuIotlbGather, iova: number, size: number): void {
-    if ((g.pgsize !== 0 && g.pgsize !== size) || iommuIotlbGatherIsDisjoint(g, iova, size)) {
-      this.iotlbSync(domain, g);
+    const kind = this.#inv.kind;
+    if (kind === 'arm-smmu-v3') {
+      if ((g.pgsize !== 0 && g.pgsize !== size) || iommuIotlbGatherIsDisjoint(g, iova, size)) {
+        this.iotlbSync(domain, g);
+      }
+      g.pgsize = size;
+    } else {
+      if (kind === 'amd-vi' && this.cachesNonPresent && iommuIotlbGatherIsDisjoint(g, iova, size)) {
+        this.iotlbSync(domain, g);
+      }
+      if (g.pgsize === 0 || size < g.pgsize) g.pgsize = size;
     }
-    g.pgsize = size;
     iommuIotlbGatherAddRange(g, iova, size);
   }
 

@@ -705,6 +705,7 @@ export class IovaDomain {
         candidate = alignDown(high - size, align);
         above = curr;
         curr = rbPrev(curr) as IovaNode | null;
+        this.#counters.iovaTreeWalkSteps++;
       } while (curr !== null && candidate <= curr.pfnHi && candidate >= low);
       if (high >= size && candidate >= low) break;
       if (!retried && low === this.startPfn && retryPfn < limitExcl) {
