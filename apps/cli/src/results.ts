@@ -4,7 +4,7 @@
  * report, so all three always show the same figures.
  */
 import type { CounterSnapshot } from '@iovalink/iommu';
-import { type CostModel, modeledNs } from './cost-model.js';
+import { type CostCategory, type CostModel, modeledBreakdown } from './cost-model.js';
 import { median, type SimComparison } from './measure.js';
 
 /** The two DMA paths every consumer runs. */
@@ -34,6 +34,8 @@ export interface PathResult {
   harnessNsPerOp: number;
   /** Modeled kernel time per op: counts × cost model (ns). */
   modeledNsPerOp: number;
+  /** Modeled kernel time per op by cost category (ns; sums to modeledNsPerOp). */
+  modeledNsPerOpByCategory: Record<CostCategory, number>;
   /** Heap metadata bytes allocated per op, all kinds. */
   metaBytesPerOp: number;
   /** Heap allocations per op, all kinds. */
@@ -108,13 +110,17 @@ export function pathResult(
 ): PathResult {
   const meta = mappingMeta(d);
   const per = (x: number) => (ops > 0 ? x / ops : 0);
+  const modeled = modeledBreakdown(model, d);
+  const byCategory = { ...modeled.byCategory };
+  for (const k of Object.keys(byCategory) as CostCategory[]) byCategory[k] = per(byCategory[k]);
   return {
     path,
     ops,
     simNsPerOp: median(sim.modelNsPerOpRounds),
     simNsPerOpRounds: sim.modelNsPerOpRounds,
     harnessNsPerOp: median(sim.harnessNsPerOpRounds),
-    modeledNsPerOp: per(modeledNs(model, d)),
+    modeledNsPerOp: per(modeled.totalNs),
+    modeledNsPerOpByCategory: byCategory,
     metaBytesPerOp: per(meta.bytes),
     allocsPerOp: per(meta.allocs),
     sgBytesPerOp: per(meta.sgBytes),
