@@ -15,7 +15,10 @@ export function yieldToEventLoop(): Promise<void> {
 }
 
 /** Whether a command should draw progress bars: asked for, not JSON, and stderr a terminal. */
-export function wantsProgress(o: { progress?: boolean; json?: boolean }, isTty = process.stderr.isTTY): boolean {
+export function wantsProgress(
+  o: { progress?: boolean; json?: boolean },
+  isTty = process.stderr.isTTY,
+): boolean {
   return (o.progress ?? true) && !o.json && isTty === true;
 }
 

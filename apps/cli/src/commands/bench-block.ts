@@ -6,7 +6,7 @@
 import { loadCostModel } from '../cost-model.js';
 import { type Row, renderCsv, renderTable } from '../format.js';
 import { compareRounds, fmtComparison, fmtRatio } from '../measure.js';
-import type { DmaPath } from '../results.js';
+import type { DmaPath, PathResult } from '../results.js';
 import type { IommuMode } from '../rig.js';
 import { type BlockCase, blockWarmupIos, openBlockPath } from '../workloads/block.js';
 import { ROUNDS, runPaths } from '../workloads/both-paths.js';
@@ -36,6 +36,17 @@ export function parseSizes(v: string): number[] {
     if (n < 512 || n % 512 !== 0) throw new Error(`size "${t}" must be a multiple of 512 bytes`);
     return n;
   });
+}
+
+/** The largest cost categories of a path's modeled time, e.g. "invalidation 61%, page-table 22%". */
+export function whereItGoes(r: PathResult, top = 3): string {
+  if (!(r.modeledNsPerOp > 0)) return '';
+  return Object.entries(r.modeledNsPerOpByCategory)
+    .filter(([, ns]) => ns > 0)
+    .sort((a, b) => b[1] - a[1])
+    .slice(0, top)
+    .map(([k, ns]) => `${k} ${Math.round((100 * ns) / r.modeledNsPerOp)}%`)
+    .join(', ');
 }
 
 /**
@@ -68,7 +79,10 @@ export async function benchBlock(o: BenchBlockOptions): Promise<string> {
       });
       const sg = runs.get('sg')?.result;
       const iova = runs.get('iova')?.result;
-      const sim = sg !== undefined && iova !== undefined ? compareRounds(sg.simNsPerOpRounds, iova.simNsPerOpRounds) : undefined;
+      const sim =
+        sg !== undefined && iova !== undefined
+          ? compareRounds(sg.simNsPerOpRounds, iova.simNsPerOpRounds)
+          : undefined;
       for (const path of paths) {
         const r = runs.get(path)!.result;
         const twoStepRow = path === 'iova' && sim !== undefined && sg !== undefined;
@@ -77,11 +91,12 @@ export async function benchBlock(o: BenchBlockOptions): Promise<string> {
           qd,
           path,
           'IOPS (sim)': Math.round(1e9 / r.simNsPerOp),
-          'sim ns/io': Math.round(r.simNsPerOp),
+          'sim ns/io median': r.simNsPerOp,
           'sim ns/io min–max': `${Math.round(Math.min(...r.simNsPerOpRounds))}–${Math.round(Math.max(...r.simNsPerOpRounds))}`,
           'sim two-step/legacy': twoStepRow ? fmtComparison(sim) : '',
           'modeled ns/io': Number(r.modeledNsPerOp.toPrecision(4)),
           'modeled two-step/legacy': twoStepRow ? fmtRatio(r.modeledNsPerOp / sg.modeledNsPerOp) : '',
+          'modeled: where it goes': whereItGoes(r),
           'sg B/io': Number(r.sgBytesPerOp.toPrecision(4)),
           'meta B/io': Number(r.metaBytesPerOp.toPrecision(4)),
           'allocs/io': Number(r.allocsPerOp.toPrecision(3)),
@@ -97,7 +112,7 @@ export async function benchBlock(o: BenchBlockOptions): Promise<string> {
       {
         timeKinds: {
           'IOPS (sim)': `simulator, the model only (1e9 / median ns per I/O over ${ROUNDS} interleaved rounds)`,
-          'sim ns/io': 'simulator, the model only (median over rounds)',
+          'sim ns/io median': 'simulator, the model only (median over rounds)',
           'modeled ns/io': 'modeled kernel (counts × cost model)',
         },
         rounds: Math.min(ROUNDS, o.ios),

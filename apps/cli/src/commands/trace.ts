@@ -7,7 +7,13 @@
  * own time goes, JIT and GC pauses included). Kernel counterpart: the iommu and dma tracepoints.
  */
 import { writeFileSync } from 'node:fs';
-import { type CounterSnapshot, diffCounters, type Machine, type TraceArgs, type Tracer } from '@iovalink/iommu';
+import {
+  type CounterSnapshot,
+  diffCounters,
+  type Machine,
+  type TraceArgs,
+  type Tracer,
+} from '@iovalink/iommu';
 import { type CostModel, loadCostModel, modeledNs } from '../cost-model.js';
 import { type DmaPath, PATH_LABEL, type WorkloadResult } from '../results.js';
 import type { IommuMode } from '../rig.js';
@@ -131,7 +137,16 @@ export class ChromeTracer implements Tracer {
     if (this.#clock === 'wall') {
       this.events.push({ name, cat, ph: 'i', s: 't', ts, pid: 1, tid: this.#tid, ...a });
     } else if (REPORTED_AFTER_WORK.has(name)) {
-      this.events.push({ name, cat, ph: 'X', ts: this.#lastTs, dur: ts - this.#lastTs, pid: 1, tid: this.#tid, ...a });
+      this.events.push({
+        name,
+        cat,
+        ph: 'X',
+        ts: this.#lastTs,
+        dur: ts - this.#lastTs,
+        pid: 1,
+        tid: this.#tid,
+        ...a,
+      });
     } else {
       this.#open = { name, cat, ph: 'X', ts, dur: 0, pid: 1, tid: this.#tid, ...a };
       this.events.push(this.#open);
@@ -202,8 +217,16 @@ export async function recordTrace(
     args: { name: `iovalink ${w.name}` },
   });
   const tracers: Record<DmaPath, ChromeTracer> = {
-    sg: new ChromeTracer(events, tids.sg, clock === 'wall' ? { kind: 'wall', t0 } : { kind: 'modeled', model }),
-    iova: new ChromeTracer(events, tids.iova, clock === 'wall' ? { kind: 'wall', t0 } : { kind: 'modeled', model }),
+    sg: new ChromeTracer(
+      events,
+      tids.sg,
+      clock === 'wall' ? { kind: 'wall', t0 } : { kind: 'modeled', model },
+    ),
+    iova: new ChromeTracer(
+      events,
+      tids.iova,
+      clock === 'wall' ? { kind: 'wall', t0 } : { kind: 'modeled', model },
+    ),
   };
   await w.run({
     iommu: o.iommu,

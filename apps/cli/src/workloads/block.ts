@@ -285,7 +285,13 @@ export function blockWorkload(c: BlockCase, queueDepth = 16): Workload {
         { measured: c, units: ios, warmup: c, warmupUnits: blockWarmupIos(c, ios) },
         `${c.name}: the two paths left different data on the device`,
       );
-      return { name: c.name, subsystem: 'block', bytesPerOp: c.blockSize, paths: [sg.result, iova.result], sim };
+      return {
+        name: c.name,
+        subsystem: 'block',
+        bytesPerOp: c.blockSize,
+        paths: [sg.result, iova.result],
+        sim,
+      };
     },
   };
 }
