@@ -132,3 +132,14 @@ export function pathResult(
     verified: extra.verified,
   };
 }
+
+/** The largest cost categories of a path's modeled time, e.g. "invalidation 61%, page-table 22%". */
+export function modeledTopCategories(r: PathResult, top = 3): string {
+  if (!(r.modeledNsPerOp > 0)) return '';
+  return Object.entries(r.modeledNsPerOpByCategory)
+    .filter(([, ns]) => ns > 0)
+    .sort((a, b) => b[1] - a[1])
+    .slice(0, top)
+    .map(([k, ns]) => `${k} ${Math.round((100 * ns) / r.modeledNsPerOp)}%`)
+    .join(', ');
+}

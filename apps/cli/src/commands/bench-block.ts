@@ -6,7 +6,7 @@
 import { loadCostModel } from '../cost-model.js';
 import { type Row, renderCsv, renderTable } from '../format.js';
 import { compareRounds, fmtComparison, fmtRatio } from '../measure.js';
-import type { DmaPath, PathResult } from '../results.js';
+import { type DmaPath, modeledTopCategories } from '../results.js';
 import type { IommuMode } from '../rig.js';
 import { type BlockCase, blockWarmupIos, openBlockPath } from '../workloads/block.js';
 import { ROUNDS, runPaths } from '../workloads/both-paths.js';
@@ -36,17 +36,6 @@ export function parseSizes(v: string): number[] {
     if (n < 512 || n % 512 !== 0) throw new Error(`size "${t}" must be a multiple of 512 bytes`);
     return n;
   });
-}
-
-/** The largest cost categories of a path's modeled time, e.g. "invalidation 61%, page-table 22%". */
-export function whereItGoes(r: PathResult, top = 3): string {
-  if (!(r.modeledNsPerOp > 0)) return '';
-  return Object.entries(r.modeledNsPerOpByCategory)
-    .filter(([, ns]) => ns > 0)
-    .sort((a, b) => b[1] - a[1])
-    .slice(0, top)
-    .map(([k, ns]) => `${k} ${Math.round((100 * ns) / r.modeledNsPerOp)}%`)
-    .join(', ');
 }
 
 /**
@@ -96,7 +85,7 @@ export async function benchBlock(o: BenchBlockOptions): Promise<string> {
           'sim two-step/legacy': twoStepRow ? fmtComparison(sim) : '',
           'modeled ns/io': Number(r.modeledNsPerOp.toPrecision(4)),
           'modeled two-step/legacy': twoStepRow ? fmtRatio(r.modeledNsPerOp / sg.modeledNsPerOp) : '',
-          'modeled: where it goes': whereItGoes(r),
+          'modeled: where it goes': modeledTopCategories(r),
           'sg B/io': Number(r.sgBytesPerOp.toPrecision(4)),
           'meta B/io': Number(r.metaBytesPerOp.toPrecision(4)),
           'allocs/io': Number(r.allocsPerOp.toPrecision(3)),

@@ -11,7 +11,13 @@ import { fmtNs, type Row, renderTable } from '../format.js';
 import { fmtComparison, fmtRatio } from '../measure.js';
 import { progressBars, wantsProgress } from '../progress.js';
 import { renderReport } from '../report.js';
-import { PATH_LABEL, type PathResult, type RunReport, type WorkloadResult } from '../results.js';
+import {
+  modeledTopCategories,
+  PATH_LABEL,
+  type PathResult,
+  type RunReport,
+  type WorkloadResult,
+} from '../results.js';
 import type { IommuMode } from '../rig.js';
 import { allWorkloads } from '../workloads/index.js';
 import type { Workload, WorkloadContext } from '../workloads/types.js';
@@ -57,6 +63,7 @@ const METRICS: Metric[] = [
     compare: 'none',
   },
   { name: 'MODELED kernel time / op', value: (p) => p.modeledNsPerOp, show: fmtNs, compare: 'ratio' },
+  { name: 'MODELED: where it goes', value: (p) => modeledTopCategories(p, 2), compare: 'none' },
   { name: 'metadata bytes / op', value: (p) => p.metaBytesPerOp, compare: 'ratio' },
   { name: 'scatterlist bytes / op', value: (p) => p.sgBytesPerOp, compare: 'ratio' },
   { name: 'allocations / op', value: (p) => p.allocsPerOp, compare: 'ratio' },
