@@ -49,6 +49,8 @@ function tableRows(w: WorkloadResult): string {
         td(fmtNum(p.iovaAllocsPerOp)) +
         td(fmtNum(p.pteWritesPerOp)) +
         td(fmtNum(p.iotlbInvalidationsPerOp)) +
+        td(fmtNum(p.invalidationCmdsPerOp)) +
+        td(fmtNum(p.invalidationSyncsPerOp)) +
         td(fmtNum(p.bounceBytesPerOp)) +
         td(p.verified ? 'yes' : 'NO') +
         '</tr>'
@@ -99,7 +101,7 @@ the per-round ratios with a 95% interval, "≈" when the interval includes 1.</p
 <table id="results"><thead><tr><th>workload</th><th>path</th><th>ops</th><th>simulator time/op (median)</th>
 <th>simulator two-step / legacy</th><th>harness time/op (simulator)</th><th>modeled time/op</th>
 <th>modeled two-step / legacy</th><th>metadata B/op</th><th>allocs/op</th><th>IOVA allocs/op</th><th>PTE writes/op</th>
-<th>IOTLB inval/op</th><th>bounce B/op</th><th>data verified</th></tr></thead><tbody>
+<th>IOTLB inval/op</th><th>inval commands/op</th><th>inval syncs/op</th><th>bounce B/op</th><th>data verified</th></tr></thead><tbody>
 ${rows}
 </tbody></table>
 <script>${chartJsSource()}</script>

@@ -45,6 +45,10 @@ export interface PathResult {
   iovaAllocsPerOp: number;
   pteWritesPerOp: number;
   iotlbInvalidationsPerOp: number;
+  /** Invalidation commands the IOMMU driver issued per op (per-page, range and domain-wide). */
+  invalidationCmdsPerOp: number;
+  /** Invalidation completion waits per op (SMMUv3 CMD_SYNC, VT-d wait descriptor, AMD COMPLETION_WAIT). */
+  invalidationSyncsPerOp: number;
   bounceBytesPerOp: number;
   /** Bytes of mapping metadata per 4 KiB page kept while mapped (for memory-per-page charts). */
   metaBytesPerPage: number;
@@ -127,6 +131,10 @@ export function pathResult(
     iovaAllocsPerOp: per(d.events.iovaAllocs),
     pteWritesPerOp: per(d.events.pteWrites),
     iotlbInvalidationsPerOp: per(d.events.iotlbInvRange + d.events.iotlbInvAll),
+    invalidationCmdsPerOp: per(
+      d.events.iotlbInvPageCmds + d.events.iotlbInvRangeCmds + d.events.iotlbInvDomainCmds,
+    ),
+    invalidationSyncsPerOp: per(d.events.iotlbInvSyncs),
     bounceBytesPerOp: per(d.events.bounceBytes),
     metaBytesPerPage: extra.pages > 0 ? extra.keptMetaBytes / extra.pages : 0,
     verified: extra.verified,

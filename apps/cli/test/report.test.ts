@@ -39,6 +39,8 @@ function path(p: 'sg' | 'iova', scale: number): PathResult {
     iovaAllocsPerOp: p === 'sg' ? 1 : 1 / 1024,
     pteWritesPerOp: 32,
     iotlbInvalidationsPerOp: 1,
+    invalidationCmdsPerOp: 32,
+    invalidationSyncsPerOp: 1,
     bounceBytesPerOp: 0,
     metaBytesPerPage: p === 'sg' ? 32 : 0.5,
     verified: true,

@@ -92,6 +92,7 @@ export async function benchBlock(o: BenchBlockOptions): Promise<string> {
           'IOVA allocs/io': Number(r.iovaAllocsPerOp.toPrecision(3)),
           'PTE writes/io': Number(r.pteWritesPerOp.toPrecision(4)),
           'IOTLB inval/io': Number(r.iotlbInvalidationsPerOp.toPrecision(3)),
+          'inval cmds/io': Number(r.invalidationCmdsPerOp.toPrecision(3)),
         });
       }
     }

@@ -75,6 +75,8 @@ const METRICS: Metric[] = [
   },
   { name: 'PTE writes / op', value: (p) => p.pteWritesPerOp, compare: 'ratio' },
   { name: 'IOTLB invalidations / op', value: (p) => p.iotlbInvalidationsPerOp, compare: 'ratio' },
+  { name: '  invalidation commands / op', value: (p) => p.invalidationCmdsPerOp, compare: 'ratio' },
+  { name: '  invalidation syncs / op', value: (p) => p.invalidationSyncsPerOp, compare: 'ratio' },
   { name: 'bounce bytes / op', value: (p) => p.bounceBytesPerOp, compare: 'ratio' },
   { name: 'mapping metadata bytes / page', value: (p) => p.metaBytesPerPage, compare: 'ratio' },
   { name: 'data verified', value: (p) => (p.verified ? 'yes' : 'NO'), compare: 'none' },
