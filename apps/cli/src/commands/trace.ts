@@ -72,14 +72,16 @@ export class ChromeTracer implements Tracer {
   /** A point-event slice waiting for the next event to end it. */
   #open: TraceEvent | undefined;
   #depth = 0;
-  /** Stop recording after this many events (a long run stays openable). */
+  /** Events this track recorded. */
+  #count = 0;
+  /** Stop recording this track after this many events (a long run stays openable). */
   readonly limit: number;
 
   constructor(
     events: TraceEvent[],
     tid: number,
     clock: { kind: 'wall'; t0: number } | { kind: 'modeled'; model: CostModel },
-    limit = 200_000,
+    limit = 100_000,
   ) {
     this.events = events;
     this.#tid = tid;
@@ -115,9 +117,10 @@ export class ChromeTracer implements Tracer {
   }
 
   begin(name: string, cat: string, args?: TraceArgs): void {
-    if (this.events.length >= this.limit) return;
+    if (this.#count >= this.limit) return;
     const ts = this.#tick();
     this.#depth++;
+    this.#count++;
     this.events.push({ name, cat, ph: 'B', ts, pid: 1, tid: this.#tid, ...(args ? { args } : {}) });
     this.#lastTs = ts;
   }
@@ -126,13 +129,15 @@ export class ChromeTracer implements Tracer {
     if (this.#depth === 0) return;
     const ts = this.#tick();
     this.#depth--;
+    this.#count++;
     this.events.push({ name: '', cat: '', ph: 'E', ts, pid: 1, tid: this.#tid });
     this.#lastTs = ts;
   }
 
   instant(name: string, cat: string, args?: TraceArgs): void {
-    if (this.events.length >= this.limit) return;
+    if (this.#count >= this.limit) return;
     const ts = this.#tick();
+    this.#count++;
     const a = args ? { args } : {};
     if (this.#clock === 'wall') {
       this.events.push({ name, cat, ph: 'i', s: 't', ts, pid: 1, tid: this.#tid, ...a });
@@ -228,13 +233,19 @@ export async function recordTrace(
       clock === 'wall' ? { kind: 'wall', t0 } : { kind: 'modeled', model },
     ),
   };
+  const traced = new Set<DmaPath>();
   await w.run({
     iommu: o.iommu,
     seed: o.seed,
     quick: true,
     debug: false,
     costModel: model,
-    onMachine: (machine: Machine, path: DmaPath) => tracers[path].attach(machine),
+    // the first measured machine of each path: the block and ODP sessions run all their rounds
+    // on it; VFIO builds one per migration, and one migration per path is what a trace needs
+    onMachine: (machine: Machine, path: DmaPath) => {
+      if (!traced.has(path)) tracers[path].attach(machine);
+      traced.add(path);
+    },
   });
   tracers.sg.close();
   tracers.iova.close();
