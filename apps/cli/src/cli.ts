@@ -12,7 +12,7 @@ import { type DemoOptions, demo } from './commands/demo.js';
 import { registerServe } from './commands/serve.js';
 import { TRACE_CLOCKS, type TraceOptions, trace } from './commands/trace.js';
 import { COST_MODEL_PRESETS } from './cost-model.js';
-import { intOption, iommuOption, seedOption } from './options.js';
+import { costModelOption, hwOption, intOption, iommuOption, seedOption } from './options.js';
 import type { IommuMode } from './rig.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as {
@@ -73,7 +73,9 @@ export function buildProgram(out: (s: string) => void = (s) => process.stdout.wr
     .description('benchmarks: the dma_map_benchmark port and block sweeps');
   bench
     .command('map')
-    .description('map and unmap a buffer in a loop, like the kernel dma_map_benchmark tool (simulator time)')
+    .description(
+      'map and unmap a buffer in a loop, like the kernel dma_map_benchmark tool: MODELED kernel µs on --hw, and simulator-time percentiles',
+    )
     .addOption(
       new Option('-t, --threads <n>', 'threads, run round-robin on the CPUs')
         .default(1)
@@ -107,6 +109,8 @@ export function buildProgram(out: (s: string) => void = (s) => process.stdout.wr
         .default('both'),
     )
     .addOption(iommuOption())
+    .addOption(hwOption())
+    .addOption(costModelOption())
     .addOption(
       new Option('--loops <n>', 'fixed iterations instead of --seconds').argParser(int('loops', 1, 1e9)),
     )

@@ -9,7 +9,7 @@
  * reasoning in `source`.
  */
 import { readFileSync } from 'node:fs';
-import { COUNTER_NAMES, type CounterName, type CounterSnapshot } from '@iovalink/iommu';
+import { COUNTER_NAMES, type CounterName, type CounterSnapshot, type IommuHw } from '@iovalink/iommu';
 
 /** Where modeled time goes, for breakdowns and stacked charts. */
 export const COST_CATEGORIES = [
@@ -184,6 +184,11 @@ export function loadCostModel(nameOrPath: string): CostModel {
     throw new CostModelError(`cost model ${nameOrPath}: not valid JSON (${(e as Error).message})`);
   }
   return validateCostModel(raw, `cost model ${nameOrPath}`);
+}
+
+/** The cost model named by `--cost-model`, or the hardware description's own default. */
+export function resolveCostModel(nameOrPath: string | undefined, hw: IommuHw): CostModel {
+  return loadCostModel(nameOrPath ?? hw.costModel);
 }
 
 /** Modeled kernel time split by category, plus the total. */

@@ -18,6 +18,7 @@ export {
   type ModeledBreakdown,
   modeledBreakdown,
   modeledNs,
+  resolveCostModel,
   validateCostModel,
 } from './cost-model.js';
-export { createRig, IOMMU_MODES, type IommuMode, type Rig, type RigOptions } from './rig.js';
+export { createRig, IOMMU_MODES, type IommuMode, loadIommuHw, type Rig, type RigOptions } from './rig.js';

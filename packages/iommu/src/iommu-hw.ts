@@ -72,6 +72,11 @@ export interface IommuHw {
   kernel: string;
   /** Feature bits assumed, as the driver names them (documentation; the fields below act). */
   featureBits: readonly string[];
+  /**
+   * The cost-model preset front ends use for this hardware unless told otherwise (the CLI's
+   * `cost-models/<name>.json`); this package does not read it.
+   */
+  costModel: string;
   /** Page sizes (4K required; only 4K, 2M, 1G exist in our format). */
   pgsizeBitmap: number;
   /** IOTLB entries modelled. */
@@ -86,6 +91,7 @@ export interface IommuHw {
 export const IOMMU_HW_PRESETS = {
   'smmuv3-norange': {
     name: 'smmuv3-norange',
+    costModel: 'arm-smmuv3',
     description:
       'Arm SMMUv3.1-class server IOMMU (e.g. MMU-600) without range invalidation: one CMD_TLBI_NH_VA per granule, CMD_SYNC at the end of each batch submit',
     kernel: 'v6.17',
@@ -107,6 +113,7 @@ export const IOMMU_HW_PRESETS = {
   },
   'smmuv3-range': {
     name: 'smmuv3-range',
+    costModel: 'arm-smmuv3',
     description:
       'Arm SMMUv3.2+ IOMMU with range invalidation (IDR3.RIL): TLBI with TG/SCALE/NUM/TTL, 5 bits of page count per command',
     kernel: 'v6.17',
@@ -128,6 +135,7 @@ export const IOMMU_HW_PRESETS = {
   },
   'intel-vtd': {
     name: 'intel-vtd',
+    costModel: 'intel-vtd',
     description:
       'Intel VT-d with queued invalidation, second-stage DMA domains: one page-selective IOTLB descriptor with an address mask, domain-selective above CAP.MAMV, then a wait descriptor',
     kernel: 'v6.17',
@@ -144,6 +152,7 @@ export const IOMMU_HW_PRESETS = {
   },
   'amd-vi': {
     name: 'amd-vi',
+    costModel: 'amd-vi',
     description:
       'AMD-Vi (bare metal, no NpCache): one INVALIDATE_IOMMU_PAGES per flush, the S bit covering the naturally aligned block that holds the range, then COMPLETION_WAIT',
     kernel: 'v6.17',
@@ -180,6 +189,7 @@ const HW_KEYS = [
   'description',
   'kernel',
   'featureBits',
+  'costModel',
   'pgsizeBitmap',
   'iotlbEntries',
   'cachesNonPresent',
@@ -249,7 +259,7 @@ function validateInvalidation(where: string, raw: unknown, cachesNonPresent: boo
 export function validateIommuHw(raw: unknown, where: string): IommuHw {
   if (!isObject(raw)) fail(where, 'expected a JSON object');
   onlyKeys(where, raw, HW_KEYS);
-  for (const k of ['name', 'description', 'kernel'] as const) {
+  for (const k of ['name', 'description', 'kernel', 'costModel'] as const) {
     if (typeof raw[k] !== 'string' || (raw[k] as string).length === 0)
       fail(where, `"${k}" must be a non-empty string`);
   }
@@ -276,6 +286,7 @@ export function validateIommuHw(raw: unknown, where: string): IommuHw {
     description: raw.description as string,
     kernel: raw.kernel as string,
     featureBits: bits as string[],
+    costModel: raw.costModel as string,
     pgsizeBitmap: pg,
     iotlbEntries: entries,
     cachesNonPresent: cnp,
