@@ -11,7 +11,6 @@ import { benchMap } from './commands/bench-map.js';
 import { type DemoOptions, demo } from './commands/demo.js';
 import { registerServe } from './commands/serve.js';
 import { TRACE_CLOCKS, type TraceOptions, trace } from './commands/trace.js';
-import { COST_MODEL_PRESETS } from './cost-model.js';
 import { costModelOption, hwOption, intOption, iommuOption, seedOption } from './options.js';
 import type { IommuMode } from './rig.js';
 
@@ -34,12 +33,8 @@ export function buildProgram(out: (s: string) => void = (s) => process.stdout.wr
     .option('--quick', 'small sizes: the whole run in well under ten seconds')
     .option('--json', 'machine-readable results')
     .option('--report <file.html>', 'also write a self-contained HTML report with charts')
-    .addOption(
-      new Option(
-        '--cost-model <preset|file.json>',
-        `cost model for modeled kernel time (${COST_MODEL_PRESETS.join(', ')}, or a file)`,
-      ).default('arm-smmuv3'),
-    )
+    .addOption(hwOption())
+    .addOption(costModelOption())
     .addOption(iommuOption())
     .addOption(seedOption('seed for the machine and workloads'))
     .addOption(new Option('--only <subsystem...>', 'run only these').choices(['block', 'odp', 'vfio']))
@@ -63,7 +58,8 @@ export function buildProgram(out: (s: string) => void = (s) => process.stdout.wr
         .choices([...TRACE_CLOCKS])
         .default('modeled'),
     )
-    .option('--cost-model <preset|file.json>', 'cost model of the modeled clock', 'arm-smmuv3')
+    .addOption(hwOption())
+    .addOption(costModelOption())
     .addOption(iommuOption())
     .addOption(seedOption())
     .action(async (o: TraceOptions) => out(await trace(o)));
@@ -148,7 +144,8 @@ export function buildProgram(out: (s: string) => void = (s) => process.stdout.wr
     )
     .addOption(new Option('--path <path>', 'mapping path').choices(['sg', 'iova', 'both']).default('both'))
     .addOption(iommuOption())
-    .option('--cost-model <preset|file.json>', 'cost model for modeled kernel time', 'arm-smmuv3')
+    .addOption(hwOption())
+    .addOption(costModelOption())
     .addOption(seedOption())
     .option('--json', 'machine-readable output')
     .option('--csv', 'CSV output')

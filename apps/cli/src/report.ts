@@ -85,7 +85,7 @@ td:first-child,td:nth-child(2),th{text-align:left}.note{color:#555}
 .wide{position:relative;height:${60 + 44 * r.workloads.length}px;max-width:1000px}
 </style></head><body>
 <h1>${esc(r.title)}</h1>
-<p class="note">IOMMU: ${esc(r.iommu)} · cost model: ${esc(r.costModel)} · seed ${r.seed}.
+<p class="note">IOMMU: ${esc(r.iommu)}${r.hw === undefined ? '' : ` · hardware: ${esc(r.hw)}`} · cost model: ${esc(r.costModel)} · seed ${r.seed}.
 <b>Modeled kernel time</b> is counted events × the cost model's nanoseconds: a prediction, not a measurement.
 <b>Simulator time</b> is how fast this model ran on the machine that made this report: the median over rounds in
 which the two paths took turns, with the harness's share (preparing payloads, checking data) apart.

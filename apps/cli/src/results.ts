@@ -73,6 +73,8 @@ export interface RunReport {
   title: string;
   costModel: string;
   iommu: string;
+  /** IOMMU hardware description the machines followed (preset or file name). */
+  hw?: string;
   seed: number;
   workloads: WorkloadResult[];
 }

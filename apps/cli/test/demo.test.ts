@@ -108,6 +108,24 @@ describe('iovalink demo', () => {
     expect(readFileSync(file, 'utf8')).toContain('"name":"block 64 KiB test"');
   });
 
+  it('follows --hw: a 64 KiB unmap is 16 per-page TLBIs without range invalidation, one range command with it', async () => {
+    // arm-smmu-v3.c __arm_smmu_tlb_inv_range: without ARM_SMMU_FEAT_RANGE_INV one CMD_TLBI_NH_VA
+    // per 4 KiB granule (64 KiB = 16); with it, num_pages = 16 = 1 << 4 → scale 4, num 1: one
+    // command. Either way one CMD_SYNC ends the batch. One strict unmap per request on both paths.
+    for (const [hw, cmds] of [
+      ['smmuv3-norange', 16],
+      ['smmuv3-range', 1],
+    ] as const) {
+      const r = await runDemo({ ...base, hw }, [small]);
+      expect(r.hw).toBe(hw);
+      for (const p of r.workloads[0]!.paths) {
+        expect(p.iotlbInvalidationsPerOp).toBe(1);
+        expect(p.invalidationCmdsPerOp).toBe(cmds);
+        expect(p.invalidationSyncsPerOp).toBe(1);
+      }
+    }
+  });
+
   it('runs on a device without an IOMMU (both paths map directly)', async () => {
     const r = await runDemo({ ...base, iommu: 'none' }, [small]);
     for (const p of r.workloads[0]!.paths) {

@@ -3,11 +3,12 @@
  * both mapping paths, with IOPS in simulator time (median of interleaved rounds), modeled kernel
  * time per I/O, and the counts per I/O side by side. Every byte is verified.
  */
-import { loadCostModel } from '../cost-model.js';
+import { DEFAULT_IOMMU_HW } from '@iovalink/iommu';
+import { resolveCostModel } from '../cost-model.js';
 import { type Row, renderCsv, renderTable } from '../format.js';
 import { compareRounds, fmtComparison, fmtRatio } from '../measure.js';
 import { type DmaPath, modeledTopCategories } from '../results.js';
-import type { IommuMode } from '../rig.js';
+import { type IommuMode, loadIommuHw } from '../rig.js';
 import { type BlockCase, blockWarmupIos, openBlockPath } from '../workloads/block.js';
 import { ROUNDS, runPaths } from '../workloads/both-paths.js';
 import type { WorkloadContext } from '../workloads/types.js';
@@ -21,7 +22,10 @@ export interface BenchBlockOptions {
   buffers: 'contiguous' | 'scattered';
   path: DmaPath | 'both';
   iommu: IommuMode;
-  costModel: string;
+  /** IOMMU hardware preset or file (default smmuv3-norange). */
+  hw?: string;
+  /** Cost model preset or file (default: the hardware's own). */
+  costModel?: string;
   seed: number;
   json?: boolean;
   csv?: boolean;
@@ -45,9 +49,17 @@ export function parseSizes(v: string): number[] {
  * the ratio's 95% interval over the rounds ("≈" when it includes 1).
  */
 export async function benchBlock(o: BenchBlockOptions): Promise<string> {
-  const model = loadCostModel(o.costModel);
+  const hw = loadIommuHw(o.hw ?? DEFAULT_IOMMU_HW);
+  const model = resolveCostModel(o.costModel, hw);
   const paths: DmaPath[] = o.path === 'both' ? ['sg', 'iova'] : [o.path];
-  const ctx: WorkloadContext = { iommu: o.iommu, seed: o.seed, quick: false, debug: false, costModel: model };
+  const ctx: WorkloadContext = {
+    iommu: o.iommu,
+    hw,
+    seed: o.seed,
+    quick: false,
+    debug: false,
+    costModel: model,
+  };
   const rows: Row[] = [];
   for (const size of o.sizes) {
     for (const qd of o.depths) {
@@ -105,6 +117,8 @@ export async function benchBlock(o: BenchBlockOptions): Promise<string> {
           'sim ns/io median': 'simulator, the model only (median over rounds)',
           'modeled ns/io': 'modeled kernel (counts × cost model)',
         },
+        hw: hw.name,
+        costModel: model.name,
         rounds: Math.min(ROUNDS, o.ios),
         rows,
       },
@@ -116,6 +130,6 @@ export async function benchBlock(o: BenchBlockOptions): Promise<string> {
     renderTable(rows),
     `IOPS (sim) and sim ns/io: simulator time of the model (whole I/O path incl. device data movement, payload`,
     `preparation and checks excluded), median of ${Math.min(ROUNDS, o.ios)} rounds, paths interleaved (two-step/legacy:`,
-    `median ratio and 95% interval, "≈" when it includes 1). modeled ns/io: counts × cost model ${model.name}.`,
+    `median ratio and 95% interval, "≈" when it includes 1). modeled ns/io: counts × cost model ${model.name} on ${hw.name}.`,
   ].join('\n');
 }

@@ -6,7 +6,8 @@
  * (clearly labelled), and the counts the kernel would spend.
  */
 import { writeFileSync } from 'node:fs';
-import { type CostModel, loadCostModel } from '../cost-model.js';
+import { DEFAULT_IOMMU_HW } from '@iovalink/iommu';
+import { type CostModel, resolveCostModel } from '../cost-model.js';
 import { fmtNs, type Row, renderTable } from '../format.js';
 import { fmtComparison, fmtRatio } from '../measure.js';
 import { progressBars, wantsProgress } from '../progress.js';
@@ -18,7 +19,7 @@ import {
   type RunReport,
   type WorkloadResult,
 } from '../results.js';
-import type { IommuMode } from '../rig.js';
+import { type IommuMode, loadIommuHw } from '../rig.js';
 import { allWorkloads } from '../workloads/index.js';
 import type { Workload, WorkloadContext } from '../workloads/types.js';
 
@@ -27,7 +28,10 @@ export interface DemoOptions {
   quick?: boolean;
   json?: boolean;
   report?: string;
-  costModel: string;
+  /** Cost model preset or file (default: the hardware's own). */
+  costModel?: string;
+  /** IOMMU hardware preset or file (default smmuv3-norange). */
+  hw?: string;
   iommu: IommuMode;
   seed: number;
   debug?: boolean;
@@ -113,7 +117,8 @@ export async function runDemo(
   o: DemoOptions,
   workloads: readonly Workload[] = allWorkloads(),
 ): Promise<RunReport> {
-  const model: CostModel = loadCostModel(o.costModel);
+  const hw = loadIommuHw(o.hw ?? DEFAULT_IOMMU_HW);
+  const model: CostModel = resolveCostModel(o.costModel, hw);
   const chosen = workloads.filter((w) => o.only === undefined || o.only.includes(w.subsystem));
   const bars = progressBars(wantsProgress(o));
   const results: WorkloadResult[] = [];
@@ -121,6 +126,7 @@ export async function runDemo(
     const bar = bars?.create(1, 0, { name: w.name });
     const ctx: WorkloadContext = {
       iommu: o.iommu,
+      hw,
       seed: o.seed,
       quick: o.quick ?? false,
       costModel: model,
@@ -138,6 +144,7 @@ export async function runDemo(
     title: 'iovalink demo: scatterlist path vs two-step IOVA API',
     costModel: model.name,
     iommu: o.iommu,
+    hw: hw.name,
     seed: o.seed,
     workloads: results,
   };
@@ -163,7 +170,7 @@ export async function demo(o: DemoOptions, workloads?: readonly Workload[]): Pro
       2,
     );
   const parts = [
-    `iovalink demo · IOMMU ${report.iommu} · cost model ${report.costModel} · seed ${report.seed}`,
+    `iovalink demo · IOMMU ${report.iommu} · hardware ${report.hw} · cost model ${report.costModel} · seed ${report.seed}`,
     'Simulator time is how fast this model ran here: the median of rounds in which the two paths take',
     'turns, with a 95% interval of the ratio ("≈" when it includes 1: the rounds show no difference).',
     'MODELED kernel time is counted events × the cost model (a prediction, not a measurement; see',

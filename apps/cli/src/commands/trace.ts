@@ -9,14 +9,15 @@
 import { writeFileSync } from 'node:fs';
 import {
   type CounterSnapshot,
+  DEFAULT_IOMMU_HW,
   diffCounters,
   type Machine,
   type TraceArgs,
   type Tracer,
 } from '@iovalink/iommu';
-import { type CostModel, loadCostModel, modeledNs } from '../cost-model.js';
+import { type CostModel, modeledNs, resolveCostModel } from '../cost-model.js';
 import { type DmaPath, PATH_LABEL, type WorkloadResult } from '../results.js';
-import type { IommuMode } from '../rig.js';
+import { type IommuMode, loadIommuHw } from '../rig.js';
 import { blockWorkload, TRACE_BLOCK_CASE } from '../workloads/block.js';
 import { odpWorkload } from '../workloads/odp.js';
 import type { Workload } from '../workloads/types.js';
@@ -173,8 +174,10 @@ export interface TraceOptions {
   seed: number;
   /** Timestamps: modeled kernel time (default) or wall-clock simulator time. */
   clock?: TraceClock;
-  /** Cost model of the modeled clock (default arm-smmuv3). */
+  /** Cost model of the modeled clock (default: the hardware's own). */
   costModel?: string;
+  /** IOMMU hardware preset or file (default smmuv3-norange). */
+  hw?: string;
 }
 
 /**
@@ -199,7 +202,8 @@ export async function recordTrace(
   const events: TraceEvent[] = [];
   const t0 = performance.now();
   const clock = o.clock ?? 'modeled';
-  const model = loadCostModel(o.costModel ?? 'arm-smmuv3');
+  const hw = loadIommuHw(o.hw ?? DEFAULT_IOMMU_HW);
+  const model = resolveCostModel(o.costModel, hw);
   const tids: Record<DmaPath, number> = { sg: 1, iova: 2 };
   for (const p of ['sg', 'iova'] as const) {
     events.push({
@@ -236,6 +240,7 @@ export async function recordTrace(
   const traced = new Set<DmaPath>();
   await w.run({
     iommu: o.iommu,
+    hw,
     seed: o.seed,
     quick: true,
     debug: false,
@@ -258,6 +263,7 @@ export async function recordTrace(
         clock === 'wall'
           ? 'wall-clock simulator time (how fast this model ran here)'
           : `modeled kernel time: each slice lasts the modeled cost of its events (cost model ${model.name})`,
+      hw: hw.name,
       workload: w.name,
     },
   };

@@ -132,7 +132,13 @@ export function openBlockPath(
   ctx: WorkloadContext,
   queueDepth = 16,
 ): PathSession<BlockRunStats> {
-  const rig = createRig({ iommu: ctx.iommu, seed: ctx.seed, debug: ctx.debug, memSize: 2 * 2 ** 30 });
+  const rig = createRig({
+    iommu: ctx.iommu,
+    ...(ctx.hw === undefined ? {} : { hw: ctx.hw }),
+    seed: ctx.seed,
+    debug: ctx.debug,
+    memSize: 2 * 2 ** 30,
+  });
   ctx.onMachine?.(rig.machine, path);
   const machine = rig.machine;
   const dev = rig.device(`nvme-${path}`);

@@ -128,7 +128,13 @@ interface OdpRun {
  * caller's, so it can fall inside the counter window.
  */
 function odpSetup(path: DmaPath, ctx: WorkloadContext, size: OdpWorkloadSize): Omit<OdpRun, 'mr'> {
-  const rig = createRig({ iommu: ctx.iommu, seed: ctx.seed, debug: ctx.debug, memSize: 1 << 30 });
+  const rig = createRig({
+    iommu: ctx.iommu,
+    ...(ctx.hw === undefined ? {} : { hw: ctx.hw }),
+    seed: ctx.seed,
+    debug: ctx.debug,
+    memSize: 1 << 30,
+  });
   ctx.onMachine?.(rig.machine, path);
   const dev = rig.device(`mlx5-${path}`);
   const ibdev = mlx5IbAdd(dev, { mode: ODP_MODE_OF_PATH[path] });

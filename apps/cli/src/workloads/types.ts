@@ -4,7 +4,7 @@
  * one `WorkloadResult` (see `../results.ts`).
  */
 
-import type { Machine } from '@iovalink/iommu';
+import type { IommuHw, Machine } from '@iovalink/iommu';
 import type { CostModel } from '../cost-model.js';
 import type { DmaPath, WorkloadResult } from '../results.js';
 import type { IommuMode } from '../rig.js';
@@ -13,6 +13,8 @@ import type { IommuMode } from '../rig.js';
 export interface WorkloadContext {
   /** Device translation for the run (strict by default). */
   iommu: IommuMode;
+  /** IOMMU hardware the machines follow (default: `createRig`'s, smmuv3-norange). */
+  hw?: IommuHw;
   /** Seed for the machine and the workload's random choices. */
   seed: number;
   /** Small sizes so that the whole demo finishes in well under ten seconds. */

@@ -123,7 +123,13 @@ interface VfioMigration {
  */
 function vfioMigrateOnce(path: DmaPath, ctx: WorkloadContext, size: VfioWorkloadSize): VfioMigration {
   const statePages = Math.ceil(size.stateBytes / PAGE_SIZE);
-  const rig = createRig({ iommu: ctx.iommu, seed: ctx.seed, debug: ctx.debug, memSize: 4 * 2 ** 30 });
+  const rig = createRig({
+    iommu: ctx.iommu,
+    ...(ctx.hw === undefined ? {} : { hw: ctx.hw }),
+    seed: ctx.seed,
+    debug: ctx.debug,
+    memSize: 4 * 2 ** 30,
+  });
   ctx.onMachine?.(rig.machine, path);
   const machine = rig.machine;
   // enough isolated free pages for every buffer of the run (source pre-copy and stop-copy,
