@@ -10,8 +10,7 @@ import { type BenchBlockOptions, benchBlock, parseSizes } from './commands/bench
 import { benchMap } from './commands/bench-map.js';
 import { type DemoOptions, demo } from './commands/demo.js';
 import { registerServe } from './commands/serve.js';
-import { type TraceOptions, trace } from './commands/trace.js';
-import { COST_MODEL_PRESETS } from './cost-model.js';
+import { TRACE_CLOCKS, type TraceOptions, trace } from './commands/trace.js';
 import { costModelOption, hwOption, intOption, iommuOption, seedOption } from './options.js';
 import type { IommuMode } from './rig.js';
 
@@ -34,18 +33,14 @@ export function buildProgram(out: (s: string) => void = (s) => process.stdout.wr
     .option('--quick', 'small sizes: the whole run in well under ten seconds')
     .option('--json', 'machine-readable results')
     .option('--report <file.html>', 'also write a self-contained HTML report with charts')
-    .addOption(
-      new Option(
-        '--cost-model <preset|file.json>',
-        `cost model for modeled kernel time (${COST_MODEL_PRESETS.join(', ')}, or a file)`,
-      ).default('arm-smmuv3'),
-    )
+    .addOption(hwOption())
+    .addOption(costModelOption())
     .addOption(iommuOption())
     .addOption(seedOption('seed for the machine and workloads'))
     .addOption(new Option('--only <subsystem...>', 'run only these').choices(['block', 'odp', 'vfio']))
     .option('--debug', 'check every mapping with dma-debug (slower)')
     .option('--no-progress', 'no progress bars')
-    .action((o: DemoOptions) => out(demo(o)));
+    .action(async (o: DemoOptions) => out(await demo(o)));
 
   program
     .command('trace')
@@ -58,9 +53,16 @@ export function buildProgram(out: (s: string) => void = (s) => process.stdout.wr
         .choices(['block', 'odp', 'vfio'])
         .default('block'),
     )
+    .addOption(
+      new Option('--clock <clock>', 'timestamps: modeled kernel time, or wall-clock simulator time')
+        .choices([...TRACE_CLOCKS])
+        .default('modeled'),
+    )
+    .addOption(hwOption())
+    .addOption(costModelOption())
     .addOption(iommuOption())
     .addOption(seedOption())
-    .action((o: TraceOptions) => out(trace(o)));
+    .action(async (o: TraceOptions) => out(await trace(o)));
 
   const bench = program
     .command('bench')
@@ -142,11 +144,12 @@ export function buildProgram(out: (s: string) => void = (s) => process.stdout.wr
     )
     .addOption(new Option('--path <path>', 'mapping path').choices(['sg', 'iova', 'both']).default('both'))
     .addOption(iommuOption())
-    .option('--cost-model <preset|file.json>', 'cost model for modeled kernel time', 'arm-smmuv3')
+    .addOption(hwOption())
+    .addOption(costModelOption())
     .addOption(seedOption())
     .option('--json', 'machine-readable output')
     .option('--csv', 'CSV output')
-    .action((o: BenchBlockOptions) => out(benchBlock(o)));
+    .action(async (o: BenchBlockOptions) => out(await benchBlock(o)));
 
   registerServe(program);
 

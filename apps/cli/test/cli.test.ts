@@ -54,6 +54,37 @@ describe('iovalink bench block', () => {
     }
   });
 
+  it('measures both paths in the same interleaved rounds: the two-step row carries the ratio and its interval', async () => {
+    const out = await run(['bench', 'block', '--sizes', '4k', '--depths', '4', '--ios', '48', '--json']);
+    const j = JSON.parse(out) as { rounds: number; rows: Array<Record<string, string | number>> };
+    expect(j.rounds).toBe(24);
+    const [sg, iova] = j.rows;
+    expect(sg!.path).toBe('sg');
+    expect(sg!['sim two-step/legacy']).toBe('');
+    expect(iova!['sim two-step/legacy']).toMatch(/^(≈|\d+\.\d+×) \(\d+\.\d+–\d+\.\d+×\)$/);
+    // 4 KiB I/O is one segment on either path: the same modeled time, ratio 1.00×
+    expect(iova!['modeled ns/io']).toBe(sg!['modeled ns/io']);
+    expect(iova!['modeled two-step/legacy']).toBe('1.00×');
+    for (const r of j.rows) expect(r['IOPS (sim)']).toBe(Math.round(1e9 / (r['sim ns/io median'] as number)));
+  });
+
+  it('runs one path alone with the same round structure', async () => {
+    const out = await run([
+      'bench',
+      'block',
+      '--sizes',
+      '4k',
+      '--depths',
+      '1',
+      '--ios',
+      '10',
+      '--path',
+      'iova',
+    ]);
+    expect(out).toMatch(/median of 10 rounds/);
+    expect(out.split('\n').filter((l) => /^│ 4 KiB/.test(l))).toHaveLength(1);
+  });
+
   it('rejects a size that is not a multiple of 512 bytes, naming it', async () => {
     await expect(run(['bench', 'block', '--sizes', '4k,1000'])).rejects.toThrow(
       /size "1000" must be a multiple of 512/,

@@ -16,7 +16,7 @@ export function workloadCtx(iommu: WorkloadContext['iommu'], seed = 5): Workload
   return { iommu, seed, quick: true, debug: true, costModel: loadPreset('arm-smmuv3') };
 }
 
-/** A workload's path results without simulator time, the one figure a seed does not fix. */
+/** A workload's path results without simulator time, the one thing a seed does not fix. */
 export function withoutSimTime(w: WorkloadResult) {
-  return w.paths.map(({ simNsPerOp: _s, ...rest }) => rest);
+  return w.paths.map(({ simNsPerOp: _s, simNsPerOpRounds: _r, harnessNsPerOp: _h, ...rest }) => rest);
 }

@@ -150,9 +150,9 @@ describe('ODP legacy umem vs hmm_dma_map umem (iommu + dma-api + rdma-odp)', () 
 describe('iovalink odpWorkload (end to end, both paths)', () => {
   const small = odpWorkload({ quick: { pages: 32, steps: 600 }, full: { pages: 32, steps: 600 } });
 
-  it.each(['strict', 'lazy'] as const)('%s: verified; the table shows the ODP claims', (iommu) => {
+  it.each(['strict', 'lazy'] as const)('%s: verified; the table shows the ODP claims', async (iommu) => {
     const progress: number[] = [];
-    const r = small.run({ ...workloadCtx(iommu), onProgress: (done) => progress.push(done) });
+    const r = await small.run({ ...workloadCtx(iommu), onProgress: (done) => progress.push(done) });
     expect(r.subsystem).toBe('odp');
     const sg = r.paths.find((p) => p.path === 'sg')!;
     const iova = r.paths.find((p) => p.path === 'iova')!;
@@ -169,9 +169,9 @@ describe('iovalink odpWorkload (end to end, both paths)', () => {
     expect(progress.at(-1)).toBe(2 * 600);
   });
 
-  it('is deterministic for a seed (everything but simulator time)', () => {
-    expect(withoutSimTime(small.run(workloadCtx('strict', 9)))).toEqual(
-      withoutSimTime(small.run(workloadCtx('strict', 9))),
+  it('is deterministic for a seed (everything but simulator time)', async () => {
+    expect(withoutSimTime(await small.run(workloadCtx('strict', 9)))).toEqual(
+      withoutSimTime(await small.run(workloadCtx('strict', 9))),
     );
   });
 });

@@ -17,22 +17,26 @@
  * Measures: one op = one NIC request (an RDMA READ or WRITE arriving at the responder), whether it
  * page-faulted or not; faults, invalidations and registration/deregistration of the MR are costs
  * spread over those ops (both paths run the same ops and take the same faults). The counter window
- * and the simulator time cover `ib_reg_user_mr` → the request mix → `ib_dereg_mr` → one flush-queue
- * timeout of virtual time (so lazy domains' deferred IOTLB flushes are counted); the final
- * verification is outside. Both paths first run twice untimed at a small size, so the path measured
- * first does not also pay for JIT compilation. `keptMetaBytes` is the live ODP page-list metadata
+ * covers `ib_reg_user_mr` → the request mix → `ib_dereg_mr` → one flush-queue timeout of virtual
+ * time (so lazy domains' deferred IOTLB flushes are counted); simulator time covers the request mix,
+ * in rounds interleaved with the other path (median per op), with the harness's reference-copy
+ * updates and comparisons timed apart; the final verification is outside. Both paths first run
+ * twice untimed at a small size, so the path measured first does not also pay for JIT
+ * compilation. `keptMetaBytes` is the live ODP page-list metadata
  * (pfn_list, dma_list, hmm_dma_map lists) while the MR is registered and `pages` the MR's pages, so
  * metaBytesPerPage is 16 (legacy) vs 8 (hmm).
  */
-import { dmaDebugDeviceTeardown, IOVA_DEFAULT_FQ_TIMEOUT } from '@iovalink/dma-api';
-import { diffCounters, PAGE_SIZE, Prng } from '@iovalink/iommu';
+import { type Device, dmaDebugDeviceTeardown, IOVA_DEFAULT_FQ_TIMEOUT } from '@iovalink/dma-api';
+import { diffCounters, type Machine, PAGE_SIZE, Prng } from '@iovalink/iommu';
 import {
+  type IbMr,
   ibAllocPd,
   ibDeregMr,
   ibRegUserMr,
   MAP_ANONYMOUS,
   MAP_FIXED,
   MAP_PRIVATE,
+  type Mlx5IbDev,
   Mm,
   mlx5IbAdd,
   type OdpMode,
@@ -40,9 +44,9 @@ import {
   PROT_WRITE,
 } from '@iovalink/rdma-odp';
 import { ODP_ACCESS_RW, odpMetaLiveBytes } from '@iovalink/rdma-odp/testing';
-import { type DmaPath, pathResult, type WorkloadResult } from '../results.js';
+import type { DmaPath, WorkloadResult } from '../results.js';
 import { createRig } from '../rig.js';
-import { fnv1a, type PathRun, runBothPaths } from './both-paths.js';
+import { type ChunkTime, fnv1a, type PathSession, runBothPaths, seededBytes } from './both-paths.js';
 import type { Workload, WorkloadContext } from './types.js';
 
 /** The umem mode each demo path runs (see the file header). */
@@ -90,154 +94,230 @@ export interface OdpRunStats {
 /** Bytes of the seeded data pool that writes take their data from (built before timing starts). */
 const POOL_BYTES = 1 << 20;
 
-/** A seeded xorshift byte pool, so written data differs per write and is reproducible. */
-function dataPool(seed: number): Uint8Array {
-  const words = new Uint32Array(POOL_BYTES / 4);
-  let x = (seed * 2654435761) >>> 0 || 1;
-  for (let i = 0; i < words.length; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    words[i] = x >>> 0;
-  }
-  return new Uint8Array(words.buffer);
-}
-
 function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
   return Buffer.from(a.buffer, a.byteOffset, a.length).equals(b);
 }
 
+/** One path's ODP run in progress: the process, its MR, and the reference copy of its memory. */
+interface OdpRun {
+  path: DmaPath;
+  size: OdpWorkloadSize;
+  machine: Machine;
+  dev: Device;
+  ibdev: Mlx5IbDev;
+  mm: Mm;
+  mr: IbMr;
+  base: number;
+  len: number;
+  /** What the region must hold; anonymous memory starts zeroed. */
+  ref: Uint8Array;
+  pool: Uint8Array;
+  rng: Prng;
+  problems: string[];
+  nicOps: number;
+  nicBytes: number;
+  /** Steps of the seeded mix done so far. */
+  steps: number;
+  /** Simulator ns the harness spent on the reference copy since the last reset. */
+  harnessNs: number;
+}
+
 /**
- * Runs one path of the ODP workload on a fresh rig (models a process with an ODP MR on an mlx5
- * NIC: `ib_reg_user_mr` with `IB_ACCESS_ON_DEMAND`, responder-side RDMA under page faults and mmu
- * notifier invalidations, `ib_dereg_mr`; umem_odp.c + hw/mlx5/odp.c). Throws if any NIC request
- * fails or any byte differs from the reference.
+ * Builds the process and its ODP MR on a fresh rig (models `ib_reg_user_mr` with
+ * IB_ACCESS_ON_DEMAND over an anonymous mmap on an mlx5 device); the MR registration is the
+ * caller's, so it can fall inside the counter window.
  */
-export function runOdpPath(
-  path: DmaPath,
-  ctx: WorkloadContext,
-  size: OdpWorkloadSize,
-  progress?: (stepsDone: number) => void,
-): PathRun<OdpRunStats> {
-  const rig = createRig({ iommu: ctx.iommu, seed: ctx.seed, debug: ctx.debug, memSize: 1 << 30 });
+function odpSetup(path: DmaPath, ctx: WorkloadContext, size: OdpWorkloadSize): Omit<OdpRun, 'mr'> {
+  const rig = createRig({
+    iommu: ctx.iommu,
+    ...(ctx.hw === undefined ? {} : { hw: ctx.hw }),
+    seed: ctx.seed,
+    debug: ctx.debug,
+    memSize: 1 << 30,
+  });
   ctx.onMachine?.(rig.machine, path);
-  const machine = rig.machine;
   const dev = rig.device(`mlx5-${path}`);
   const ibdev = mlx5IbAdd(dev, { mode: ODP_MODE_OF_PATH[path] });
-  const nic = ibdev.nic;
-  const mm = new Mm(machine, { name: 'odp-app' });
-  const pd = ibAllocPd(ibdev, mm);
+  const mm = new Mm(rig.machine, { name: 'odp-app' });
   const len = size.pages * PAGE_SIZE;
   const base = mm.mmap(0, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS);
   if (base < 0) throw new Error(`ODP (${path}): mmap failed (${base})`);
-  const ref = new Uint8Array(len); // what the region must hold; anonymous memory starts zeroed
-  const rng = new Prng(ctx.seed ^ 0x0d9_0d9);
-  const pool = dataPool(ctx.seed);
-  const problems: string[] = [];
-  let nicOps = 0;
-  let nicBytes = 0;
-  const progressEvery = Math.max(1, Math.floor(size.steps / 50));
+  return {
+    path,
+    size,
+    machine: rig.machine,
+    dev,
+    ibdev,
+    mm,
+    base,
+    len,
+    ref: new Uint8Array(len),
+    pool: seededBytes(ctx.seed, POOL_BYTES),
+    rng: new Prng(ctx.seed ^ 0x0d9_0d9),
+    problems: [],
+    nicOps: 0,
+    nicBytes: 0,
+    steps: 0,
+    harnessNs: 0,
+  };
+}
 
-  const before = machine.counters.snapshot();
-  const t0 = performance.now();
-  const mr = ibRegUserMr(pd, base, len, base, ODP_ACCESS_RW);
-  if (typeof mr === 'number') throw new Error(`ODP (${path}): ib_reg_user_mr failed (${mr})`);
-  for (let step = 0; step < size.steps; step++) {
-    const r = rng.int(0, 99);
-    if (r < 65) {
-      // a NIC request: offset anywhere in the MR, 1 B .. 4 pages, clipped to the MR
-      const off = rng.int(0, len - 1);
-      const n = Math.min(rng.int(1, 4 * PAGE_SIZE), len - off);
-      nicOps++;
-      nicBytes += n;
-      if (r < 35) {
-        const at = rng.int(0, POOL_BYTES - n);
-        const data = pool.subarray(at, at + n);
-        const c = nic.rdmaWrite(mr.rkey, base + off, data);
-        if (c.status !== 'IB_WC_SUCCESS' || c.byteLen !== n) {
-          problems.push(`step ${step}: RDMA WRITE ${off}+${n}: ${c.status} ${c.reason ?? ''}`);
-        }
-        ref.set(data, off);
-      } else {
-        const c = nic.rdmaRead(mr.rkey, base + off, n);
-        if (c.status !== 'IB_WC_SUCCESS' || c.byteLen !== n) {
-          problems.push(`step ${step}: RDMA READ ${off}+${n}: ${c.status} ${c.reason ?? ''}`);
-        } else if (!sameBytes(c.data!, ref.subarray(off, off + n))) {
-          problems.push(`step ${step}: RDMA READ ${off}+${n} returned wrong bytes`);
-        }
-      }
-    } else if (r < 75) {
-      // the application writes through the CPU (no invalidation: same frames)
-      const off = rng.int(0, len - 1);
-      const n = Math.min(rng.int(1, 256), len - off);
-      const at = rng.int(0, POOL_BYTES - n);
-      const data = pool.subarray(at, at + n);
-      mm.write(base + off, data);
-      ref.set(data, off);
-    } else {
-      // mm events on 1..8 pages: each runs the MR's invalidation callback
-      const page = rng.int(0, size.pages - 1);
-      const count = Math.min(rng.int(1, 8), size.pages - page);
-      const va = base + page * PAGE_SIZE;
-      const bytes = count * PAGE_SIZE;
-      let ret: number;
-      if (r < 87) {
-        ret = mm.migratePages(va, bytes); // contents kept, frames change (MMU_NOTIFY_CLEAR)
-      } else if (r < 92) {
-        ret = mm.reclaim(va, bytes); // swapped out, contents kept (MMU_NOTIFY_CLEAR)
-      } else if (r < 96) {
-        ret = mm.madviseDontneed(va, bytes); // private anonymous: zero on next touch
-        ref.fill(0, page * PAGE_SIZE, page * PAGE_SIZE + bytes);
-      } else {
-        ret = mm.munmap(va, bytes); // MMU_NOTIFY_UNMAP, then new zeroed memory at the same place
-        if (ret === 0) {
-          const m = mm.mmap(va, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED);
-          ret = m === va ? 0 : m;
-        }
-        ref.fill(0, page * PAGE_SIZE, page * PAGE_SIZE + bytes);
-      }
-      if (ret < 0) problems.push(`step ${step}: mm event on pages ${page}+${count} failed (${ret})`);
+/** A seeded payload of `n` bytes from the pool (a view, no copy). */
+function payload(run: OdpRun, n: number): Uint8Array {
+  const at = run.rng.int(0, POOL_BYTES - n);
+  return run.pool.subarray(at, at + n);
+}
+
+/** `f` timed as harness work. */
+function harness(run: OdpRun, f: () => void): void {
+  const t = performance.now();
+  f();
+  run.harnessNs += (performance.now() - t) * 1e6;
+}
+
+/** A NIC request at the responder: RDMA WRITE (r < 35) or READ, 1 B .. 4 pages anywhere in the MR. */
+function odpNicRequest(run: OdpRun, r: number): void {
+  const off = run.rng.int(0, run.len - 1);
+  const n = Math.min(run.rng.int(1, 4 * PAGE_SIZE), run.len - off);
+  const nic = run.ibdev.nic;
+  run.nicOps++;
+  run.nicBytes += n;
+  if (r < 35) {
+    const data = payload(run, n);
+    const c = nic.rdmaWrite(run.mr.rkey, run.base + off, data);
+    if (c.status !== 'IB_WC_SUCCESS' || c.byteLen !== n) {
+      run.problems.push(`step ${run.steps}: RDMA WRITE ${off}+${n}: ${c.status} ${c.reason ?? ''}`);
     }
-    if (progress !== undefined && (step + 1) % progressEvery === 0) progress(step + 1);
+    harness(run, () => run.ref.set(data, off));
+    return;
   }
-  const keptMetaBytes = odpMetaLiveBytes(machine);
-  const dereg = ibDeregMr(mr);
-  if (dereg !== 0) problems.push(`ib_dereg_mr failed (${dereg})`);
-  machine.clock.advance(IOVA_DEFAULT_FQ_TIMEOUT * 1e6); // lazy domains: the flush-queue timer fires
-  const simNs = (performance.now() - t0) * 1e6;
-  const d = diffCounters(before, machine.counters.snapshot());
+  const c = nic.rdmaRead(run.mr.rkey, run.base + off, n);
+  if (c.status !== 'IB_WC_SUCCESS' || c.byteLen !== n) {
+    run.problems.push(`step ${run.steps}: RDMA READ ${off}+${n}: ${c.status} ${c.reason ?? ''}`);
+    return;
+  }
+  harness(run, () => {
+    if (!sameBytes(c.data!, run.ref.subarray(off, off + n))) {
+      run.problems.push(`step ${run.steps}: RDMA READ ${off}+${n} returned wrong bytes`);
+    }
+  });
+}
 
-  // outside the measured window: every page of the region against the reference
+/** The application writes up to 256 bytes through the CPU (same frames: no invalidation). */
+function odpCpuWrite(run: OdpRun): void {
+  const off = run.rng.int(0, run.len - 1);
+  const n = Math.min(run.rng.int(1, 256), run.len - off);
+  const data = payload(run, n);
+  run.mm.write(run.base + off, data);
+  harness(run, () => run.ref.set(data, off));
+}
+
+/**
+ * An mm event on 1..8 pages, each running the MR's invalidation callback: migration (r < 87) or
+ * reclaim (r < 92) keep the contents; MADV_DONTNEED (r < 96) and munmap + mmap MAP_FIXED zero them.
+ */
+function odpMmEvent(run: OdpRun, r: number): void {
+  const { mm, rng, size } = run;
+  const page = rng.int(0, size.pages - 1);
+  const count = Math.min(rng.int(1, 8), size.pages - page);
+  const va = run.base + page * PAGE_SIZE;
+  const bytes = count * PAGE_SIZE;
+  let ret: number;
+  if (r < 87) {
+    ret = mm.migratePages(va, bytes); // contents kept, frames change (MMU_NOTIFY_CLEAR)
+  } else if (r < 92) {
+    ret = mm.reclaim(va, bytes); // swapped out, contents kept (MMU_NOTIFY_CLEAR)
+  } else {
+    if (r < 96) {
+      ret = mm.madviseDontneed(va, bytes); // private anonymous: zero on next touch
+    } else {
+      ret = mm.munmap(va, bytes); // MMU_NOTIFY_UNMAP, then new zeroed memory at the same place
+      if (ret === 0) {
+        const m = mm.mmap(va, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED);
+        ret = m === va ? 0 : m;
+      }
+    }
+    harness(run, () => run.ref.fill(0, page * PAGE_SIZE, page * PAGE_SIZE + bytes));
+  }
+  if (ret < 0) run.problems.push(`step ${run.steps}: mm event on pages ${page}+${count} failed (${ret})`);
+}
+
+/** One step of the seeded mix: 65% NIC requests, 10% CPU writes, 25% mm events. */
+function odpStep(run: OdpRun): void {
+  const r = run.rng.int(0, 99);
+  if (r < 65) odpNicRequest(run, r);
+  else if (r < 75) odpCpuWrite(run);
+  else odpMmEvent(run, r);
+  run.steps++;
+}
+
+/** Every page of the region against the reference; returns the FNV-1a digest of the contents. */
+function odpVerify(run: OdpRun): string {
   let digest = 2166136261;
-  for (let p = 0; p < size.pages; p++) {
-    const got = mm.read(base + p * PAGE_SIZE, PAGE_SIZE);
-    const want = ref.subarray(p * PAGE_SIZE, (p + 1) * PAGE_SIZE);
-    if (!sameBytes(got, want)) problems.push(`page ${p}: final contents differ from the reference`);
+  for (let p = 0; p < run.size.pages; p++) {
+    const got = run.mm.read(run.base + p * PAGE_SIZE, PAGE_SIZE);
+    if (!sameBytes(got, run.ref.subarray(p * PAGE_SIZE, (p + 1) * PAGE_SIZE))) {
+      run.problems.push(`page ${p}: final contents differ from the reference`);
+    }
     digest = fnv1a(got, digest);
   }
-  if (nic.stats.iommuFaults !== 0) problems.push(`${nic.stats.iommuFaults} IOMMU faults`);
-  mm.exit();
-  dmaDebugDeviceTeardown(dev); // a no-op unless dma-debug is on
-  if (problems.length > 0) {
-    throw new Error(
-      `ODP (${path}, ${ODP_MODE_OF_PATH[path]} umem, ${ctx.iommu}): ${problems.length} problem(s); first: ${problems[0]}`,
-    );
-  }
-  const stats: OdpRunStats = {
-    nicOps,
-    nicBytes,
-    pageFaults: ibdev.stats.pageFaults,
-    invalidations: ibdev.stats.invalidations,
-    pagesMapped: ibdev.stats.pagesMapped,
-    iovaAllocs: d.events.iovaAllocs,
-    digest: digest.toString(16).padStart(8, '0'),
+  const faults = run.ibdev.nic.stats.iommuFaults;
+  if (faults !== 0) run.problems.push(`${faults} IOMMU faults`);
+  return digest.toString(16).padStart(8, '0');
+}
+
+/**
+ * Opens one path of the ODP workload on a fresh rig (models a process with an ODP MR on an mlx5
+ * NIC: `ib_reg_user_mr` with `IB_ACCESS_ON_DEMAND`, responder-side RDMA under page faults and mmu
+ * notifier invalidations, `ib_dereg_mr`; umem_odp.c + hw/mlx5/odp.c). One unit = one step of the
+ * seeded mix; `finish` throws if any NIC request failed or any byte differs from the reference.
+ */
+export function openOdpPath(
+  path: DmaPath,
+  ctx: WorkloadContext,
+  size: OdpWorkloadSize,
+): PathSession<OdpRunStats> {
+  const setup = odpSetup(path, ctx, size);
+  const pd = ibAllocPd(setup.ibdev, setup.mm);
+  const before = setup.machine.counters.snapshot();
+  const mr = ibRegUserMr(pd, setup.base, setup.len, setup.base, ODP_ACCESS_RW);
+  if (typeof mr === 'number') throw new Error(`ODP (${path}): ib_reg_user_mr failed (${mr})`);
+  const run: OdpRun = { ...setup, mr };
+  return {
+    step(units: number): ChunkTime {
+      const ops0 = run.nicOps;
+      run.harnessNs = 0;
+      const t0 = performance.now();
+      for (let i = 0; i < units; i++) odpStep(run);
+      const total = (performance.now() - t0) * 1e6;
+      return { ops: run.nicOps - ops0, modelNs: total - run.harnessNs, harnessNs: run.harnessNs };
+    },
+    finish() {
+      const keptMetaBytes = odpMetaLiveBytes(run.machine);
+      const dereg = ibDeregMr(run.mr);
+      if (dereg !== 0) run.problems.push(`ib_dereg_mr failed (${dereg})`);
+      run.machine.clock.advance(IOVA_DEFAULT_FQ_TIMEOUT * 1e6); // lazy domains: the flush-queue timer fires
+      const counters = diffCounters(before, run.machine.counters.snapshot());
+      const digest = odpVerify(run); // outside the counter window
+      run.mm.exit();
+      dmaDebugDeviceTeardown(run.dev); // a no-op unless dma-debug is on
+      if (run.problems.length > 0) {
+        throw new Error(
+          `ODP (${path}, ${ODP_MODE_OF_PATH[path]} umem, ${ctx.iommu}): ${run.problems.length} problem(s); first: ${run.problems[0]}`,
+        );
+      }
+      const stats: OdpRunStats = {
+        nicOps: run.nicOps,
+        nicBytes: run.nicBytes,
+        pageFaults: run.ibdev.stats.pageFaults,
+        invalidations: run.ibdev.stats.invalidations,
+        pagesMapped: run.ibdev.stats.pagesMapped,
+        iovaAllocs: counters.events.iovaAllocs,
+        digest,
+      };
+      return { ops: run.nicOps, counters, pages: size.pages, keptMetaBytes, verified: true, stats };
+    },
   };
-  const result = pathResult(path, nicOps, simNs, d, ctx.costModel, {
-    pages: size.pages,
-    keptMetaBytes,
-    verified: true,
-  });
-  return { result, stats };
 }
 
 /**
@@ -250,12 +330,12 @@ export function odpWorkload(sizes: { quick: OdpWorkloadSize; full: OdpWorkloadSi
   return {
     name,
     subsystem: 'odp',
-    run(ctx: WorkloadContext): WorkloadResult {
+    async run(ctx: WorkloadContext): Promise<WorkloadResult> {
       const size = ctx.quick ? sizes.quick : sizes.full;
-      const { sg, iova } = runBothPaths(
+      const { sg, iova, sim } = await runBothPaths(
         ctx,
-        runOdpPath,
-        { measured: size, warmup: ODP_WARMUP, units: size.steps },
+        openOdpPath,
+        { measured: size, units: size.steps, warmup: ODP_WARMUP, warmupUnits: ODP_WARMUP.steps },
         'ODP: the two paths left different memory',
       );
       return {
@@ -263,6 +343,7 @@ export function odpWorkload(sizes: { quick: OdpWorkloadSize; full: OdpWorkloadSi
         subsystem: 'odp',
         bytesPerOp: sg.stats.nicOps > 0 ? sg.stats.nicBytes / sg.stats.nicOps : 0,
         paths: [sg.result, iova.result],
+        sim,
       };
     },
   };

@@ -4,7 +4,7 @@
  * one `WorkloadResult` (see `../results.ts`).
  */
 
-import type { Machine } from '@iovalink/iommu';
+import type { IommuHw, Machine } from '@iovalink/iommu';
 import type { CostModel } from '../cost-model.js';
 import type { DmaPath, WorkloadResult } from '../results.js';
 import type { IommuMode } from '../rig.js';
@@ -13,6 +13,8 @@ import type { IommuMode } from '../rig.js';
 export interface WorkloadContext {
   /** Device translation for the run (strict by default). */
   iommu: IommuMode;
+  /** IOMMU hardware the machines follow (default: `createRig`'s, smmuv3-norange). */
+  hw?: IommuHw;
   /** Seed for the machine and the workload's random choices. */
   seed: number;
   /** Small sizes so that the whole demo finishes in well under ten seconds. */
@@ -21,7 +23,7 @@ export interface WorkloadContext {
   costModel: CostModel;
   /** Check every mapping with dma-debug (slower). */
   debug: boolean;
-  /** Called as work progresses (done, total ops) for progress bars. */
+  /** Called after each chunk of measured work (done, total units) for progress bars. */
   onProgress?: (done: number, total: number) => void;
   /**
    * Called with each path's machine right after it is built, before any work: `iovalink trace`
@@ -35,6 +37,9 @@ export interface Workload {
   /** Shown in tables and charts, e.g. "block 4 KiB random read". */
   name: string;
   subsystem: WorkloadResult['subsystem'];
-  /** Runs both paths and returns their results; throws if data does not verify. */
-  run(ctx: WorkloadContext): WorkloadResult;
+  /**
+   * Runs both paths (warm-up, then interleaved measured rounds, yielding to the event loop between
+   * chunks) and returns their results; rejects if data does not verify.
+   */
+  run(ctx: WorkloadContext): Promise<WorkloadResult>;
 }

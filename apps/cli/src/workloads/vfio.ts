@@ -22,13 +22,15 @@
  * `vfioMigrate` and one flush-queue timeout of virtual time afterwards (so lazy domains' deferred
  * IOTLB flushes are counted); the device's warm-up activity, fragmentation and teardown are
  * outside. Both paths first run twice untimed at 2 MiB of state, so the path measured first does not
- * also pay for JIT compilation. `keptMetaBytes` is the live data-buffer metadata (buffer structs,
+ * also pay for JIT compilation; then each path migrates once per measured round (VFIO_ROUNDS
+ * migrations, the paths alternating), and simulator time per op is the median migration.
+ * `keptMetaBytes` is the live data-buffer metadata (buffer structs,
  * page lists, kept MTTs, scatterlists) when the stop-copy phase starts — the point where the
  * source's pre-copy and stop-copy buffers and the target's resume buffers are all allocated and
  * mapped — and `pages` the pages of those buffers (record-header buffers included).
  */
 import { dmaDebugDeviceTeardown, IOVA_DEFAULT_FQ_TIMEOUT } from '@iovalink/dma-api';
-import { diffCounters, PAGE_SIZE } from '@iovalink/iommu';
+import { COUNTER_NAMES, type CounterSnapshot, diffCounters, PAGE_SIZE } from '@iovalink/iommu';
 import {
   MLX5_META_KINDS,
   type Mlx5VfMigrationFile,
@@ -39,9 +41,9 @@ import {
   vfioMigrate,
 } from '@iovalink/vfio-migration';
 import { fragmentMemory } from '@iovalink/vfio-migration/testing';
-import { type DmaPath, pathResult, type WorkloadResult } from '../results.js';
+import type { DmaPath, WorkloadResult } from '../results.js';
 import { createRig } from '../rig.js';
-import { fnv1a, type PathRun, runBothPaths } from './both-paths.js';
+import { type ChunkTime, fnv1a, type PathSession, runBothPaths } from './both-paths.js';
 import type { Workload, WorkloadContext } from './types.js';
 
 /** Metadata kinds of the data buffers on both paths (what `keptMetaBytes` sums). */
@@ -62,6 +64,9 @@ export const VFIO_SIZES: { quick: VfioWorkloadSize; full: VfioWorkloadSize } = {
   quick: { stateBytes: 8 << 20, precopyIterations: 3, stepsPerIteration: 2_000 },
   full: { stateBytes: 64 << 20, precopyIterations: 3, stepsPerIteration: 10_000 },
 };
+
+/** Measured rounds (one migration per path each): a whole migration is long enough to time alone. */
+export const VFIO_ROUNDS = 6;
 
 /** Size of the untimed warm-up runs of both paths before measuring. */
 const VFIO_WARMUP: VfioWorkloadSize = { stateBytes: 2 << 20, precopyIterations: 3, stepsPerIteration: 1_000 };
@@ -103,20 +108,28 @@ function migfBufferPages(migf: Mlx5VfMigrationFile | null): number {
   return pages;
 }
 
+/** One migration's outcome: its simulator time, counter diff and stats. */
+interface VfioMigration {
+  simNs: number;
+  counters: CounterSnapshot;
+  stats: VfioRunStats;
+}
+
 /**
- * Runs one path of the VFIO workload on a fresh rig (models a VMM live-migrating an assigned
- * mlx5 VF with pre-copy and stop-copy: QEMU hw/vfio/migration.c over drivers/vfio/pci/mlx5/,
- * data buffers per cmd.c ≤ v6.15 (`'sg'`) or v6.16+ (`'iova'`)). Throws if the migration fails
- * or the target's state differs from the source's.
+ * Runs one migration of one path on a fresh rig (models a VMM live-migrating an assigned mlx5 VF
+ * with pre-copy and stop-copy: QEMU hw/vfio/migration.c over drivers/vfio/pci/mlx5/, data buffers
+ * per cmd.c ≤ v6.15 (`'sg'`) or v6.16+ (`'iova'`)). Throws if the migration fails or the target's
+ * state differs from the source's.
  */
-export function runVfioPath(
-  path: DmaPath,
-  ctx: WorkloadContext,
-  size: VfioWorkloadSize,
-  progress?: (phasesDone: number) => void,
-): PathRun<VfioRunStats> {
+function vfioMigrateOnce(path: DmaPath, ctx: WorkloadContext, size: VfioWorkloadSize): VfioMigration {
   const statePages = Math.ceil(size.stateBytes / PAGE_SIZE);
-  const rig = createRig({ iommu: ctx.iommu, seed: ctx.seed, debug: ctx.debug, memSize: 4 * 2 ** 30 });
+  const rig = createRig({
+    iommu: ctx.iommu,
+    ...(ctx.hw === undefined ? {} : { hw: ctx.hw }),
+    seed: ctx.seed,
+    debug: ctx.debug,
+    memSize: 4 * 2 ** 30,
+  });
   ctx.onMachine?.(rig.machine, path);
   const machine = rig.machine;
   // enough isolated free pages for every buffer of the run (source pre-copy and stop-copy,
@@ -141,7 +154,6 @@ export function runVfioPath(
 
   let bufferPages = 0;
   let bufferMetaBytes = 0;
-  let phases = 0;
   const before = machine.counters.snapshot();
   const t0 = performance.now();
   const r = vfioMigrate(source, target, {
@@ -152,7 +164,6 @@ export function runVfioPath(
         bufferPages = migfBufferPages(source.savingMigf) + migfBufferPages(target.resumingMigf);
         bufferMetaBytes = machine.counters.metaTotals(BUFFER_META_KINDS).liveBytes;
       }
-      progress?.(++phases);
     },
   });
   machine.clock.advance(IOVA_DEFAULT_FQ_TIMEOUT * 1e6); // lazy domains: the flush-queue timer fires
@@ -164,11 +175,6 @@ export function runVfioPath(
   if (!r.equal) {
     throw new Error(`VFIO migration (${path}, ${ctx.iommu}): target state differs from the source's`);
   }
-  const result = pathResult(path, 1, simNs, d, ctx.costModel, {
-    pages: bufferPages,
-    keptMetaBytes: bufferMetaBytes,
-    verified: r.equal,
-  });
   const stats: VfioRunStats = {
     precopyIterations: r.precopyIterations,
     precopyBytes: r.precopyBytes,
@@ -185,7 +191,71 @@ export function runVfioPath(
   dmaDebugDeviceTeardown(sourcePf); // a no-op unless dma-debug is on
   dmaDebugDeviceTeardown(targetPf);
   for (const pa of held) machine.pages.freePages(pa, 0);
-  return { result, stats };
+  return { simNs, counters: d, stats };
+}
+
+/** `a + b` for every counter and metadata stat (peak bytes: the larger). */
+function addCounters(a: CounterSnapshot, b: CounterSnapshot): CounterSnapshot {
+  const events = { ...a.events };
+  for (const name of COUNTER_NAMES) events[name] += b.events[name];
+  const meta = { ...a.meta };
+  for (const [k, s] of Object.entries(b.meta)) {
+    const m = meta[k];
+    meta[k] =
+      m === undefined
+        ? { ...s }
+        : {
+            allocs: m.allocs + s.allocs,
+            frees: m.frees + s.frees,
+            bytes: m.bytes + s.bytes,
+            liveBytes: m.liveBytes + s.liveBytes,
+            peakBytes: Math.max(m.peakBytes, s.peakBytes),
+          };
+  }
+  return { events, meta };
+}
+
+/**
+ * Opens one path of the VFIO workload: one unit = one whole migration on a fresh rig (same seed,
+ * so every migration of a path does the same work); counters add up over the migrations, the
+ * per-migration buffer figures and digest are the last migration's. No harness time: the state
+ * comparison runs after the timed window.
+ */
+export function openVfioPath(
+  path: DmaPath,
+  ctx: WorkloadContext,
+  size: VfioWorkloadSize,
+): PathSession<VfioRunStats> {
+  let total: CounterSnapshot | undefined;
+  let last: VfioRunStats | undefined;
+  let ops = 0;
+  return {
+    step(units: number): ChunkTime {
+      let modelNs = 0;
+      for (let i = 0; i < units; i++) {
+        const m = vfioMigrateOnce(path, ctx, size);
+        if (last !== undefined && m.stats.digest !== last.digest) {
+          throw new Error(`VFIO migration (${path}): two migrations of one seed left different states`);
+        }
+        modelNs += m.simNs;
+        total = total === undefined ? m.counters : addCounters(total, m.counters);
+        last = m.stats;
+        ops++;
+      }
+      return { ops: units, modelNs, harnessNs: 0 };
+    },
+    finish() {
+      if (total === undefined || last === undefined) throw new Error(`VFIO (${path}): no migration ran`);
+      return {
+        ops,
+        counters: total,
+        pages: last.bufferPages,
+        keptMetaBytes: last.bufferMetaBytes,
+        verified: true,
+        stats: last,
+      };
+    },
+  };
 }
 
 /**
@@ -201,13 +271,12 @@ export function vfioWorkload(
   return {
     name,
     subsystem: 'vfio',
-    run(ctx: WorkloadContext): WorkloadResult {
+    async run(ctx: WorkloadContext): Promise<WorkloadResult> {
       const size = ctx.quick ? sizes.quick : sizes.full;
-      const PHASES = 7; // setup, precopy-setup, precopy, stop-copy, resume, cleanup, done
-      const { sg, iova } = runBothPaths(
+      const { sg, iova, sim } = await runBothPaths(
         ctx,
-        runVfioPath,
-        { measured: size, warmup: VFIO_WARMUP, units: PHASES },
+        openVfioPath,
+        { measured: size, units: VFIO_ROUNDS, rounds: VFIO_ROUNDS, warmup: VFIO_WARMUP, warmupUnits: 1 },
         'VFIO: the two paths migrated different device states',
       );
       return {
@@ -215,6 +284,7 @@ export function vfioWorkload(
         subsystem: 'vfio',
         bytesPerOp: Math.ceil(size.stateBytes / PAGE_SIZE) * PAGE_SIZE,
         paths: [sg.result, iova.result],
+        sim,
       };
     },
   };
