@@ -115,7 +115,7 @@ export function formatServeStats(s: NbdServerStats): string {
       `${d.bios} bios; ${d.maxInFlight} in flight at most`,
     `  driver: ${kv(d.driver)}`,
     `  DMA/IOMMU: ${kv(d.counters)}`,
-    `  virtual time ${(d.virtualNs / 1e6).toFixed(3)} ms; memory waits ${d.memoryWaits}; internal errors ${d.internalErrors}`,
+    `  virtual time ${(d.virtualNs / 1e6).toFixed(3)} ms; memory waits ${d.memoryWaits}, budget held ${mib(d.memReserved)}; internal errors ${d.internalErrors}`,
     d.leaks.length === 0 ? '  teardown: no leaks' : `  teardown LEAKS: ${d.leaks.join('; ')}`,
   ].join('\n');
 }

@@ -137,6 +137,8 @@ export interface NbdServerStats {
     protocolErrors: number;
     /** Connections lost mid-message or with commands in flight (their unanswered commands are lost). */
     aborted: number;
+    /** Connections open now. */
+    open: number;
     /** Most connections open at once. */
     maxConcurrent: number;
   };
@@ -285,6 +287,8 @@ const STALL_OUTPUT = 4;
 
 /** Longest NBD_OPT_INFO/GO data: name length, a 4096-byte name, count, 65535 info types. */
 const MAX_INFO_DATA = 4 + NBD_MAX_STRING + 2 + 2 * 0xffff;
+/** Bytes of unparsed input a connection keeps reading while it waits for memory or commands. */
+const INPUT_LIMIT = 256 * 1024;
 /** Stop reading requests while this many reply bytes wait in the socket. */
 const OUTPUT_HIGH_WATER = 48 * 2 ** 20;
 /** Bytes of a connection's reused read buffer. */
@@ -328,8 +332,14 @@ class NbdConnection {
   #wskipMsg = '';
   /** A write whose payload never arrived whole. */
   #abandoned: NbdRequest | undefined;
-  /** A request whose buffer memory is not yet available. */
-  #pendingReq: NbdRequest | undefined;
+  /**
+   * A request parsed but not started: it waits for buffer memory (`granted` false, `cancel`
+   * withdraws the wait) or holds its grant until the connection may go on (`granted` true; the
+   * grant is the connection's to start the request with or to return).
+   */
+  #parked: { req: NbdRequest; granted: boolean; cancel: () => boolean } | undefined;
+  /** Whether the socket is being read (false while paused). */
+  #reading = true;
   #inFlight = 0;
   #stalls = 0;
   #processing = false;
@@ -471,6 +481,7 @@ class NbdConnection {
       this.#sock.destroy();
     } finally {
       this.#processing = false;
+      this.#updateReading();
     }
   }
 
@@ -540,9 +551,9 @@ class NbdConnection {
           break;
         }
         case 'request': {
-          if (this.#pendingReq !== undefined) {
-            const r = this.#pendingReq;
-            this.#pendingReq = undefined;
+          if (this.#parked !== undefined) {
+            const r = this.#parked.req;
+            this.#parked = undefined;
             this.#request(r, true);
             break;
           }
@@ -853,13 +864,15 @@ class NbdConnection {
   /** Reserves buffer memory for a read or write; false (and the request parked) if it must wait. */
   #reserve(r: NbdRequest, granted: boolean): boolean {
     if (granted || this.#exp.tryReserve(r.length)) return true;
-    this.#pendingReq = r;
+    const parked = {
+      req: r,
+      granted: false,
+      cancel: () => false,
+    };
+    this.#parked = parked;
     this.#stall(STALL_MEMORY);
-    this.#exp.waitForMemory(r.length, () => {
-      if (this.#phase === 'draining') {
-        this.#exp.release(r.length); // the connection went away while waiting
-        return;
-      }
+    parked.cancel = this.#exp.waitForMemory(r.length, () => {
+      parked.granted = true;
       this.#unstall(STALL_MEMORY);
     });
     return false;
@@ -946,16 +959,31 @@ class NbdConnection {
   // -------------------------------------------------------------------------------------------
 
   #stall(bit: number): void {
-    if (this.#stalls === 0) this.#sock.pause();
     this.#stalls |= bit;
+    this.#updateReading();
   }
 
   #unstall(bit: number): void {
     if ((this.#stalls & bit) === 0) return;
     this.#stalls &= ~bit;
-    if (this.#stalls !== 0) return;
-    if (!this.#closed && this.#phase !== 'draining') this.#sock.resume();
-    this.#process();
+    this.#updateReading();
+    if (this.#stalls === 0) this.#process();
+  }
+
+  /**
+   * Pauses or resumes the socket. It is paused only while the client does not read its replies
+   * (its going away then shows as a failed write) or while input beyond `INPUT_LIMIT` waits to be
+   * parsed; waiting for buffer memory or for in-flight commands keeps reading, so that a client
+   * that closes or resets its connection meanwhile is noticed at once.
+   */
+  #updateReading(): void {
+    const read =
+      this.#phase === 'draining' ||
+      ((this.#stalls & STALL_OUTPUT) === 0 && (this.#stalls === 0 || this.#in.length < INPUT_LIMIT));
+    if (read === this.#reading || this.#closed) return;
+    this.#reading = read;
+    if (read) this.#sock.resume();
+    else this.#sock.pause();
   }
 
   /** A protocol violation: a hard disconnect once in-flight commands are answered. */
@@ -969,6 +997,10 @@ class NbdConnection {
 
   /** Stops parsing; the connection closes when nothing is in flight. */
   #drain(): void {
+    const parked = this.#parked;
+    this.#parked = undefined;
+    // a parked request's memory: withdrawn while still queued, returned once granted
+    if (parked !== undefined && !parked.cancel() && parked.granted) this.#exp.release(parked.req.length);
     if (this.#phase === 'payload' && this.#wsink !== undefined) {
       this.#abandoned = this.#wreq;
       this.#wsink.abort();
@@ -978,10 +1010,8 @@ class NbdConnection {
     this.#in.clear();
     // Reading goes on, its bytes dropped, so that the client's end of the stream is seen (a
     // paused socket would never notice it) and the loop keeps the connection alive until then.
-    if (this.#stalls !== 0) {
-      this.#stalls = 0;
-      this.#sock.resume();
-    }
+    this.#stalls = 0;
+    this.#updateReading();
     this.#maybeFinish();
   }
 
@@ -1026,6 +1056,7 @@ function emptyStats(device: NbdExportStats): NbdServerStats {
       structuredReplies: 0,
       protocolErrors: 0,
       aborted: 0,
+      open: 0,
       maxConcurrent: 0,
     },
     options: {},
@@ -1158,6 +1189,7 @@ export async function startNbdServer(options: NbdServerOptions): Promise<NbdServ
   const snapshot = (): NbdServerStats => {
     stats.uptimeMs = Math.round(performance.now() - started);
     stats.device = exp.stats();
+    stats.connections.open = conns.size;
     return structuredClone(stats);
   };
 
