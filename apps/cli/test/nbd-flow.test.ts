@@ -7,8 +7,9 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, describe, expect, it, vi } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { NbdClient, type NbdClientAddress } from '../src/nbd/nbd-client.js';
+import { OUTPUT_LIMIT } from '../src/nbd/nbd-flow-control.js';
 import { encodeRequest, NBD_CMD_READ } from '../src/nbd/nbd-proto.js';
 import { type NbdServerHandle, startNbdServer } from '../src/nbd/nbd-server.js';
 
@@ -29,32 +30,30 @@ function path(s: NbdServerHandle): NbdClientAddress {
 }
 
 /**
- * A client that negotiates, stops reading, pipelines `count` READs of `len` bytes at offset 0 and,
- * once the server has answered `repliesBeforeClose` of them (into the socket nobody reads), goes
- * away without a goodbye.
+ * A client that negotiates, stops reading, pipelines `count` READs of `len` bytes at offset 0,
+ * waits until the server has answered at least three of them (into the socket nobody reads) and
+ * has nothing left to do, then goes away without a goodbye. Returns the reply bytes the server
+ * produced for it.
  */
-async function abandonPipelinedReads(
-  s: NbdServerHandle,
-  len: number,
-  count: number,
-  repliesBeforeClose: number,
-) {
+async function abandonPipelinedReads(s: NbdServerHandle, len: number, count: number): Promise<number> {
   const { client } = await NbdClient.open(path(s));
   client.socket.pause(); // never reads a reply
   const before = s.stats().bytes.read;
   const reqs = Array.from({ length: count }, (_, i) => encodeRequest(NBD_CMD_READ, 0, 0, 1000 + i, 0, len));
   client.send(Buffer.concat(reqs));
-  await until(() => s.stats().bytes.read - before >= repliesBeforeClose * len);
-  // the device has nothing left to do: what is reserved now is held by the stalled connection
+  await until(() => s.stats().bytes.read - before >= 3 * len);
+  // the device is idle and nobody waits for memory: the connection is stalled on its output
   await until(() => s.export.pending === 0 && s.stats().device.memWaiting === 0);
+  const produced = s.stats().bytes.read - before;
   client.socket.destroy();
+  return produced;
 }
 
 describe.each([false, true])('flow control, device thread %s', (deviceThread) => {
   it('returns every buffer grant of clients that pipeline READs, never read a reply and vanish', async () => {
-    // 32 MiB budget, 16 MiB READs: two in flight at most; the output stall comes at the fourth
-    // unread reply (over the 48 MiB high-water mark), and the fifth completion grants the next
-    // request while the connection is stalled on output.
+    // 32 MiB budget, 16 MiB READs: two in flight at most, a third waits for memory; the client
+    // reads nothing, so the connection stalls on its output while requests wait for memory, and
+    // a grant can arrive in that state.
     const s = await startNbdServer({
       socket: join(dir, `f${++sockN}.sock`),
       size: 64 * MiB,
@@ -64,10 +63,12 @@ describe.each([false, true])('flow control, device thread %s', (deviceThread) =>
     });
     const len = 16 * MiB;
     for (let i = 0; i < 3; i++) {
-      await abandonPipelinedReads(s, len, 100, 5);
+      const produced = await abandonPipelinedReads(s, len, 100);
       await until(() => s.stats().connections.open === 0);
       // nothing is in flight and nobody is connected: the whole budget is back
       expect(s.stats().device.memReserved).toBe(0);
+      // per-connection bound: replies the client has not read never exceed OUTPUT_LIMIT
+      expect(produced).toBeLessThanOrEqual(OUTPUT_LIMIT);
     }
     expect(s.stats().device.memoryWaits).toBeGreaterThan(0);
     // a fresh client is served: a READ and a WRITE complete, and the data reads back
