@@ -343,12 +343,13 @@ describe.each([
 
     it('reads and writes the maximum block size (32 MiB) in one command, split into block requests', async () => {
       const { client: c } = await NbdClient.open(addr(s));
-      const before = s.stats().device.blockRequests.write;
+      const before = s.stats().device.blockRequests;
       const data = pattern(32 * MiB, 77);
       expect((await c.write(0, data)).error).toBe(0);
-      expect(s.stats().device.blockRequests.write - before).toBe((32 * MiB) / s.export.maxPiece);
+      expect(s.stats().device.blockRequests.write - before.write).toBe((32 * MiB) / s.export.maxPiece);
       const r = await c.read(0, 32 * MiB);
       expect(r.data.equals(data)).toBe(true);
+      expect(s.stats().device.blockRequests.read - before.read).toBe((32 * MiB) / s.export.maxPiece);
       await c.disconnect();
     });
 
