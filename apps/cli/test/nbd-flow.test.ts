@@ -8,7 +8,9 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { formatServeStats } from '../src/commands/serve.js';
 import { NbdClient, type NbdClientAddress } from '../src/nbd/nbd-client.js';
+import { NbdExport } from '../src/nbd/nbd-export.js';
 import { OUTPUT_LIMIT } from '../src/nbd/nbd-flow-control.js';
 import { encodeRequest, NBD_CMD_READ } from '../src/nbd/nbd-proto.js';
 import { type NbdServerHandle, startNbdServer } from '../src/nbd/nbd-server.js';
@@ -126,5 +128,22 @@ describe.each([false, true])('waiting connections, device thread %s', (deviceThr
     const st = await s.close();
     expect(st.device.memReserved).toBe(0);
     expect(st.device.leaks).toEqual([]);
+  });
+});
+
+describe('the teardown report', () => {
+  it('names buffer budget still reserved at close as a leak, and the serve summary shows it', async () => {
+    const exp = new NbdExport({ size: 16 * MiB });
+    expect(exp.tryReserve(3 * 4096)).toBe(true);
+    const st = exp.close();
+    expect(st.memReserved).toBe(3 * 4096);
+    expect(st.leaks).toContain('nbd buffer budget: 12288 bytes still reserved');
+    const s = await startNbdServer({ socket: join(dir, `t${++sockN}.sock`), size: 16 * MiB });
+    const summary = formatServeStats(await s.close());
+    expect(summary).toMatch(/budget held 0\.0 MiB/);
+    expect(summary).toMatch(/teardown: no leaks/);
+    expect(formatServeStats({ ...(await s.close()), device: st })).toMatch(
+      /teardown LEAKS: .*nbd buffer budget: 12288 bytes still reserved/,
+    );
   });
 });
