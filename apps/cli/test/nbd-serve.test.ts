@@ -94,6 +94,9 @@ describe('serve options', () => {
       '--json-stats',
       '--no-zero-copy',
       '--no-device-thread',
+      '--read-only',
+      '--max-connections',
+      '--handshake-limit',
     ]) {
       expect(flags).toContain(f);
     }

@@ -19,6 +19,7 @@ import {
   NBD_EINVAL,
   NBD_EIO,
   NBD_ENOSPC,
+  NBD_ESHUTDOWN,
   NBD_FLAG_C_FIXED_NEWSTYLE,
   NBD_FLAG_C_NO_ZEROES,
   NBD_FLAG_CAN_MULTI_CONN,
@@ -42,6 +43,7 @@ import {
   NBD_OPT_STRUCTURED_REPLY,
   NBD_REP_ACK,
   NBD_REP_ERR_INVALID,
+  NBD_REP_ERR_SHUTDOWN,
   NBD_REP_ERR_UNKNOWN,
   NBD_REP_ERR_UNSUP,
   NBD_REP_INFO,
@@ -58,6 +60,7 @@ import {
   type NbdServerOptions,
   startNbdServer,
 } from '../src/nbd/nbd-server.js';
+import { ManualTimers } from './nbd-manual-timers.js';
 
 const MiB = 2 ** 20;
 const SIZE = 64 * MiB;
@@ -340,12 +343,13 @@ describe.each([
 
     it('reads and writes the maximum block size (32 MiB) in one command, split into block requests', async () => {
       const { client: c } = await NbdClient.open(addr(s));
-      const before = s.stats().device.blockRequests.write;
+      const before = s.stats().device.blockRequests;
       const data = pattern(32 * MiB, 77);
       expect((await c.write(0, data)).error).toBe(0);
-      expect(s.stats().device.blockRequests.write - before).toBe((32 * MiB) / s.export.maxPiece);
+      expect(s.stats().device.blockRequests.write - before.write).toBe((32 * MiB) / s.export.maxPiece);
       const r = await c.read(0, 32 * MiB);
       expect(r.data.equals(data)).toBe(true);
+      expect(s.stats().device.blockRequests.read - before.read).toBe((32 * MiB) / s.export.maxPiece);
       await c.disconnect();
     });
 
@@ -577,8 +581,9 @@ describe('flow control, shutdown and addresses', () => {
     },
   );
 
-  it('on close finishes in-flight commands, errors further options and removes the socket', async () => {
-    const s = await start({ debug: false });
+  it('on close waits for in-flight commands whatever the time, refuses options and requests with SHUTDOWN errors', async () => {
+    const timers = new ManualTimers();
+    const s = await start({ debug: false, timers, shutdownGraceMs: 2000 });
     const { client: c } = await NbdClient.open(addr(s));
     const { c: h } = await handshake(s); // still negotiating
     const big = pattern(32 * MiB, 5);
@@ -586,17 +591,21 @@ describe('flow control, shutdown and addresses', () => {
     // wait until the server has parsed the header and is receiving the payload
     while ((s.stats().commands.NBD_CMD_WRITE ?? 0) === 0) await new Promise((r) => setImmediate(r));
     const closing = s.close();
-    const opt = await h.option(NBD_OPT_LIST).catch(() => []);
-    expect(opt.length === 0 || opt[0]!.type === 0x80000007).toBe(true); // NBD_REP_ERR_SHUTDOWN or closed
+    const opt = await h.option(NBD_OPT_LIST);
+    expect(opt.map((o) => o.type)).toEqual([NBD_REP_ERR_SHUTDOWN]);
+    // far past every time limit: the idle negotiating client is dropped, the write goes on
+    timers.advance(3_600_000);
+    await h.closed;
     expect((await w).error).toBe(0); // the in-flight write finished and was answered
-    const later = c.read(0, 4096).catch((e: Error) => e);
-    expect(await later).toBeInstanceOf(Error); // no new commands once shutting down
+    // § "Terminating the transmission phase": later requests get NBD_ESHUTDOWN, then the client disconnects
+    expect((await c.read(0, 4096)).error).toBe(NBD_ESHUTDOWN);
+    await c.disconnect();
     const st = await closing;
     expect(st.device.leaks).toEqual([]);
     expect(st.device.internalErrors).toBe(0);
     expect(st.bytes.written).toBe(32 * MiB);
-    await c.closed;
-    await h.closed;
+    expect(st.errors.ESHUTDOWN).toBe(1);
+    expect(st.errors.NBD_REP_ERR_SHUTDOWN).toBe(1);
     await expect(NbdClient.connect(addr(s))).rejects.toThrow();
   });
 

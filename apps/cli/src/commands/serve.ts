@@ -7,7 +7,7 @@
  */
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import type { NbdServerStats } from '../nbd/nbd-server.js';
-import { startNbdServer } from '../nbd/nbd-server.js';
+import { DEFAULT_HANDSHAKE_LIMIT_MS, DEFAULT_MAX_CONNECTIONS, startNbdServer } from '../nbd/nbd-server.js';
 import { intOption, iommuOption, seedOption } from '../options.js';
 import type { IommuMode } from '../rig.js';
 
@@ -43,6 +43,12 @@ export interface ServeOptions {
   zeroCopy?: boolean;
   /** The device model runs on a worker thread of its own (default); `--no-device-thread` makes this false. */
   deviceThread?: boolean;
+  /** `--max-connections`: clients connected at once at most (more are refused; default 64). */
+  maxConnections?: number;
+  /** `--handshake-limit`: seconds a client may take to reach the transmission phase (0 = none; default 10). */
+  handshakeLimit?: number;
+  /** `--read-only`: refuse WRITE and TRIM with EPERM. */
+  readOnly?: boolean;
 }
 
 /** Where `serve` writes: its summary and diagnostics (stderr) and JSON stats (stdout). */
@@ -105,7 +111,8 @@ export function formatServeStats(s: NbdServerStats): string {
   return [
     `iovalink serve: ${(s.uptimeMs / 1000).toFixed(1)} s, path ${d.path}, IOMMU ${d.iommu}, export ${mib(d.size)}`,
     `  connections: ${c.accepted} accepted, ${c.refused} refused, ${c.transmissions} in transmission, ` +
-      `${c.structuredReplies} with structured replies, ${c.protocolErrors} protocol errors, ${c.aborted} aborted, ` +
+      `${c.structuredReplies} with structured replies, ${c.protocolErrors} protocol errors, ` +
+      `${c.handshakeTimeouts} over the handshake limit, ${c.aborted} aborted, ` +
       `${c.maxConcurrent} at most at once`,
     `  options: ${kv(s.options)}`,
     `  commands: ${kv(s.commands)}`,
@@ -115,7 +122,7 @@ export function formatServeStats(s: NbdServerStats): string {
       `${d.bios} bios; ${d.maxInFlight} in flight at most`,
     `  driver: ${kv(d.driver)}`,
     `  DMA/IOMMU: ${kv(d.counters)}`,
-    `  virtual time ${(d.virtualNs / 1e6).toFixed(3)} ms; memory waits ${d.memoryWaits}; internal errors ${d.internalErrors}`,
+    `  virtual time ${(d.virtualNs / 1e6).toFixed(3)} ms; memory waits ${d.memoryWaits}, budget held ${mib(d.memReserved)}; internal errors ${d.internalErrors}`,
     d.leaks.length === 0 ? '  teardown: no leaks' : `  teardown LEAKS: ${d.leaks.join('; ')}`,
   ].join('\n');
 }
@@ -141,12 +148,18 @@ export async function serve(o: ServeOptions, signal: AbortSignal, io: ServeIo): 
     ...(o.debug === undefined ? {} : { debug: o.debug }),
     ...(o.zeroCopy === undefined ? {} : { zeroCopy: o.zeroCopy }),
     ...(o.deviceThread === undefined ? {} : { deviceThread: o.deviceThread }),
+    maxConnections: o.maxConnections ?? DEFAULT_MAX_CONNECTIONS,
+    handshakeLimitMs: (o.handshakeLimit ?? DEFAULT_HANDSHAKE_LIMIT_MS / 1000) * 1000,
+    readOnly: o.readOnly === true,
     ...(o.verbose ? { log: (l: string) => io.err(l) } : {}),
   });
   const e = srv.export;
+  const handshakeS = o.handshakeLimit ?? DEFAULT_HANDSHAKE_LIMIT_MS / 1000;
   io.err(
     `iovalink serve: ${srv.uri} export "${e.name}" ${mib(e.size)}, path ${e.path}, IOMMU ${e.iommu}, ` +
-      `queue depth ${e.queueDepth}, block requests ≤ ${e.maxPiece / 1024} KiB` +
+      `queue depth ${e.queueDepth}, block requests ≤ ${e.maxPiece / 1024} KiB, ` +
+      `${o.maxConnections ?? DEFAULT_MAX_CONNECTIONS} connections at most, handshake limit ${handshakeS === 0 ? 'none' : `${handshakeS} s`}` +
+      `${o.readOnly === true ? ', read-only' : ''}` +
       `${o.zeroCopy === false ? ', payloads copied' : ''}${o.deviceThread === false ? ', device on the socket thread' : ', device on its own thread'} (Ctrl-C to stop)`,
   );
   await new Promise<void>((resolve) => {
@@ -186,6 +199,20 @@ export function registerServe(program: Command): void {
         .default('contiguous'),
     )
     .option('--name <export>', 'export name (the empty name selects it too)', 'iovalink')
+    .option('--read-only', 'export read-only: NBD_FLAG_READ_ONLY, EPERM on writes and trims')
+    .addOption(
+      new Option('--max-connections <n>', 'clients connected at once at most; more are refused')
+        .default(DEFAULT_MAX_CONNECTIONS)
+        .argParser(int('max connections', 1, 65535)),
+    )
+    .addOption(
+      new Option(
+        '--handshake-limit <seconds>',
+        'drop a client that has not finished the handshake after this many seconds (0 = no limit; qemu-nbd default)',
+      )
+        .default(DEFAULT_HANDSHAKE_LIMIT_MS / 1000)
+        .argParser(int('handshake limit', 0, 86_400)),
+    )
     .addOption(seedOption('machine seed'))
     .option('--debug', 'check every mapping with dma-debug (slower)')
     .option('-v, --verbose', 'log connections and protocol errors to stderr')

@@ -81,6 +81,11 @@ export class NbdClient {
   /** The connection (tests may write raw bytes or destroy it). */
   readonly socket: Socket;
   #buf: Buffer = Buffer.alloc(0);
+  /** Chunks received after `#buf`, joined to it only once `#need` bytes are there (no O(n²) copying). */
+  #later: Buffer[] = [];
+  #laterBytes = 0;
+  /** Bytes the parser waits for (0: any). */
+  #need = 0;
   #waiter: (() => void) | undefined;
   #ended = false;
   #error: Error | undefined;
@@ -102,7 +107,14 @@ export class NbdClient {
       }),
     );
     socket.on('data', (b: Buffer) => {
-      this.#buf = this.#buf.length === 0 ? b : Buffer.concat([this.#buf, b]);
+      this.#later.push(b);
+      this.#laterBytes += b.length;
+      if (this.#buf.length + this.#laterBytes < this.#need) return;
+      this.#buf =
+        this.#buf.length === 0 && this.#later.length === 1 ? b : Buffer.concat([this.#buf, ...this.#later]);
+      this.#later = [];
+      this.#laterBytes = 0;
+      this.#need = 0;
       if (this.#transmission) this.#parseReplies();
       this.#wake();
     });
@@ -162,6 +174,7 @@ export class NbdClient {
   /** Reads exactly `n` bytes (handshake phase); rejects if the server closes first. */
   async readExactly(n: number): Promise<Buffer> {
     while (this.#buf.length < n) {
+      this.#need = n;
       if (this.#ended || this.#error !== undefined) {
         throw (
           this.#error ??
@@ -319,14 +332,20 @@ export class NbdClient {
         }
         const error = readU32(b, 4);
         const dataLen = p.type === NBD_CMD_READ && error === 0 ? p.length : 0;
-        if (b.length < 16 + dataLen) return;
+        if (b.length < 16 + dataLen) {
+          this.#need = 16 + dataLen;
+          return;
+        }
         this.#buf = b.subarray(16 + dataLen);
         this.#pending.delete(handle);
         p.resolve({ error, data: Buffer.from(b.subarray(16, 16 + dataLen)), chunks: 0 });
       } else if (magic === NBD_STRUCTURED_REPLY_MAGIC) {
         if (b.length < 20) return;
         const len = readU32(b, 16);
-        if (b.length < 20 + len) return;
+        if (b.length < 20 + len) {
+          this.#need = 20 + len;
+          return;
+        }
         const flags = readU16(b, 4);
         const type = readU16(b, 6);
         const handle = readU32(b, 12);

@@ -84,6 +84,10 @@ export interface NbdExportStats extends NbdDeviceStats {
   maxRequestBytes: number;
   /** Times a connection waited for buffer memory. */
   memoryWaits: number;
+  /** Bytes of the buffer budget reserved now (zero once every connection is gone). */
+  memReserved: number;
+  /** Reservations queued for buffer memory now. */
+  memWaiting: number;
   /** Whether the device ran on a thread of its own. */
   deviceThread: boolean;
 }
@@ -269,10 +273,23 @@ export class NbdExport {
     }
   }
 
-  /** Queues a reservation of `bytes`; `granted` runs once it is made (the caller then owns it). */
-  waitForMemory(bytes: number, granted: () => void): void {
+  /**
+   * Queues a reservation of `bytes`; `granted` runs once it is made (the caller then owns it and
+   * must `release` it). Returns a function that withdraws the reservation if it is still queued
+   * (true) and does nothing once it has been granted (false).
+   */
+  waitForMemory(bytes: number, granted: () => void): () => boolean {
     this.#memoryWaits++;
-    this.#memWaiters.push({ bytes, granted });
+    const w = { bytes, granted };
+    this.#memWaiters.push(w);
+    return () => {
+      const i = this.#memWaiters.indexOf(w);
+      if (i < 0) return false;
+      this.#memWaiters.splice(i, 1);
+      // the head may have been the one holding the others back
+      this.release(0);
+      return true;
+    };
   }
 
   #fits(bytes: number): boolean {
@@ -577,6 +594,8 @@ export class NbdExport {
     const d = this.#final ?? this.device.stats();
     const leaks = [...d.leaks];
     if (this.#liveBufs !== 0) leaks.push(`nbd buffers: ${this.#liveBufs} still allocated`);
+    if (this.#final !== undefined && this.#reserved !== 0)
+      leaks.push(`nbd buffer budget: ${this.#reserved} bytes still reserved`);
     return {
       ...d,
       path: this.path,
@@ -584,6 +603,8 @@ export class NbdExport {
       size: this.size,
       maxRequestBytes: this.maxPiece,
       memoryWaits: this.#memoryWaits,
+      memReserved: this.#reserved,
+      memWaiting: this.#memWaiters.length,
       deviceThread: this.device instanceof RemoteNbdDevice,
       leaks,
       internalErrors: d.internalErrors + this.#internalErrors,

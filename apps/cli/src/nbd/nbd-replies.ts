@@ -1,0 +1,153 @@
+/**
+ * The output side of an NBD connection: option replies of the handshake (§ "Option reply types"),
+ * and simple or structured replies of the transmission phase (§ "Simple reply message",
+ * § "Structured reply chunk message"). Replies of one clock run of the export leave in one
+ * corked batch. No kernel counterpart (the peer of `drivers/block/nbd.c`'s `nbd_handle_reply`).
+ */
+import type { Socket } from 'node:net';
+import type { ServerCtx } from './nbd-context.js';
+import {
+  encodeErrorChunk,
+  encodeOptionError,
+  encodeOptionReply,
+  NBD_REP_ERR_INVALID,
+  NBD_REP_ERR_SHUTDOWN,
+  NBD_REP_ERR_UNKNOWN,
+  NBD_REP_ERR_UNSUP,
+  NBD_REPLY_FLAG_DONE,
+  NBD_REPLY_TYPE_NONE,
+  NBD_REPLY_TYPE_OFFSET_DATA,
+  NBD_SIMPLE_REPLY_SIZE,
+  NBD_STRUCTURED_REPLY_SIZE,
+  type NbdRequest,
+  nbdErrName,
+  writeSimpleReply,
+  writeStructuredReply,
+  writeU64,
+} from './nbd-proto.js';
+
+const REP_ERR_NAMES: Record<number, string> = {
+  [NBD_REP_ERR_UNSUP]: 'NBD_REP_ERR_UNSUP',
+  [NBD_REP_ERR_INVALID]: 'NBD_REP_ERR_INVALID',
+  [NBD_REP_ERR_UNKNOWN]: 'NBD_REP_ERR_UNKNOWN',
+  [NBD_REP_ERR_SHUTDOWN]: 'NBD_REP_ERR_SHUTDOWN',
+};
+
+/** Writes one connection's replies to its socket (nothing once the socket can no longer be written). */
+export class ReplyWriter {
+  readonly #sock: Socket;
+  readonly #ctx: ServerCtx;
+  /** Replies are being batched until the export's clock run ends. */
+  #batching = false;
+  /** Structured replies were negotiated (NBD_OPT_STRUCTURED_REPLY). */
+  structured = false;
+  /** Called after every transmission reply, so flow control can see the output grow. */
+  onQueued: () => void = () => {};
+
+  constructor(sock: Socket, ctx: ServerCtx) {
+    this.#sock = sock;
+    this.#ctx = ctx;
+  }
+
+  /** True while replies can still reach the client. */
+  get writable(): boolean {
+    return !this.#sock.destroyed && this.#sock.writable;
+  }
+
+  /** Reply bytes queued in the socket, not yet taken by the kernel. */
+  get queuedBytes(): number {
+    return this.#sock.writableLength;
+  }
+
+  /** Sends handshake bytes at once (the greeting, option replies). */
+  send(b: Uint8Array): void {
+    if (this.writable) this.#sock.write(b);
+  }
+
+  /** An option reply of type `type` to option `opt`. */
+  option(opt: number, type: number, data?: Uint8Array): void {
+    this.send(encodeOptionReply(opt, type, data));
+  }
+
+  /** An option error reply (counted by its NBD_REP_ERR name). */
+  optionError(opt: number, type: number, message: string): void {
+    this.#ctx.count(this.#ctx.stats.errors, REP_ERR_NAMES[type] ?? `NBD_REP_ERR_${type}`);
+    this.send(encodeOptionError(opt, type, message));
+  }
+
+  /** A successful reply without data. */
+  ok(r: NbdRequest): void {
+    const b = Buffer.allocUnsafe(NBD_SIMPLE_REPLY_SIZE);
+    writeSimpleReply(b, 0, 0, r.handleHi, r.handleLo);
+    this.#queue(b);
+  }
+
+  /**
+   * A READ's data: `b` holds it after room for the reply header (`readHeaderRoom`), filled here —
+   * a simple reply, or one final NBD_REPLY_TYPE_OFFSET_DATA chunk (so NBD_CMD_FLAG_DF always holds).
+   */
+  read(r: NbdRequest, b: Buffer): void {
+    this.#ctx.stats.bytes.read += r.length;
+    if (!this.structured) {
+      writeSimpleReply(b, 0, 0, r.handleHi, r.handleLo);
+    } else if (r.length === 0) {
+      // no content chunk can describe zero bytes: a lone final NBD_REPLY_TYPE_NONE
+      b = Buffer.allocUnsafe(NBD_STRUCTURED_REPLY_SIZE);
+      writeStructuredReply(b, 0, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_NONE, r.handleHi, r.handleLo, 0);
+    } else {
+      writeStructuredReply(
+        b,
+        0,
+        NBD_REPLY_FLAG_DONE,
+        NBD_REPLY_TYPE_OFFSET_DATA,
+        r.handleHi,
+        r.handleLo,
+        8 + r.length,
+      );
+      writeU64(b, NBD_STRUCTURED_REPLY_SIZE, r.offset);
+    }
+    this.#queue(b);
+  }
+
+  /** Bytes a READ reply needs before its data. */
+  get readHeaderRoom(): number {
+    return this.structured ? NBD_STRUCTURED_REPLY_SIZE + 8 : NBD_SIMPLE_REPLY_SIZE;
+  }
+
+  /** A final structured chunk of `type` carrying `payload` (structured replies only). */
+  chunk(r: NbdRequest, type: number, payload: Uint8Array): void {
+    const b = Buffer.allocUnsafe(NBD_STRUCTURED_REPLY_SIZE + payload.length);
+    writeStructuredReply(b, 0, NBD_REPLY_FLAG_DONE, type, r.handleHi, r.handleLo, payload.length);
+    b.set(payload, NBD_STRUCTURED_REPLY_SIZE);
+    this.#queue(b);
+  }
+
+  /** An error reply: a structured error chunk when negotiated (with a message), else a simple reply. */
+  error(r: NbdRequest, err: number, message: string): void {
+    if (!this.writable) return; // e.g. a write abandoned mid-payload
+    this.#ctx.count(this.#ctx.stats.errors, nbdErrName(err));
+    if (this.structured) {
+      this.#queue(encodeErrorChunk(r.handleHi, r.handleLo, err, message));
+    } else {
+      const b = Buffer.allocUnsafe(NBD_SIMPLE_REPLY_SIZE);
+      writeSimpleReply(b, 0, err, r.handleHi, r.handleLo);
+      this.#queue(b);
+    }
+  }
+
+  /** Queues a transmission reply; replies of one clock run leave in one corked batch. */
+  #queue(b: Uint8Array): void {
+    if (!this.writable) return;
+    const s = this.#sock;
+    if (!this.#batching) {
+      this.#batching = true;
+      s.cork();
+      this.#ctx.exp.afterRun(() => {
+        this.#batching = false;
+        s.uncork();
+      });
+    }
+    s.write(b);
+    this.onQueued();
+  }
+}

@@ -1,0 +1,321 @@
+/**
+ * The transmission phase of an NBD connection (§ "Transmission", § "Request types"): request
+ * headers and write payloads parsed from the stream, each command started on the export and
+ * answered when the device has completed it — READ, WRITE (FUA), FLUSH, TRIM and DISC. No kernel
+ * counterpart on the server side; the Linux client is `drivers/block/nbd.c` (`nbd_send_cmd`,
+ * `nbd_handle_reply`).
+ *
+ * Bad input: unknown commands or flags, misaligned requests, reads beyond the end or over the
+ * maximum block size → NBD_EINVAL; writes beyond the end → NBD_ENOSPC (§ "Error values"); on a
+ * read-only export WRITE and TRIM → NBD_EPERM; once the server shuts down every new request →
+ * NBD_ESHUTDOWN (§ "Terminating the transmission phase": the client then disconnects). A wrong
+ * request magic or a write payload over 32 MiB (§ "Block size constraints": a denial of service)
+ * is a violation: a hard disconnect after the commands in flight have been answered. A write's
+ * payload is read (or skipped) before its error reply, so the stream stays in step.
+ */
+import type { InputQueue } from './input-queue.js';
+import type { ServerCtx } from './nbd-context.js';
+import type { NbdWriteSink } from './nbd-export.js';
+import type { FlowControl } from './nbd-flow-control.js';
+import { Stall } from './nbd-flow-control.js';
+import {
+  decodeRequest,
+  NBD_CMD_DISC,
+  NBD_CMD_FLAG_DF,
+  NBD_CMD_FLAG_FUA,
+  NBD_CMD_FLUSH,
+  NBD_CMD_READ,
+  NBD_CMD_RESIZE,
+  NBD_CMD_TRIM,
+  NBD_CMD_WRITE,
+  NBD_EINVAL,
+  NBD_ENOSPC,
+  NBD_EPERM,
+  NBD_ESHUTDOWN,
+  NBD_REQUEST_SIZE,
+  type NbdRequest,
+  nbdCmdName,
+  U64_TOO_BIG,
+} from './nbd-proto.js';
+import type { ReplyWriter } from './nbd-replies.js';
+
+/**
+ * A write payload at least this long is received straight into the request's pages, and the
+ * request header after it is read on its own, so that no payload byte lands in the read buffer.
+ */
+export const DIRECT_PAYLOAD_MIN = 16 * 1024;
+
+/** What the connection does for the transmission phase. */
+export interface TransmissionHost {
+  /** A protocol violation: a hard disconnect once in-flight commands are answered. */
+  violation(why: string): void;
+  /** NBD_CMD_DISC: finish what is in flight, then close. */
+  softDisconnect(): void;
+  /** A command completed (its reply queued, or dropped if the client is gone). */
+  commandDone(): void;
+}
+
+/** A write payload being received: into `sink`, or (with `sink` undefined) skipped before `error`. */
+interface Payload {
+  req: NbdRequest;
+  left: number;
+  sink: NbdWriteSink | undefined;
+  error: number;
+  message: string;
+}
+
+/** The transmission phase of one connection. */
+export class Transmission {
+  readonly #ctx: ServerCtx;
+  readonly #out: ReplyWriter;
+  readonly #flow: FlowControl;
+  readonly #host: TransmissionHost;
+  /** The write whose payload is being received or skipped, if any. */
+  #payload: Payload | undefined;
+  /** A write whose payload never arrived whole (its completion sends no reply). */
+  #abandoned: NbdRequest | undefined;
+  #inFlight = 0;
+  /** The last request was a write with a payload of at least DIRECT_PAYLOAD_MIN bytes. */
+  #afterLargeWrite = false;
+
+  constructor(ctx: ServerCtx, out: ReplyWriter, flow: FlowControl, host: TransmissionHost) {
+    this.#ctx = ctx;
+    this.#out = out;
+    this.#flow = flow;
+    this.#host = host;
+  }
+
+  /** Commands started and not yet completed (a write counts from its header on). */
+  get inFlight(): number {
+    return this.#inFlight;
+  }
+
+  /** True between the start and the end of a message (a header, or a write and its payload). */
+  get midMessage(): boolean {
+    return this.#payload !== undefined;
+  }
+
+  /** Where the parser is (for logs). */
+  get expecting(): string {
+    return this.#payload === undefined ? 'request' : 'payload';
+  }
+
+  /** True right after a large write's payload: the next read should be a request header alone. */
+  get expectsHeaderAfterLargeWrite(): boolean {
+    return this.#payload === undefined && this.#afterLargeWrite;
+  }
+
+  /** Room in the current write's pages for the next payload bytes (at most its remaining length). */
+  payloadSpan(): Uint8Array | undefined {
+    const p = this.#payload;
+    return p?.sink?.span(p.left);
+  }
+
+  /** `n` payload bytes were received into the last `payloadSpan`. */
+  payloadReceived(n: number): void {
+    const p = this.#payload!;
+    p.sink!.advance(n);
+    this.#payloadConsumed(p, n);
+  }
+
+  /** Parses what it can of `q`; false when it needs more input first. */
+  step(q: InputQueue): boolean {
+    const p = this.#payload;
+    if (p !== undefined) {
+      if (q.length === 0) return false;
+      if (p.sink !== undefined) {
+        const chunk = q.takeSome(p.left);
+        p.sink.push(chunk);
+        this.#payloadConsumed(p, chunk.length);
+      } else {
+        this.#payloadConsumed(p, q.discard(p.left));
+      }
+      return true;
+    }
+    const parked = this.#flow.parked;
+    if (parked !== undefined) {
+      this.#start(parked, true);
+      return true;
+    }
+    if (this.#inFlight >= this.#ctx.exp.queueDepth) {
+      this.#flow.stall(Stall.depth);
+      return true;
+    }
+    if (q.length < NBD_REQUEST_SIZE) return false;
+    const r = decodeRequest(q.take(NBD_REQUEST_SIZE));
+    if (r === undefined) {
+      this.#host.violation('request without NBD_REQUEST_MAGIC');
+      return true;
+    }
+    this.#afterLargeWrite = r.type === NBD_CMD_WRITE && r.length >= DIRECT_PAYLOAD_MIN;
+    this.#start(r, false);
+    return true;
+  }
+
+  /** The connection stops parsing: a write mid-payload is abandoned (it will get no reply). */
+  abandon(): void {
+    const p = this.#payload;
+    this.#payload = undefined;
+    if (p?.sink === undefined) return;
+    this.#abandoned = p.req;
+    p.sink.abort();
+  }
+
+  #payloadConsumed(p: Payload, n: number): void {
+    p.left -= n;
+    if (p.left > 0) return;
+    this.#payload = undefined;
+    if (p.sink === undefined) this.#out.error(p.req, p.error, p.message);
+  }
+
+  /** Skips a write's payload, then answers `error`. */
+  #skipPayload(r: NbdRequest, error: number, message: string): void {
+    if (r.length === 0) this.#out.error(r, error, message);
+    else this.#payload = { req: r, left: r.length, sink: undefined, error, message };
+  }
+
+  /** The error (value and message) for a data command's flags, range and alignment, if any. */
+  #check(r: NbdRequest, allowed: number): [number, string] | undefined {
+    const exp = this.#ctx.exp;
+    if ((r.flags & ~allowed) !== 0)
+      return [NBD_EINVAL, `command flags 0x${r.flags.toString(16)} not valid here`];
+    if (r.offset === U64_TOO_BIG || r.offset + r.length > exp.size) {
+      return [r.type === NBD_CMD_WRITE ? NBD_ENOSPC : NBD_EINVAL, 'request beyond the end of the export'];
+    }
+    if (r.type !== NBD_CMD_TRIM && (r.offset % exp.minBlockSize !== 0 || r.length % exp.minBlockSize !== 0)) {
+      return [NBD_EINVAL, `request not aligned to the ${exp.minBlockSize}-byte minimum block size`];
+    }
+    if (this.#ctx.readOnly && r.type !== NBD_CMD_READ) return [NBD_EPERM, 'the export is read-only'];
+    return undefined;
+  }
+
+  /** Starts request `r` (`retry`: the parked request coming back). */
+  #start(r: NbdRequest, retry: boolean): void {
+    const ctx = this.#ctx;
+    const exp = ctx.exp;
+    if (!retry) ctx.count(ctx.stats.commands, r.type <= NBD_CMD_RESIZE ? nbdCmdName(r.type) : 'other');
+    if (r.type === NBD_CMD_WRITE && r.length > exp.maxBlockSize) {
+      // § "Block size constraints": a payload over 2^25 may be treated as a denial of service.
+      this.#host.violation(`write payload of ${r.length} bytes over ${exp.maxBlockSize}`);
+      return;
+    }
+    if (r.type === NBD_CMD_DISC) {
+      // § NBD_CMD_DISC: finish outstanding requests, then close; no reply.
+      this.#host.softDisconnect();
+      return;
+    }
+    if (ctx.shuttingDown && !retry) {
+      const msg = 'the server is shutting down';
+      if (r.type === NBD_CMD_WRITE) this.#skipPayload(r, NBD_ESHUTDOWN, msg);
+      else this.#out.error(r, NBD_ESHUTDOWN, msg);
+      return;
+    }
+    switch (r.type) {
+      case NBD_CMD_READ:
+        this.#read(r);
+        return;
+      case NBD_CMD_WRITE:
+        this.#write(r);
+        return;
+      case NBD_CMD_FLUSH:
+        this.#flush(r);
+        return;
+      case NBD_CMD_TRIM:
+        this.#trim(r);
+        return;
+      default:
+        this.#out.error(r, NBD_EINVAL, `${nbdCmdName(r.type)} is not supported`);
+        return;
+    }
+  }
+
+  #read(r: NbdRequest): void {
+    const exp = this.#ctx.exp;
+    if (r.length > exp.maxBlockSize) {
+      this.#out.error(r, NBD_EINVAL, `read of ${r.length} bytes over the maximum block size`);
+      return;
+    }
+    const bad = this.#check(r, NBD_CMD_FLAG_FUA | (this.#out.structured ? NBD_CMD_FLAG_DF : 0));
+    if (bad !== undefined) {
+      this.#out.error(r, bad[0], bad[1]);
+      return;
+    }
+    if (!this.#flow.reserve(r, true)) return;
+    this.#begin();
+    exp.read(r.offset, r.length, this.#out.readHeaderRoom, (err, buf) => {
+      exp.release(r.length);
+      if (err !== 0) this.#out.error(r, err, 'read failed on the device');
+      else this.#out.read(r, buf!);
+      this.#flow.readDone(r.length);
+      this.#end();
+    });
+  }
+
+  #write(r: NbdRequest): void {
+    const exp = this.#ctx.exp;
+    const bad = this.#check(r, NBD_CMD_FLAG_FUA);
+    if (bad !== undefined) {
+      this.#skipPayload(r, bad[0], bad[1]);
+      return;
+    }
+    if (!this.#flow.reserve(r, false)) return;
+    this.#begin();
+    const sink = exp.write(r.offset, r.length, (r.flags & NBD_CMD_FLAG_FUA) !== 0, (err) => {
+      exp.release(r.length);
+      if (r === this.#abandoned) {
+        // the client left mid-payload: the request never arrived whole, so it gets no reply
+      } else if (err !== 0) this.#out.error(r, err, 'write failed on the device');
+      else {
+        this.#ctx.stats.bytes.written += r.length;
+        this.#out.ok(r);
+      }
+      this.#end();
+    });
+    if (r.length > 0) this.#payload = { req: r, left: r.length, sink, error: 0, message: '' };
+  }
+
+  #flush(r: NbdRequest): void {
+    if ((r.flags & ~NBD_CMD_FLAG_FUA) !== 0) {
+      this.#out.error(r, NBD_EINVAL, 'flags not valid on a flush');
+      return;
+    }
+    if (r.offset !== 0 || r.length !== 0) {
+      this.#out.error(r, NBD_EINVAL, 'NBD_CMD_FLUSH offset and length must be zero');
+      return;
+    }
+    this.#begin();
+    this.#ctx.exp.flush((err) => {
+      if (err !== 0) this.#out.error(r, err, 'flush failed on the device');
+      else this.#out.ok(r);
+      this.#end();
+    });
+  }
+
+  #trim(r: NbdRequest): void {
+    const bad = this.#check(r, NBD_CMD_FLAG_FUA);
+    if (bad !== undefined) {
+      this.#out.error(r, bad[0], bad[1]);
+      return;
+    }
+    this.#begin();
+    this.#ctx.exp.trim(r.offset, r.length, (r.flags & NBD_CMD_FLAG_FUA) !== 0, (err) => {
+      if (err !== 0) this.#out.error(r, err, 'trim failed on the device');
+      else {
+        this.#ctx.stats.bytes.trimmed += r.length;
+        this.#out.ok(r);
+      }
+      this.#end();
+    });
+  }
+
+  #begin(): void {
+    this.#inFlight++;
+    const stats = this.#ctx.stats;
+    if (this.#inFlight > stats.maxInFlight) stats.maxInFlight = this.#inFlight;
+  }
+
+  #end(): void {
+    this.#inFlight--;
+    this.#host.commandDone();
+  }
+}

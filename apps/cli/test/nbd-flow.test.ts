@@ -1,0 +1,149 @@
+/**
+ * Flow control against clients that stop reading: the buffer budget and the connection slots come
+ * back whatever a client does before it goes away (issue 15, item 1). A client that pipelines
+ * large READs without reading a reply makes the server stall on output while later requests wait
+ * for buffer memory; a grant arriving in that state must still be returned when the client leaves.
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { formatServeStats } from '../src/commands/serve.js';
+import { NbdClient, type NbdClientAddress } from '../src/nbd/nbd-client.js';
+import { NbdExport } from '../src/nbd/nbd-export.js';
+import { OUTPUT_LIMIT } from '../src/nbd/nbd-flow-control.js';
+import { encodeRequest, NBD_CMD_READ } from '../src/nbd/nbd-proto.js';
+import { type NbdServerHandle, startNbdServer } from '../src/nbd/nbd-server.js';
+
+const MiB = 2 ** 20;
+const dir = mkdtempSync(join(tmpdir(), 'iovalink-nbd-flow-'));
+let sockN = 0;
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+/** Waits for a condition the server reaches by itself (no wall-clock bound on correct code). */
+async function until(cond: () => boolean): Promise<void> {
+  while (!cond()) await new Promise((r) => setTimeout(r, 5));
+}
+
+function path(s: NbdServerHandle): NbdClientAddress {
+  return s.address.kind === 'unix'
+    ? { path: s.address.path }
+    : { host: s.address.host, port: s.address.port };
+}
+
+/**
+ * A client that negotiates, stops reading, pipelines `count` READs of `len` bytes at offset 0,
+ * waits until the server has answered at least three of them (into the socket nobody reads) and
+ * has nothing left to do, then goes away without a goodbye. Returns the reply bytes the server
+ * produced for it.
+ */
+async function abandonPipelinedReads(s: NbdServerHandle, len: number, count: number): Promise<number> {
+  const { client } = await NbdClient.open(path(s));
+  client.socket.pause(); // never reads a reply
+  const before = s.stats().bytes.read;
+  const reqs = Array.from({ length: count }, (_, i) => encodeRequest(NBD_CMD_READ, 0, 0, 1000 + i, 0, len));
+  client.send(Buffer.concat(reqs));
+  await until(() => s.stats().bytes.read - before >= 3 * len);
+  // the device is idle and nobody waits for memory: the connection is stalled on its output
+  await until(() => s.export.pending === 0 && s.stats().device.memWaiting === 0);
+  const produced = s.stats().bytes.read - before;
+  client.socket.destroy();
+  return produced;
+}
+
+describe.each([false, true])('flow control, device thread %s', (deviceThread) => {
+  it('returns every buffer grant of clients that pipeline READs, never read a reply and vanish', async () => {
+    // 32 MiB budget, 16 MiB READs: two in flight at most, a third waits for memory; the client
+    // reads nothing, so the connection stalls on its output while requests wait for memory, and
+    // a grant can arrive in that state.
+    const s = await startNbdServer({
+      socket: join(dir, `f${++sockN}.sock`),
+      size: 64 * MiB,
+      memBudget: 32 * MiB,
+      deviceThread,
+      shutdownGraceMs: 60_000,
+    });
+    const len = 16 * MiB;
+    for (let i = 0; i < 3; i++) {
+      const produced = await abandonPipelinedReads(s, len, 100);
+      await until(() => s.stats().connections.open === 0);
+      // nothing is in flight and nobody is connected: the whole budget is back
+      expect(s.stats().device.memReserved).toBe(0);
+      // per-connection bound: replies the client has not read never exceed OUTPUT_LIMIT
+      expect(produced).toBeLessThanOrEqual(OUTPUT_LIMIT);
+    }
+    expect(s.stats().device.memoryWaits).toBeGreaterThan(0);
+    // a fresh client is served: a READ and a WRITE complete, and the data reads back
+    const { client: c } = await NbdClient.open(path(s));
+    const data = Buffer.alloc(4096, 0x5a);
+    expect((await c.write(8192, data)).error).toBe(0);
+    const r = await c.read(8192, 4096);
+    expect(r.error).toBe(0);
+    expect(r.data.equals(data)).toBe(true);
+    await c.disconnect();
+    const st = await s.close();
+    expect(st.device.memReserved).toBe(0);
+    expect(st.device.leaks).toEqual([]);
+    expect(st.device.internalErrors).toBe(0);
+    expect(st.connections.open).toBe(0);
+  });
+});
+
+describe.each([false, true])('waiting connections, device thread %s', (deviceThread) => {
+  it('notices a client resetting its connection while its request waits for buffer memory', async () => {
+    // loopback TCP: a client can reset its connection (RST) there
+    const s = await startNbdServer({
+      port: 0,
+      size: 64 * MiB,
+      memBudget: 32 * MiB,
+      deviceThread,
+      shutdownGraceMs: 60_000,
+    });
+    // a holds the whole budget: a 32 MiB write whose payload has only half arrived
+    const { client: a } = await NbdClient.open(path(s));
+    const payload = Buffer.alloc(32 * MiB, 0x3c);
+    const held: Uint8Array[] = [];
+    const send = a.send.bind(a);
+    a.send = (x: Uint8Array) => void held.push(x);
+    const w = a.write(0, payload);
+    a.send = send;
+    const bytes = Buffer.concat(held);
+    send(bytes.subarray(0, 16 * MiB));
+    await until(() => s.stats().device.memReserved === 32 * MiB);
+    // b's READ must wait for memory; then b resets its connection
+    const { client: b } = await NbdClient.open(path(s));
+    const waitsBefore = s.stats().device.memoryWaits;
+    const r = b.read(0, 4096).catch((e: Error) => e);
+    await until(() => s.stats().device.memoryWaits > waitsBefore);
+    b.socket.resetAndDestroy();
+    expect(await r).toBeInstanceOf(Error);
+    // the server sees b go while a still holds the budget, and b's queued wait is withdrawn
+    await until(() => s.stats().connections.open === 1);
+    expect(s.stats().device.memWaiting).toBe(0);
+    expect(s.stats().device.memReserved).toBe(32 * MiB);
+    send(bytes.subarray(16 * MiB));
+    expect((await w).error).toBe(0);
+    expect((await a.read(32 * MiB - 4096, 4096)).data.equals(payload.subarray(0, 4096))).toBe(true);
+    await a.disconnect();
+    const st = await s.close();
+    expect(st.device.memReserved).toBe(0);
+    expect(st.device.leaks).toEqual([]);
+  });
+});
+
+describe('the teardown report', () => {
+  it('names buffer budget still reserved at close as a leak, and the serve summary shows it', async () => {
+    const exp = new NbdExport({ size: 16 * MiB });
+    expect(exp.tryReserve(3 * 4096)).toBe(true);
+    const st = exp.close();
+    expect(st.memReserved).toBe(3 * 4096);
+    expect(st.leaks).toContain('nbd buffer budget: 12288 bytes still reserved');
+    const s = await startNbdServer({ socket: join(dir, `t${++sockN}.sock`), size: 16 * MiB });
+    const summary = formatServeStats(await s.close());
+    expect(summary).toMatch(/budget held 0\.0 MiB/);
+    expect(summary).toMatch(/teardown: no leaks/);
+    expect(formatServeStats({ ...(await s.close()), device: st })).toMatch(
+      /teardown LEAKS: .*nbd buffer budget: 12288 bytes still reserved/,
+    );
+  });
+});
