@@ -34,7 +34,14 @@ import {
   dmaInfoToProt,
   validDmaDirection,
 } from './dma-direction.js';
-import { devCookie, devDomain, iommuDmaAllocIova, iommuDmaCookie, iommuDmaFreeIova } from './dma-iommu.js';
+import {
+  devCookie,
+  devDomain,
+  iommuDmaAllocIova,
+  iommuDmaCheckMapped,
+  iommuDmaCookie,
+  iommuDmaFreeIova,
+} from './dma-iommu.js';
 import { DmaDebugError, DmaError } from './errors.js';
 import { isSwiotlbBuffer, swiotlbTblMapSingle, swiotlbTblUnmapSingle } from './swiotlb.js';
 
@@ -103,10 +110,16 @@ function throwBadDirection(dev: Device, dir: number): never {
   });
 }
 
-function throwOutside(dev: Device, state: DmaIovaState, offset: number, size: number): never {
+function throwOutside(
+  dev: Device,
+  state: DmaIovaState,
+  offset: number,
+  size: number,
+  what = 'dma_iova_link',
+): never {
   throw new DmaDebugError(
-    `dma_iova_link: ${dev.name}: link [${hex(offset)}, +${hex(size)}) is outside the allocated IOVA [0, ${hex(state.size)})`,
-    { rule: 'dma_iova_link: outside allocated IOVA' },
+    `${what}: ${dev.name}: [${hex(offset)}, +${hex(size)}) is outside the allocated IOVA [0, ${hex(state.size)})`,
+    { rule: `${what}: outside allocated IOVA` },
   );
 }
 
@@ -269,6 +282,8 @@ function linkSwiotlb(
  */
 export function dmaIovaSync(dev: Device, state: DmaIovaState, offset: number, size: number): number {
   checkState(dev, state, 'dma_iova_sync');
+  if (!(size > 0) || !(offset >= 0) || offset + size > state.size)
+    throwOutside(dev, state, offset, size, 'dma_iova_sync');
   const domain = devDomain(dev);
   const iovad = iommuDmaCookie(domain).iovad;
   const pad = iovaOffset(iovad, state.addr);
@@ -297,6 +312,41 @@ function unlinkSlow(dev: Device, start: number, end: number, dir: DmaDataDirecti
   }
 }
 
+/**
+ * Throws before anything changes unless `[offset, offset + size)` lies inside the state's IOVA,
+ * is linked granule by granule with no hole, and, when `whole` (destroy), no link follows it in
+ * the allocation. No kernel counterpart: `dma_iova_unlink`/`dma_iova_destroy` WARN after
+ * clearing PTEs when the unmapped length differs, and destroy frees the IOVA regardless.
+ */
+function checkUnlink(
+  dev: Device,
+  state: DmaIovaState,
+  offset: number,
+  size: number,
+  whole: boolean,
+  what: string,
+): void {
+  if (!(size > 0) || !(offset >= 0) || offset + size > state.size)
+    throwOutside(dev, state, offset, size, what);
+  const domain = devDomain(dev);
+  const iovad = iommuDmaCookie(domain).iovad;
+  const addr = state.addr + offset;
+  const start = addr - iovaOffset(iovad, addr);
+  const end = start + iovaAlign(iovad, size + iovaOffset(iovad, addr));
+  iommuDmaCheckMapped(dev, domain, start, end - start, what);
+  if (!whole) return;
+  const allocEnd =
+    state.addr - iovaOffset(iovad, state.addr) + iovaAlign(iovad, state.size + iovaOffset(iovad, state.addr));
+  for (let a = end; a < allocEnd; a += iovad.granule) {
+    if (iommuIovaToPhys(domain, a) !== 0) {
+      throw new DmaError(
+        `${what}: ${dev.name}: ${hex(a)} is still linked after [0, ${hex(offset + size)}): destroy takes the only linked range, unlink the rest first`,
+        { rule: `${what}: links beyond mapped_len` },
+      );
+    }
+  }
+}
+
 /** Unlinks `[offset, offset + size)`, optionally freeing the IOVA (kernel: `__iommu_dma_iova_unlink`). */
 function unlinkRange(
   dev: Device,
@@ -318,14 +368,8 @@ function unlinkRange(
   if (state.usedSwiotlb || devNeedsCpuSync(dev, attrs)) {
     unlinkSlow(dev, addr, addr + size, dir, attrs);
   }
-  const unmapped = iommuUnmapFast(domain, start, len, gather);
+  iommuUnmapFast(domain, start, len, gather);
   if (!gather.queued) iommuIotlbSync(domain, gather);
-  if (unmapped !== len) {
-    throw new DmaError(
-      `dma_iova_unlink: ${dev.name}: unmapped ${hex(unmapped)} of ${hex(len)} bytes at ${hex(start)}: the range was not wholly linked`,
-      { rule: 'dma_iova_unlink: unmapped != size' },
-    );
-  }
   if (freeIova) iommuDmaFreeIova(domain, start, len, gather);
 }
 
@@ -344,6 +388,7 @@ export function dmaIovaUnlink(
 ): void {
   checkState(dev, state, 'dma_iova_unlink');
   dev.debug?.checkUnlink(state, offset, size);
+  checkUnlink(dev, state, offset, size, false, 'dma_iova_unlink');
   const tr = dev.machine.tracer;
   tr?.begin('dma_iova_unlink', 'iova', { dev: dev.name, offset, size });
   unlinkRange(dev, state, offset, size, dir, attrs, false);
@@ -385,6 +430,7 @@ export function dmaIovaDestroy(
     return;
   }
   dev.debug?.checkDestroy(state, mappedLen);
+  checkUnlink(dev, state, 0, mappedLen, true, 'dma_iova_destroy');
   const tr = dev.machine.tracer;
   tr?.begin('dma_iova_destroy', 'iova', { dev: dev.name, mappedLen });
   unlinkRange(dev, state, 0, mappedLen, dir, attrs, true);
