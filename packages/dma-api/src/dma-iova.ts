@@ -30,10 +30,9 @@ import {
   DMA_ATTR_SKIP_CPU_SYNC,
   DMA_MAPPING_ERROR,
   type DmaDataDirection,
-  dmaDirectionName,
   dmaInfoToProt,
-  validDmaDirection,
 } from './dma-direction.js';
+import { DMA_ENTRY_NO_DIR, type DmaEntry, dmaEntry } from './dma-entry.js';
 import {
   devCookie,
   devDomain,
@@ -102,12 +101,6 @@ function checkState(dev: Device, state: DmaIovaState, what: string): void {
       },
     );
   }
-}
-
-function throwBadDirection(dev: Device, dir: number): never {
-  throw new DmaError(`dma_iova_link: ${dev.name}: invalid direction ${dmaDirectionName(dir)}`, {
-    rule: 'dma_iova_link: invalid direction',
-  });
 }
 
 function throwOutside(
@@ -193,18 +186,15 @@ export function dmaIovaLink(
   dir: DmaDataDirection,
   attrs = 0,
 ): number {
-  if (state.size === 0) checkState(dev, state, 'dma_iova_link');
-  if (!validDmaDirection(dir)) throwBadDirection(dev, dir);
-  if (!(size > 0) || offset < 0 || offset + size > state.size) throwOutside(dev, state, offset, size);
+  const tr = dmaEntry(dev, LINK, dir, state, phys, offset, size);
   const machine = dev.machine;
-  if (phys < 0 || phys + size > machine.phys.size) machine.phys.check(phys, size);
   const domain = devDomain(dev);
   const iovad = iommuDmaCookie(domain).iovad;
   const pad = iovaOffset(iovad, phys);
-  if (pad !== 0 && offset !== 0) return -Errno.EIO;
-  dev.debug?.checkLink(state, offset, size);
-  const tr = machine.tracer;
-  tr?.begin('dma_iova_link', 'iova', { dev: dev.name, phys, offset, size });
+  if (pad !== 0 && offset !== 0) {
+    tr?.end();
+    return -Errno.EIO;
+  }
   let ret: number;
   if (dev.untrusted && (pad !== 0 || iovaOffset(iovad, phys + size) !== 0)) {
     ret = linkSwiotlb(dev, state, phys, offset, size, dir, attrs);
@@ -281,13 +271,10 @@ function linkSwiotlb(
  * only by IOMMUs that cache non-present entries, free elsewhere. Returns 0 or -errno.
  */
 export function dmaIovaSync(dev: Device, state: DmaIovaState, offset: number, size: number): number {
-  checkState(dev, state, 'dma_iova_sync');
-  if (!(size > 0) || !(offset >= 0) || offset + size > state.size)
-    throwOutside(dev, state, offset, size, 'dma_iova_sync');
+  dmaEntry(dev, SYNC, DMA_ENTRY_NO_DIR, state, 0, offset, size);
   const domain = devDomain(dev);
   const iovad = iommuDmaCookie(domain).iovad;
   const pad = iovaOffset(iovad, state.addr);
-  dev.machine.tracer?.instant('dma_iova_sync', 'iova', { dev: dev.name, offset, size });
   return iommuSyncMap(domain, state.addr + offset - pad, iovaAlign(iovad, size + pad));
 }
 
@@ -347,6 +334,62 @@ function checkUnlink(
   }
 }
 
+// The opening of each entry point (argument checks, dma-debug hook, tracepoint): see dma-entry.ts.
+// Hook arguments: (state, phys, offset, size).
+const LINK: DmaEntry<DmaIovaState, number, number, number> = {
+  name: 'dma_iova_link',
+  category: 'iova',
+  needsMask: false,
+  check: (dev, state, phys, offset, size) => {
+    if (state.size === 0) checkState(dev, state, 'dma_iova_link');
+    if (!(size > 0) || offset < 0 || offset + size > state.size) throwOutside(dev, state, offset, size);
+    if (phys < 0 || phys + size > dev.machine.phys.size) dev.machine.phys.check(phys, size);
+  },
+  debug: (debug, state, _phys, offset, size) => debug.checkLink(state, offset, size),
+  trace: (dev, _state, phys, offset, size) => ({ dev: dev.name, phys, offset, size }),
+};
+const SYNC: DmaEntry<DmaIovaState, 0, number, number> = {
+  name: 'dma_iova_sync',
+  category: 'iova',
+  needsMask: false,
+  check: (dev, state, _phys, offset, size) => {
+    checkState(dev, state, 'dma_iova_sync');
+    if (!(size > 0) || !(offset >= 0) || offset + size > state.size)
+      throwOutside(dev, state, offset, size, 'dma_iova_sync');
+  },
+  trace: (dev, _state, _phys, offset, size) => ({ dev: dev.name, offset, size }),
+  instant: true,
+};
+const UNLINK: DmaEntry<DmaIovaState, 0, number, number> = {
+  name: 'dma_iova_unlink',
+  category: 'iova',
+  needsMask: false,
+  check: (dev, state) => checkState(dev, state, 'dma_iova_unlink'),
+  debug: (debug, state, _phys, offset, size) => debug.checkUnlink(state, offset, size),
+  verify: (dev, state, _phys, offset, size) =>
+    checkUnlink(dev, state, offset, size, false, 'dma_iova_unlink'),
+  trace: (dev, _state, _phys, offset, size) => ({ dev: dev.name, offset, size }),
+};
+const DESTROY: DmaEntry<DmaIovaState, 0, 0, number> = {
+  name: 'dma_iova_destroy',
+  category: 'iova',
+  needsMask: false,
+  check: (dev, state) => checkState(dev, state, 'dma_iova_destroy'),
+  debug: (debug, state, _phys, _offset, mappedLen) => debug.checkDestroy(state, mappedLen),
+  verify: (dev, state, _phys, _offset, mappedLen) =>
+    checkUnlink(dev, state, 0, mappedLen, true, 'dma_iova_destroy'),
+  trace: (dev, _state, _phys, _offset, mappedLen) => ({ dev: dev.name, mappedLen }),
+};
+const FREE: DmaEntry<DmaIovaState, 0, 0, number> = {
+  name: 'dma_iova_free',
+  category: 'iova',
+  needsMask: false,
+  check: (dev, state) => checkState(dev, state, 'dma_iova_free'),
+  debug: (debug, state) => debug.checkFree(state),
+  trace: (dev, _state, _phys, _offset, size) => ({ dev: dev.name, size }),
+  instant: true,
+};
+
 /** Unlinks `[offset, offset + size)`, optionally freeing the IOVA (kernel: `__iommu_dma_iova_unlink`). */
 function unlinkRange(
   dev: Device,
@@ -386,11 +429,7 @@ export function dmaIovaUnlink(
   dir: DmaDataDirection,
   attrs = 0,
 ): void {
-  checkState(dev, state, 'dma_iova_unlink');
-  dev.debug?.checkUnlink(state, offset, size);
-  checkUnlink(dev, state, offset, size, false, 'dma_iova_unlink');
-  const tr = dev.machine.tracer;
-  tr?.begin('dma_iova_unlink', 'iova', { dev: dev.name, offset, size });
+  const tr = dmaEntry(dev, UNLINK, dir, state, 0, offset, size);
   unlinkRange(dev, state, offset, size, dir, attrs, false);
   tr?.end();
   dev.machine.counters.dmaUnlinks++;
@@ -402,13 +441,11 @@ export function dmaIovaUnlink(
  * link must have been unlinked first.
  */
 export function dmaIovaFree(dev: Device, state: DmaIovaState): void {
-  checkState(dev, state, 'dma_iova_free');
-  dev.debug?.checkFree(state);
+  dmaEntry(dev, FREE, DMA_ENTRY_NO_DIR, state, 0, 0, state.size);
   const domain = devDomain(dev);
   const iovad = iommuDmaCookie(domain).iovad;
   const pad = iovaOffset(iovad, state.addr);
   iommuDmaFreeIova(domain, state.addr - pad, iovaAlign(iovad, state.size + pad), undefined);
-  dev.machine.tracer?.instant('dma_iova_free', 'iova', { dev: dev.name, size: state.size });
   dev.debug?.iovaRelease(state);
 }
 
@@ -424,15 +461,12 @@ export function dmaIovaDestroy(
   dir: DmaDataDirection,
   attrs = 0,
 ): void {
-  checkState(dev, state, 'dma_iova_destroy');
   if (mappedLen === 0) {
+    checkState(dev, state, 'dma_iova_destroy');
     dmaIovaFree(dev, state);
     return;
   }
-  dev.debug?.checkDestroy(state, mappedLen);
-  checkUnlink(dev, state, 0, mappedLen, true, 'dma_iova_destroy');
-  const tr = dev.machine.tracer;
-  tr?.begin('dma_iova_destroy', 'iova', { dev: dev.name, mappedLen });
+  const tr = dmaEntry(dev, DESTROY, dir, state, 0, 0, mappedLen);
   unlinkRange(dev, state, 0, mappedLen, dir, attrs, true);
   tr?.end();
   dev.machine.counters.dmaUnlinks++;
