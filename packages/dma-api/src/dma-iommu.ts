@@ -212,23 +212,32 @@ export function iommuDmaCheckMapped(
 
 /**
  * Throws a `DmaError` unless `[start, start + len)` is the whole mapping of one IOVA allocation of
- * a legacy map (`__iommu_dma_map` / `iommu_dma_map_sg`): it starts the allocation, is mapped to
- * its end, and no mapped granule of the allocation follows it. Catches an unmap of an address
- * never mapped, a double unmap, and a wrong size (larger or smaller by a granule or more) before
- * any state changes; the kernel WARNs after clearing PTEs and frees the IOVA regardless.
+ * a legacy map (`__iommu_dma_map` / `iommu_dma_map_sg`): it starts the allocation (`find_iova`),
+ * its first and last granules are mapped, and the granule after it is not mapped inside the same
+ * allocation. A legacy mapping is one `iommu_map` of a contiguous range and partial unmaps are
+ * refused here, so it has no hole in the middle: these few page-table reads decide it. Catches an
+ * unmap of an address never mapped, a double unmap, and a wrong size (larger or smaller by a
+ * granule or more) before any state changes; the kernel WARNs after clearing PTEs and frees the
+ * IOVA regardless.
  */
 function iommuDmaCheckUnmap(dev: Device, domain: IommuDomain, start: number, len: number): void {
   const iovad = iommuDmaCookie(domain).iovad;
-  const node = iovad.findIova(start / iovad.granule);
-  if (node === undefined || node.pfnLo * iovad.granule !== start) {
+  const granule = iovad.granule;
+  const node = iovad.findIova(start / granule);
+  const end = start + len;
+  if (
+    node === undefined ||
+    node.pfnLo * granule !== start ||
+    end > (node.pfnHi + 1) * granule ||
+    iommuIovaToPhys(domain, start) === 0 ||
+    (len > granule && iommuIovaToPhys(domain, end - granule) === 0)
+  ) {
     throw new DmaError(
-      `__iommu_dma_unmap: ${dev.name}: ${hex(start)} does not start an IOVA allocation: never mapped, or not the address the map returned`,
+      `__iommu_dma_unmap: ${dev.name}: [${hex(start)}, +${hex(len)}) is not a live mapping: never mapped, already unmapped, not the address the map returned, or larger than mapped`,
       { rule: '__iommu_dma_unmap: not mapped' },
     );
   }
-  iommuDmaCheckMapped(dev, domain, start, len, '__iommu_dma_unmap');
-  const end = start + len;
-  if (end <= node.pfnHi * iovad.granule && iommuIovaToPhys(domain, end) !== 0) {
+  if (end <= node.pfnHi * granule && iommuIovaToPhys(domain, end) !== 0) {
     throw new DmaError(
       `__iommu_dma_unmap: ${dev.name}: unmap of [${hex(start)}, +${hex(len)}) is shorter than its mapping (${hex(end)} is still mapped); expected the size passed to map`,
       { rule: '__iommu_dma_unmap: size smaller than mapped' },

@@ -14,6 +14,7 @@
 import {
   Errno,
   hex,
+  type IovaDomain,
   iommuIotlbGatherInit,
   iommuIotlbSync,
   iommuIovaToPhys,
@@ -32,7 +33,7 @@ import {
   type DmaDataDirection,
   dmaInfoToProt,
 } from './dma-direction.js';
-import { DMA_ENTRY_NO_DIR, type DmaEntry, dmaEntry } from './dma-entry.js';
+import { DMA_ENTRY_NO_DIR, DMA_ENTRY_SPAN, DmaEntry, dmaEntry } from './dma-entry.js';
 import {
   devCookie,
   devDomain,
@@ -55,6 +56,14 @@ export class DmaIovaState {
   size = 0;
   /** Some link bounced through swiotlb (kernel: bit 63 of `__size`); never cleared. */
   usedSwiotlb = false;
+  /**
+   * Model-only (the kernel keeps no such count): granule bytes currently linked, and the end of
+   * the highest link, both counted from the granule-aligned IOVA base. `linkedBytes ===
+   * linkedEnd` means `[0, linkedEnd)` is wholly linked (links never overlap), which lets unlink
+   * and destroy refuse misuse before anything changes without walking the page table.
+   */
+  linkedBytes = 0;
+  linkedEnd = 0;
 }
 
 /** Size of the state's IOVA range (kernel: `dma_iova_size`). */
@@ -77,6 +86,8 @@ export function dmaIovaTryAlloc(dev: Device, state: DmaIovaState, phys: number, 
   state.addr = 0;
   state.size = 0;
   state.usedSwiotlb = false;
+  state.linkedBytes = 0;
+  state.linkedEnd = 0;
   if (!dev.dmaIommu) return false;
   if (!(size > 0) || !Number.isSafeInteger(size)) return false;
   const domain = devDomain(dev);
@@ -92,7 +103,8 @@ export function dmaIovaTryAlloc(dev: Device, state: DmaIovaState, phys: number, 
   return true;
 }
 
-function checkState(dev: Device, state: DmaIovaState, what: string): void {
+/** Throws unless the state holds IOVA; returns 0 (an entry point's `check`). */
+function checkState(dev: Device, state: DmaIovaState, what: string): number {
   if (!dmaUseIova(state)) {
     throw new DmaDebugError(
       `${what}: ${dev.name}: the state holds no IOVA (dma_iova_try_alloc failed or was not called)`,
@@ -101,6 +113,7 @@ function checkState(dev: Device, state: DmaIovaState, what: string): void {
       },
     );
   }
+  return 0;
 }
 
 function throwOutside(
@@ -186,15 +199,12 @@ export function dmaIovaLink(
   dir: DmaDataDirection,
   attrs = 0,
 ): number {
-  const tr = dmaEntry(dev, LINK, dir, state, phys, offset, size);
+  const open = dmaEntry(dev, LINK, dir, state, phys, offset, size);
+  if (open < 0) return open;
   const machine = dev.machine;
   const domain = devDomain(dev);
   const iovad = iommuDmaCookie(domain).iovad;
   const pad = iovaOffset(iovad, phys);
-  if (pad !== 0 && offset !== 0) {
-    tr?.end();
-    return -Errno.EIO;
-  }
   let ret: number;
   if (dev.untrusted && (pad !== 0 || iovaOffset(iovad, phys + size) !== 0)) {
     ret = linkSwiotlb(dev, state, phys, offset, size, dir, attrs);
@@ -211,10 +221,11 @@ export function dmaIovaLink(
     );
   }
   if (ret === 0) {
+    noteLinked(iovad, state, state.addr + offset - pad, iovaAlign(iovad, size + pad));
     machine.counters.dmaLinks++;
     dev.debug?.addLink(state, offset, size);
   }
-  tr?.end();
+  if (open === DMA_ENTRY_SPAN) dev.machine.tracer?.end();
   return ret;
 }
 
@@ -299,11 +310,35 @@ function unlinkSlow(dev: Device, start: number, end: number, dir: DmaDataDirecti
   }
 }
 
+/** Granule-aligned start of the state's IOVA range. */
+function iovaBase(iovad: IovaDomain, state: DmaIovaState): number {
+  return state.addr - iovaOffset(iovad, state.addr);
+}
+
+/** Records a successful link of `len` granule bytes at bus `start` in the state's model-only count. */
+function noteLinked(iovad: IovaDomain, state: DmaIovaState, start: number, len: number): void {
+  state.linkedBytes += len;
+  const end = start + len - iovaBase(iovad, state);
+  if (end > state.linkedEnd) state.linkedEnd = end;
+}
+
+/** Records an unlink of `[offset, offset + size)` (whole granules) in the model-only count. */
+function noteUnlinked(iovad: IovaDomain, state: DmaIovaState, offset: number, size: number): void {
+  const addr = state.addr + offset;
+  const start = addr - iovaOffset(iovad, addr) - iovaBase(iovad, state);
+  const end = start + iovaAlign(iovad, size + iovaOffset(iovad, addr));
+  state.linkedBytes -= end - start;
+  // the top link went and what is left fills [0, start): still dense
+  if (end === state.linkedEnd && state.linkedBytes === start) state.linkedEnd = start;
+}
+
 /**
- * Throws before anything changes unless `[offset, offset + size)` lies inside the state's IOVA,
- * is linked granule by granule with no hole, and, when `whole` (destroy), no link follows it in
- * the allocation. No kernel counterpart: `dma_iova_unlink`/`dma_iova_destroy` WARN after
- * clearing PTEs when the unmapped length differs, and destroy frees the IOVA regardless.
+ * Throws before anything changes unless `[offset, offset + size)` lies inside the state's IOVA
+ * and is wholly linked, and, when `whole` (destroy), nothing else is linked. Decided from the
+ * state's link count when `[0, linkedEnd)` is dense (the common case: no page-table read), else
+ * by walking the range's page-table leaves. No kernel counterpart: `dma_iova_unlink` and
+ * `dma_iova_destroy` WARN after clearing PTEs when the unmapped length differs, and destroy frees
+ * the IOVA regardless.
  */
 function checkUnlink(
   dev: Device,
@@ -320,75 +355,78 @@ function checkUnlink(
   const addr = state.addr + offset;
   const start = addr - iovaOffset(iovad, addr);
   const end = start + iovaAlign(iovad, size + iovaOffset(iovad, addr));
-  iommuDmaCheckMapped(dev, domain, start, end - start, what);
-  if (!whole) return;
-  const allocEnd =
-    state.addr - iovaOffset(iovad, state.addr) + iovaAlign(iovad, state.size + iovaOffset(iovad, state.addr));
-  for (let a = end; a < allocEnd; a += iovad.granule) {
-    if (iommuIovaToPhys(domain, a) !== 0) {
-      throw new DmaError(
-        `${what}: ${dev.name}: ${hex(a)} is still linked after [0, ${hex(offset + size)}): destroy takes the only linked range, unlink the rest first`,
-        { rule: `${what}: links beyond mapped_len` },
-      );
-    }
+  const need = end - iovaBase(iovad, state);
+  if (whole && state.linkedBytes !== need) {
+    throw new DmaError(
+      `${what}: ${dev.name}: ${hex(state.linkedBytes)} bytes are linked, [0, ${hex(offset + size)}) takes ${hex(need)}: destroy takes exactly the one linked range from offset 0`,
+      { rule: state.linkedBytes > need ? `${what}: links beyond mapped_len` : `${what}: range not mapped` },
+    );
   }
+  if (state.linkedBytes === state.linkedEnd && need <= state.linkedEnd) return;
+  iommuDmaCheckMapped(dev, domain, start, end - start, what);
 }
 
 // The opening of each entry point (argument checks, dma-debug hook, tracepoint): see dma-entry.ts.
 // Hook arguments: (state, phys, offset, size).
-const LINK: DmaEntry<DmaIovaState, number, number, number> = {
+const LINK = new DmaEntry<DmaIovaState, number, number, number>({
   name: 'dma_iova_link',
   category: 'iova',
-  needsMask: false,
   check: (dev, state, phys, offset, size) => {
     if (state.size === 0) checkState(dev, state, 'dma_iova_link');
     if (!(size > 0) || offset < 0 || offset + size > state.size) throwOutside(dev, state, offset, size);
     if (phys < 0 || phys + size > dev.machine.phys.size) dev.machine.phys.check(phys, size);
+    // all links but the first start on the merge boundary: else -EIO, nothing mapped (kernel WARNs)
+    return offset !== 0 && iovaOffset(devCookie(dev).iovad, phys) !== 0 ? -Errno.EIO : 0;
   },
   debug: (debug, state, _phys, offset, size) => debug.checkLink(state, offset, size),
   trace: (dev, _state, phys, offset, size) => ({ dev: dev.name, phys, offset, size }),
-};
-const SYNC: DmaEntry<DmaIovaState, 0, number, number> = {
+});
+const SYNC = new DmaEntry<DmaIovaState, 0, number, number>({
   name: 'dma_iova_sync',
   category: 'iova',
-  needsMask: false,
   check: (dev, state, _phys, offset, size) => {
     checkState(dev, state, 'dma_iova_sync');
     if (!(size > 0) || !(offset >= 0) || offset + size > state.size)
       throwOutside(dev, state, offset, size, 'dma_iova_sync');
+    return 0;
   },
   trace: (dev, _state, _phys, offset, size) => ({ dev: dev.name, offset, size }),
   instant: true,
-};
-const UNLINK: DmaEntry<DmaIovaState, 0, number, number> = {
+});
+const UNLINK = new DmaEntry<DmaIovaState, 0, number, number>({
   name: 'dma_iova_unlink',
   category: 'iova',
-  needsMask: false,
   check: (dev, state) => checkState(dev, state, 'dma_iova_unlink'),
   debug: (debug, state, _phys, offset, size) => debug.checkUnlink(state, offset, size),
   verify: (dev, state, _phys, offset, size) =>
     checkUnlink(dev, state, offset, size, false, 'dma_iova_unlink'),
   trace: (dev, _state, _phys, offset, size) => ({ dev: dev.name, offset, size }),
-};
-const DESTROY: DmaEntry<DmaIovaState, 0, 0, number> = {
+});
+const DESTROY = new DmaEntry<DmaIovaState, 0, 0, number>({
   name: 'dma_iova_destroy',
   category: 'iova',
-  needsMask: false,
   check: (dev, state) => checkState(dev, state, 'dma_iova_destroy'),
   debug: (debug, state, _phys, _offset, mappedLen) => debug.checkDestroy(state, mappedLen),
   verify: (dev, state, _phys, _offset, mappedLen) =>
     checkUnlink(dev, state, 0, mappedLen, true, 'dma_iova_destroy'),
   trace: (dev, _state, _phys, _offset, mappedLen) => ({ dev: dev.name, mappedLen }),
-};
-const FREE: DmaEntry<DmaIovaState, 0, 0, number> = {
+});
+const FREE = new DmaEntry<DmaIovaState, 0, 0, number>({
   name: 'dma_iova_free',
   category: 'iova',
-  needsMask: false,
   check: (dev, state) => checkState(dev, state, 'dma_iova_free'),
   debug: (debug, state) => debug.checkFree(state),
+  verify: (dev, state) => {
+    if (state.linkedBytes !== 0) {
+      throw new DmaError(
+        `dma_iova_free: ${dev.name}: ${hex(state.linkedBytes)} bytes are still linked: unlink them first (or use dma_iova_destroy)`,
+        { rule: 'dma_iova_free: links left' },
+      );
+    }
+  },
   trace: (dev, _state, _phys, _offset, size) => ({ dev: dev.name, size }),
   instant: true,
-};
+});
 
 /** Unlinks `[offset, offset + size)`, optionally freeing the IOVA (kernel: `__iommu_dma_iova_unlink`). */
 function unlinkRange(
@@ -429,9 +467,10 @@ export function dmaIovaUnlink(
   dir: DmaDataDirection,
   attrs = 0,
 ): void {
-  const tr = dmaEntry(dev, UNLINK, dir, state, 0, offset, size);
+  const open = dmaEntry(dev, UNLINK, dir, state, 0, offset, size);
   unlinkRange(dev, state, offset, size, dir, attrs, false);
-  tr?.end();
+  noteUnlinked(devCookie(dev).iovad, state, offset, size);
+  if (open === DMA_ENTRY_SPAN) dev.machine.tracer?.end();
   dev.machine.counters.dmaUnlinks++;
   dev.debug?.removeLinks(state, offset, size);
 }
@@ -466,9 +505,11 @@ export function dmaIovaDestroy(
     dmaIovaFree(dev, state);
     return;
   }
-  const tr = dmaEntry(dev, DESTROY, dir, state, 0, 0, mappedLen);
+  const open = dmaEntry(dev, DESTROY, dir, state, 0, 0, mappedLen);
   unlinkRange(dev, state, 0, mappedLen, dir, attrs, true);
-  tr?.end();
+  state.linkedBytes = 0;
+  state.linkedEnd = 0;
+  if (open === DMA_ENTRY_SPAN) dev.machine.tracer?.end();
   dev.machine.counters.dmaUnlinks++;
   dev.debug?.iovaRelease(state);
 }

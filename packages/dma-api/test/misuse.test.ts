@@ -178,6 +178,30 @@ for (const kind of ['strict', 'lazy'] as const) {
       expectNoLeaks(m, dev);
     });
 
+    it('dma_iova_free with links left', () => {
+      const { m, dev, state } = setup([0, 1]);
+      expectRefused(m, dev, () => dmaIovaFree(dev, state), /links left/);
+      expectRefused(m, dev, () => dmaIovaDestroy(dev, state, 0, DMA_TO_DEVICE), /links left/);
+      dmaIovaUnlink(dev, state, SZ_4K, SZ_4K, DMA_TO_DEVICE);
+      expectRefused(m, dev, () => dmaIovaFree(dev, state), /links left/);
+      dmaIovaUnlink(dev, state, 0, SZ_4K, DMA_TO_DEVICE);
+      dmaIovaFree(dev, state);
+      expectNoLeaks(m, dev);
+    });
+
+    it('dma_iova_destroy after a partial unlink: the rest, then nothing more', () => {
+      const { m, dev, state } = setup([0, 1, 2, 3]);
+      dmaIovaUnlink(dev, state, 3 * SZ_4K, SZ_4K, DMA_TO_DEVICE);
+      expectRefused(m, dev, () => dmaIovaDestroy(dev, state, 4 * SZ_4K, DMA_TO_DEVICE), /range not mapped/);
+      dmaIovaUnlink(dev, state, SZ_4K, SZ_4K, DMA_TO_DEVICE);
+      // pages 0 and 2 linked: as many bytes as [0, 2 pages), but not that range
+      expectRefused(m, dev, () => dmaIovaDestroy(dev, state, 2 * SZ_4K, DMA_TO_DEVICE), /range not mapped/);
+      expectRefused(m, dev, () => dmaIovaDestroy(dev, state, 3 * SZ_4K, DMA_TO_DEVICE), /range not mapped/);
+      dmaIovaUnlink(dev, state, 2 * SZ_4K, SZ_4K, DMA_TO_DEVICE);
+      dmaIovaDestroy(dev, state, SZ_4K, DMA_TO_DEVICE);
+      expectNoLeaks(m, dev);
+    });
+
     it('dma_iova_link past the end of the allocation maps nothing', () => {
       const { m, dev, state } = setup([0]);
       const p = m.pages.allocPages(1);
