@@ -83,8 +83,9 @@ export interface IoPages {
 
 /**
  * Allocates a caller buffer of `bytes` starting `offset` bytes into its first page: physically
- * contiguous (one block of pages), or scattered (one page at a time, never two adjacent: the page
- * after each is taken and given back). Null when memory runs out, with nothing left allocated.
+ * contiguous (one block of pages), or scattered (single pages, no two of them physically adjacent,
+ * in no ascending order: what a driver sees of a user buffer pinned from a fragmented buddy
+ * allocator). Null when memory runs out, with nothing left allocated.
  * No kernel counterpart: it stands in for a user's pinned pages.
  */
 export function allocIoPages(
@@ -94,32 +95,53 @@ export function allocIoPages(
   offset = 0,
 ): IoPages | null {
   const pages = Math.ceil((bytes + offset) / PAGE_SIZE);
-  const allocs: Array<[number, number]> = [];
-  const segs: IoSegment[] = [];
   if (layout === 'contiguous') {
     const order = Math.ceil(Math.log2(pages));
     const phys = machine.pages.allocPages(order);
     if (phys === 0) return null;
-    allocs.push([phys, order]);
-    segs.push({ phys: phys + offset, len: bytes });
-    return { buf: new IoBuffer(segs), allocs };
+    return { buf: new IoBuffer([{ phys: phys + offset, len: bytes }]), allocs: [[phys, order]] };
   }
+  const picked = pickScatteredPages(machine, pages);
+  if (picked === null) return null;
+  const allocs: Array<[number, number]> = [];
+  const segs: IoSegment[] = [];
   let left = bytes;
   for (let p = 0; p < pages; p++) {
-    const phys = machine.pages.allocPages(0);
-    const hole = machine.pages.allocPages(0);
-    if (hole !== 0) machine.pages.freePages(hole, 0);
-    if (phys !== 0) allocs.push([phys, 0]);
-    if (phys === 0 || hole === 0) {
-      for (const [a, o] of allocs) machine.pages.freePages(a, o);
-      return null;
-    }
+    const phys = picked[p]!;
     const off = p === 0 ? offset : 0;
     const n = Math.min(PAGE_SIZE - off, left);
+    allocs.push([phys, 0]);
     segs.push({ phys: phys + off, len: n });
     left -= n;
   }
   return { buf: new IoBuffer(segs), allocs };
+}
+
+/**
+ * `n` single pages of which no two are physically adjacent, in the machine's seeded random order.
+ * Takes 2n pages, keeps every other one by address (so any two kept pages are at least one page
+ * apart) and gives the others back only once the choice is made, so the allocator ends with
+ * exactly the n kept pages taken. Null (nothing held) when memory runs out.
+ */
+function pickScatteredPages(machine: Machine, n: number): number[] | null {
+  const alloc = machine.pages;
+  const taken: number[] = [];
+  for (let i = 0; i < 2 * n; i++) {
+    const phys = alloc.allocPages(0);
+    if (phys === 0) {
+      for (const p of taken) alloc.freePages(p, 0);
+      return null;
+    }
+    taken.push(phys);
+  }
+  taken.sort((a, b) => a - b);
+  const kept: number[] = [];
+  for (let i = 0; i < n; i++) {
+    kept.push(taken[2 * i]!);
+    alloc.freePages(taken[2 * i + 1]!, 0);
+  }
+  // a fragmented free list hands pages out in no particular order
+  return machine.rng.shuffle(kept);
 }
 
 /** An I/O operation of the face. */

@@ -2,10 +2,10 @@
 // Times are simulator time (how fast this model runs here), never modeled kernel time; counts
 // per op (allocations, metadata bytes, IOVA allocations, invalidations) are what the kernel
 // would spend.
-import { diffCounters, IommuDevice, Machine, SZ_4K } from '@iovalink/iommu';
+import { diffCounters, SZ_4K } from '@iovalink/iommu';
+import { allocScatteredPages } from '@iovalink/iommu/testing';
 import { Bench } from 'tinybench';
 import {
-  Device,
   DMA_TO_DEVICE,
   DmaIovaState,
   dmaIovaDestroy,
@@ -21,23 +21,18 @@ import {
   sgIter,
   sgSetPage,
 } from '../src/index.js';
+import { createDmaRig, createKindDevice } from '../src/testing/index.js';
 
 const PAGES = 32;
 
 function rig(translation: 'strict' | 'lazy') {
-  const machine = new Machine({ memSize: 1 << 30 });
-  const iommu = new IommuDevice(machine);
-  const dev = new Device(machine, {
-    iommu,
-    translation,
+  const r = createDmaRig({ machine: { memSize: 1 << 30 } });
+  const dev = createKindDevice(r, translation, {
     debug: false,
     dmaParms: { maxSegmentSize: 0xffffffff },
   });
   // physically scattered pages, like a real I/O buffer
-  const pages: number[] = [];
-  for (let i = 0; i < PAGES; i++) pages.push(machine.pages.allocPages(0), machine.pages.allocPages(0));
-  const buf = pages.filter((_, i) => i % 2 === 0);
-  return { machine, dev, buf };
+  return { machine: r.machine, dev, buf: allocScatteredPages(r.machine, PAGES) };
 }
 
 function legacyOp(r: ReturnType<typeof rig>): void {

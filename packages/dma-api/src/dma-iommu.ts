@@ -22,6 +22,7 @@ import {
   iovaAlign,
   iovaOffset,
   iovaPfn,
+  type PteLookup,
   SG_DMA_BUS_ADDRESS,
 } from '@iovalink/iommu';
 import { archSyncDma } from './cpu-sync.js';
@@ -54,6 +55,8 @@ export interface IommuDmaCookie {
   readonly iovad: IovaDomain;
   /** Present on DMA_FQ domains. */
   readonly fq: FlushQueue | undefined;
+  /** Scratch leaf for the pre-unmap walk (`iommuDmaCheckMapped`): one per domain, no per-call object. */
+  readonly walk: PteLookup;
 }
 
 /** The cookie of a DMA-API domain. Throws when the domain was never initialised for DMA. */
@@ -80,7 +83,8 @@ export function iommuDmaInitDomain(dev: Device, domain: IommuDomain): IommuDmaCo
   const iovad = new IovaDomain(dev.machine, granule, startPfn);
   if (dev.isPci) iovad.reserveIova(iovaPfn(iovad, MSI_RANGE_START), iovaPfn(iovad, MSI_RANGE_END));
   const fq = domain.isFq ? new FlushQueue(domain, iovad) : undefined;
-  const cookie: IommuDmaCookie = { iovad, fq };
+  const walk: PteLookup = { leafIova: 0, leafPhys: 0, leafSize: 0, prot: 0, dirty: false };
+  const cookie: IommuDmaCookie = { iovad, fq, walk };
   domain.iovaCookie = cookie;
   return cookie;
 }
@@ -177,9 +181,75 @@ export function __iommuDmaMap(
 }
 
 /**
+ * Throws a `DmaError` unless `[start, start + len)` is mapped leaf by leaf with no hole, starting
+ * and ending on leaf boundaries, so that an unmap of it removes exactly `len` bytes. Reads the
+ * page table only. No kernel counterpart: the kernel unmaps first and WARNs when
+ * `iommu_unmap_fast` returns a different length, leaving PTEs cleared and (in
+ * `__iommu_dma_unmap`) still freeing the IOVA; we refuse the call before anything changes.
+ */
+export function iommuDmaCheckMapped(
+  dev: Device,
+  domain: IommuDomain,
+  start: number,
+  len: number,
+  what: string,
+): void {
+  const pgtbl = domain.pgtbl;
+  const leaf = iommuDmaCookie(domain).walk;
+  const end = start + len;
+  let addr = start;
+  while (addr < end && pgtbl !== undefined && pgtbl.lookup(addr, leaf)) {
+    if (leaf.leafIova !== addr) break;
+    addr += leaf.leafSize;
+  }
+  if (addr !== end) {
+    throw new DmaError(
+      `${what}: ${dev.name}: [${hex(start)}, +${hex(len)}) is not wholly mapped: ${addr < end ? `${hex(addr)} has no mapping of its own` : `a mapping runs on to ${hex(addr)}`}; expected exactly what one map call returned`,
+      { rule: `${what}: range not mapped` },
+    );
+  }
+}
+
+/**
+ * Throws a `DmaError` unless `[start, start + len)` is the whole mapping of one IOVA allocation of
+ * a legacy map (`__iommu_dma_map` / `iommu_dma_map_sg`): it starts the allocation (`find_iova`),
+ * its first and last granules are mapped, and the granule after it is not mapped inside the same
+ * allocation. A legacy mapping is one `iommu_map` of a contiguous range and partial unmaps are
+ * refused here, so it has no hole in the middle: these few page-table reads decide it. Catches an
+ * unmap of an address never mapped, a double unmap, and a wrong size (larger or smaller by a
+ * granule or more) before any state changes; the kernel WARNs after clearing PTEs and frees the
+ * IOVA regardless.
+ */
+function iommuDmaCheckUnmap(dev: Device, domain: IommuDomain, start: number, len: number): void {
+  const iovad = iommuDmaCookie(domain).iovad;
+  const granule = iovad.granule;
+  const node = iovad.findIova(start / granule);
+  const end = start + len;
+  if (
+    node === undefined ||
+    node.pfnLo * granule !== start ||
+    end > (node.pfnHi + 1) * granule ||
+    iommuIovaToPhys(domain, start) === 0 ||
+    (len > granule && iommuIovaToPhys(domain, end - granule) === 0)
+  ) {
+    throw new DmaError(
+      `__iommu_dma_unmap: ${dev.name}: [${hex(start)}, +${hex(len)}) is not a live mapping: never mapped, already unmapped, not the address the map returned, or larger than mapped`,
+      { rule: '__iommu_dma_unmap: not mapped' },
+    );
+  }
+  if (end <= node.pfnHi * granule && iommuIovaToPhys(domain, end) !== 0) {
+    throw new DmaError(
+      `__iommu_dma_unmap: ${dev.name}: unmap of [${hex(start)}, +${hex(len)}) is shorter than its mapping (${hex(end)} is still mapped); expected the size passed to map`,
+      { rule: '__iommu_dma_unmap: size smaller than mapped' },
+    );
+  }
+}
+
+/**
  * Unmaps a range mapped by `__iommuDmaMap` (kernel: `__iommu_dma_unmap`): strict domains sync
  * the IOTLB (one ranged invalidation) and free the IOVA at once; lazy domains queue the IOVA and
- * the freed page-table pages on the flush queue.
+ * the freed page-table pages on the flush queue. Differs: a range that is not exactly one live
+ * mapping throws `DmaError` before anything changes (`iommuDmaCheckUnmap`).
  */
 export function __iommuDmaUnmap(dev: Device, dmaAddr: number, size: number): void {
   const domain = devDomain(dev);
@@ -188,14 +258,9 @@ export function __iommuDmaUnmap(dev: Device, dmaAddr: number, size: number): voi
   const off = iovaOffset(iovad, dmaAddr);
   const start = dmaAddr - off;
   const len = iovaAlign(iovad, size + off);
+  iommuDmaCheckUnmap(dev, domain, start, len);
   const gather = iommuIotlbGatherInit(cookie.fq !== undefined);
-  const unmapped = iommuUnmapFast(domain, start, len, gather);
-  if (unmapped !== len) {
-    throw new DmaError(
-      `${dev}: unmap of [${hex(start)}, +${hex(len)}) removed ${hex(unmapped)} bytes: the range was not mapped as one`,
-      { rule: '__iommu_dma_unmap: unmapped != size' },
-    );
-  }
+  iommuUnmapFast(domain, start, len, gather);
   if (!gather.queued) iommuIotlbSync(domain, gather);
   iommuDmaFreeIova(domain, start, len, gather);
 }
@@ -268,8 +333,8 @@ export function iommuDmaUnmapPhys(
       rule: 'iommu_dma_unmap_phys: no translation',
     });
   }
-  archSyncDma(dev, attrs);
   __iommuDmaUnmap(dev, dmaHandle, size);
+  archSyncDma(dev, attrs);
   if (dev.swiotlb !== undefined && isSwiotlbBuffer(dev.swiotlb, phys)) {
     swiotlbTblUnmapSingle(dev.swiotlb, phys, size, dir, attrs);
   }
@@ -454,7 +519,6 @@ export function iommuDmaUnmapSg(
     }
     return;
   }
-  if ((attrs & DMA_ATTR_SKIP_CPU_SYNC) === 0 && !dev.coherent) dev.machine.counters.cpuCacheSyncs += nents;
   let start = -1;
   let end = -1;
   for (const s of sgIter(sgl, nents)) {
@@ -467,4 +531,5 @@ export function iommuDmaUnmapSg(
   }
   if (start < 0) return;
   __iommuDmaUnmap(dev, start, end - start);
+  if ((attrs & DMA_ATTR_SKIP_CPU_SYNC) === 0 && !dev.coherent) dev.machine.counters.cpuCacheSyncs += nents;
 }

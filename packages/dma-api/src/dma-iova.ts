@@ -14,6 +14,7 @@
 import {
   Errno,
   hex,
+  type IovaDomain,
   iommuIotlbGatherInit,
   iommuIotlbSync,
   iommuIovaToPhys,
@@ -30,11 +31,17 @@ import {
   DMA_ATTR_SKIP_CPU_SYNC,
   DMA_MAPPING_ERROR,
   type DmaDataDirection,
-  dmaDirectionName,
   dmaInfoToProt,
-  validDmaDirection,
 } from './dma-direction.js';
-import { devCookie, devDomain, iommuDmaAllocIova, iommuDmaCookie, iommuDmaFreeIova } from './dma-iommu.js';
+import { DMA_ENTRY_NO_DIR, DMA_ENTRY_SPAN, DmaEntry, dmaEntry } from './dma-entry.js';
+import {
+  devCookie,
+  devDomain,
+  iommuDmaAllocIova,
+  iommuDmaCheckMapped,
+  iommuDmaCookie,
+  iommuDmaFreeIova,
+} from './dma-iommu.js';
 import { DmaDebugError, DmaError } from './errors.js';
 import { isSwiotlbBuffer, swiotlbTblMapSingle, swiotlbTblUnmapSingle } from './swiotlb.js';
 
@@ -49,6 +56,14 @@ export class DmaIovaState {
   size = 0;
   /** Some link bounced through swiotlb (kernel: bit 63 of `__size`); never cleared. */
   usedSwiotlb = false;
+  /**
+   * Model-only (the kernel keeps no such count): granule bytes currently linked, and the end of
+   * the highest link, both counted from the granule-aligned IOVA base. `linkedBytes ===
+   * linkedEnd` means `[0, linkedEnd)` is wholly linked (links never overlap), which lets unlink
+   * and destroy refuse misuse before anything changes without walking the page table.
+   */
+  linkedBytes = 0;
+  linkedEnd = 0;
 }
 
 /** Size of the state's IOVA range (kernel: `dma_iova_size`). */
@@ -71,6 +86,8 @@ export function dmaIovaTryAlloc(dev: Device, state: DmaIovaState, phys: number, 
   state.addr = 0;
   state.size = 0;
   state.usedSwiotlb = false;
+  state.linkedBytes = 0;
+  state.linkedEnd = 0;
   if (!dev.dmaIommu) return false;
   if (!(size > 0) || !Number.isSafeInteger(size)) return false;
   const domain = devDomain(dev);
@@ -86,7 +103,8 @@ export function dmaIovaTryAlloc(dev: Device, state: DmaIovaState, phys: number, 
   return true;
 }
 
-function checkState(dev: Device, state: DmaIovaState, what: string): void {
+/** Throws unless the state holds IOVA; returns 0 (an entry point's `check`). */
+function checkState(dev: Device, state: DmaIovaState, what: string): number {
   if (!dmaUseIova(state)) {
     throw new DmaDebugError(
       `${what}: ${dev.name}: the state holds no IOVA (dma_iova_try_alloc failed or was not called)`,
@@ -95,18 +113,19 @@ function checkState(dev: Device, state: DmaIovaState, what: string): void {
       },
     );
   }
+  return 0;
 }
 
-function throwBadDirection(dev: Device, dir: number): never {
-  throw new DmaError(`dma_iova_link: ${dev.name}: invalid direction ${dmaDirectionName(dir)}`, {
-    rule: 'dma_iova_link: invalid direction',
-  });
-}
-
-function throwOutside(dev: Device, state: DmaIovaState, offset: number, size: number): never {
+function throwOutside(
+  dev: Device,
+  state: DmaIovaState,
+  offset: number,
+  size: number,
+  what = 'dma_iova_link',
+): never {
   throw new DmaDebugError(
-    `dma_iova_link: ${dev.name}: link [${hex(offset)}, +${hex(size)}) is outside the allocated IOVA [0, ${hex(state.size)})`,
-    { rule: 'dma_iova_link: outside allocated IOVA' },
+    `${what}: ${dev.name}: [${hex(offset)}, +${hex(size)}) is outside the allocated IOVA [0, ${hex(state.size)})`,
+    { rule: `${what}: outside allocated IOVA` },
   );
 }
 
@@ -180,18 +199,12 @@ export function dmaIovaLink(
   dir: DmaDataDirection,
   attrs = 0,
 ): number {
-  if (state.size === 0) checkState(dev, state, 'dma_iova_link');
-  if (!validDmaDirection(dir)) throwBadDirection(dev, dir);
-  if (!(size > 0) || offset < 0 || offset + size > state.size) throwOutside(dev, state, offset, size);
+  const open = dmaEntry(dev, LINK, dir, state, phys, offset, size);
+  if (open < 0) return open;
   const machine = dev.machine;
-  if (phys < 0 || phys + size > machine.phys.size) machine.phys.check(phys, size);
   const domain = devDomain(dev);
   const iovad = iommuDmaCookie(domain).iovad;
   const pad = iovaOffset(iovad, phys);
-  if (pad !== 0 && offset !== 0) return -Errno.EIO;
-  dev.debug?.checkLink(state, offset, size);
-  const tr = machine.tracer;
-  tr?.begin('dma_iova_link', 'iova', { dev: dev.name, phys, offset, size });
   let ret: number;
   if (dev.untrusted && (pad !== 0 || iovaOffset(iovad, phys + size) !== 0)) {
     ret = linkSwiotlb(dev, state, phys, offset, size, dir, attrs);
@@ -208,10 +221,11 @@ export function dmaIovaLink(
     );
   }
   if (ret === 0) {
+    noteLinked(iovad, state, state.addr + offset - pad, iovaAlign(iovad, size + pad));
     machine.counters.dmaLinks++;
     dev.debug?.addLink(state, offset, size);
   }
-  tr?.end();
+  if (open === DMA_ENTRY_SPAN) dev.machine.tracer?.end();
   return ret;
 }
 
@@ -268,11 +282,10 @@ function linkSwiotlb(
  * only by IOMMUs that cache non-present entries, free elsewhere. Returns 0 or -errno.
  */
 export function dmaIovaSync(dev: Device, state: DmaIovaState, offset: number, size: number): number {
-  checkState(dev, state, 'dma_iova_sync');
+  dmaEntry(dev, SYNC, DMA_ENTRY_NO_DIR, state, 0, offset, size);
   const domain = devDomain(dev);
   const iovad = iommuDmaCookie(domain).iovad;
   const pad = iovaOffset(iovad, state.addr);
-  dev.machine.tracer?.instant('dma_iova_sync', 'iova', { dev: dev.name, offset, size });
   return iommuSyncMap(domain, state.addr + offset - pad, iovaAlign(iovad, size + pad));
 }
 
@@ -297,6 +310,124 @@ function unlinkSlow(dev: Device, start: number, end: number, dir: DmaDataDirecti
   }
 }
 
+/** Granule-aligned start of the state's IOVA range. */
+function iovaBase(iovad: IovaDomain, state: DmaIovaState): number {
+  return state.addr - iovaOffset(iovad, state.addr);
+}
+
+/** Records a successful link of `len` granule bytes at bus `start` in the state's model-only count. */
+function noteLinked(iovad: IovaDomain, state: DmaIovaState, start: number, len: number): void {
+  state.linkedBytes += len;
+  const end = start + len - iovaBase(iovad, state);
+  if (end > state.linkedEnd) state.linkedEnd = end;
+}
+
+/** Records an unlink of `[offset, offset + size)` (whole granules) in the model-only count. */
+function noteUnlinked(iovad: IovaDomain, state: DmaIovaState, offset: number, size: number): void {
+  const addr = state.addr + offset;
+  const start = addr - iovaOffset(iovad, addr) - iovaBase(iovad, state);
+  const end = start + iovaAlign(iovad, size + iovaOffset(iovad, addr));
+  state.linkedBytes -= end - start;
+  // the top link went and what is left fills [0, start): still dense
+  if (end === state.linkedEnd && state.linkedBytes === start) state.linkedEnd = start;
+}
+
+/**
+ * Throws before anything changes unless `[offset, offset + size)` lies inside the state's IOVA
+ * and is wholly linked, and, when `whole` (destroy), nothing else is linked. Decided from the
+ * state's link count when `[0, linkedEnd)` is dense (the common case: no page-table read), else
+ * by walking the range's page-table leaves. No kernel counterpart: `dma_iova_unlink` and
+ * `dma_iova_destroy` WARN after clearing PTEs when the unmapped length differs, and destroy frees
+ * the IOVA regardless.
+ */
+function checkUnlink(
+  dev: Device,
+  state: DmaIovaState,
+  offset: number,
+  size: number,
+  whole: boolean,
+  what: string,
+): void {
+  if (!(size > 0) || !(offset >= 0) || offset + size > state.size)
+    throwOutside(dev, state, offset, size, what);
+  const domain = devDomain(dev);
+  const iovad = iommuDmaCookie(domain).iovad;
+  const addr = state.addr + offset;
+  const start = addr - iovaOffset(iovad, addr);
+  const end = start + iovaAlign(iovad, size + iovaOffset(iovad, addr));
+  const need = end - iovaBase(iovad, state);
+  if (whole && state.linkedBytes !== need) {
+    throw new DmaError(
+      `${what}: ${dev.name}: ${hex(state.linkedBytes)} bytes are linked, [0, ${hex(offset + size)}) takes ${hex(need)}: destroy takes exactly the one linked range from offset 0`,
+      { rule: state.linkedBytes > need ? `${what}: links beyond mapped_len` : `${what}: range not mapped` },
+    );
+  }
+  if (state.linkedBytes === state.linkedEnd && need <= state.linkedEnd) return;
+  iommuDmaCheckMapped(dev, domain, start, end - start, what);
+}
+
+// The opening of each entry point (argument checks, dma-debug hook, tracepoint): see dma-entry.ts.
+// Hook arguments: (state, phys, offset, size).
+const LINK = new DmaEntry<DmaIovaState, number, number, number>({
+  name: 'dma_iova_link',
+  category: 'iova',
+  check: (dev, state, phys, offset, size) => {
+    if (state.size === 0) checkState(dev, state, 'dma_iova_link');
+    if (!(size > 0) || offset < 0 || offset + size > state.size) throwOutside(dev, state, offset, size);
+    if (phys < 0 || phys + size > dev.machine.phys.size) dev.machine.phys.check(phys, size);
+    // all links but the first start on the merge boundary: else -EIO, nothing mapped (kernel WARNs)
+    return offset !== 0 && iovaOffset(devCookie(dev).iovad, phys) !== 0 ? -Errno.EIO : 0;
+  },
+  debug: (debug, state, _phys, offset, size) => debug.checkLink(state, offset, size),
+  trace: (dev, _state, phys, offset, size) => ({ dev: dev.name, phys, offset, size }),
+});
+const SYNC = new DmaEntry<DmaIovaState, 0, number, number>({
+  name: 'dma_iova_sync',
+  category: 'iova',
+  check: (dev, state, _phys, offset, size) => {
+    checkState(dev, state, 'dma_iova_sync');
+    if (!(size > 0) || !(offset >= 0) || offset + size > state.size)
+      throwOutside(dev, state, offset, size, 'dma_iova_sync');
+    return 0;
+  },
+  trace: (dev, _state, _phys, offset, size) => ({ dev: dev.name, offset, size }),
+  instant: true,
+});
+const UNLINK = new DmaEntry<DmaIovaState, 0, number, number>({
+  name: 'dma_iova_unlink',
+  category: 'iova',
+  check: (dev, state) => checkState(dev, state, 'dma_iova_unlink'),
+  debug: (debug, state, _phys, offset, size) => debug.checkUnlink(state, offset, size),
+  verify: (dev, state, _phys, offset, size) =>
+    checkUnlink(dev, state, offset, size, false, 'dma_iova_unlink'),
+  trace: (dev, _state, _phys, offset, size) => ({ dev: dev.name, offset, size }),
+});
+const DESTROY = new DmaEntry<DmaIovaState, 0, 0, number>({
+  name: 'dma_iova_destroy',
+  category: 'iova',
+  check: (dev, state) => checkState(dev, state, 'dma_iova_destroy'),
+  debug: (debug, state, _phys, _offset, mappedLen) => debug.checkDestroy(state, mappedLen),
+  verify: (dev, state, _phys, _offset, mappedLen) =>
+    checkUnlink(dev, state, 0, mappedLen, true, 'dma_iova_destroy'),
+  trace: (dev, _state, _phys, _offset, mappedLen) => ({ dev: dev.name, mappedLen }),
+});
+const FREE = new DmaEntry<DmaIovaState, 0, 0, number>({
+  name: 'dma_iova_free',
+  category: 'iova',
+  check: (dev, state) => checkState(dev, state, 'dma_iova_free'),
+  debug: (debug, state) => debug.checkFree(state),
+  verify: (dev, state) => {
+    if (state.linkedBytes !== 0) {
+      throw new DmaError(
+        `dma_iova_free: ${dev.name}: ${hex(state.linkedBytes)} bytes are still linked: unlink them first (or use dma_iova_destroy)`,
+        { rule: 'dma_iova_free: links left' },
+      );
+    }
+  },
+  trace: (dev, _state, _phys, _offset, size) => ({ dev: dev.name, size }),
+  instant: true,
+});
+
 /** Unlinks `[offset, offset + size)`, optionally freeing the IOVA (kernel: `__iommu_dma_iova_unlink`). */
 function unlinkRange(
   dev: Device,
@@ -318,14 +449,8 @@ function unlinkRange(
   if (state.usedSwiotlb || devNeedsCpuSync(dev, attrs)) {
     unlinkSlow(dev, addr, addr + size, dir, attrs);
   }
-  const unmapped = iommuUnmapFast(domain, start, len, gather);
+  iommuUnmapFast(domain, start, len, gather);
   if (!gather.queued) iommuIotlbSync(domain, gather);
-  if (unmapped !== len) {
-    throw new DmaError(
-      `dma_iova_unlink: ${dev.name}: unmapped ${hex(unmapped)} of ${hex(len)} bytes at ${hex(start)}: the range was not wholly linked`,
-      { rule: 'dma_iova_unlink: unmapped != size' },
-    );
-  }
   if (freeIova) iommuDmaFreeIova(domain, start, len, gather);
 }
 
@@ -342,12 +467,10 @@ export function dmaIovaUnlink(
   dir: DmaDataDirection,
   attrs = 0,
 ): void {
-  checkState(dev, state, 'dma_iova_unlink');
-  dev.debug?.checkUnlink(state, offset, size);
-  const tr = dev.machine.tracer;
-  tr?.begin('dma_iova_unlink', 'iova', { dev: dev.name, offset, size });
+  const open = dmaEntry(dev, UNLINK, dir, state, 0, offset, size);
   unlinkRange(dev, state, offset, size, dir, attrs, false);
-  tr?.end();
+  noteUnlinked(devCookie(dev).iovad, state, offset, size);
+  if (open === DMA_ENTRY_SPAN) dev.machine.tracer?.end();
   dev.machine.counters.dmaUnlinks++;
   dev.debug?.removeLinks(state, offset, size);
 }
@@ -357,13 +480,11 @@ export function dmaIovaUnlink(
  * link must have been unlinked first.
  */
 export function dmaIovaFree(dev: Device, state: DmaIovaState): void {
-  checkState(dev, state, 'dma_iova_free');
-  dev.debug?.checkFree(state);
+  dmaEntry(dev, FREE, DMA_ENTRY_NO_DIR, state, 0, 0, state.size);
   const domain = devDomain(dev);
   const iovad = iommuDmaCookie(domain).iovad;
   const pad = iovaOffset(iovad, state.addr);
   iommuDmaFreeIova(domain, state.addr - pad, iovaAlign(iovad, state.size + pad), undefined);
-  dev.machine.tracer?.instant('dma_iova_free', 'iova', { dev: dev.name, size: state.size });
   dev.debug?.iovaRelease(state);
 }
 
@@ -379,16 +500,16 @@ export function dmaIovaDestroy(
   dir: DmaDataDirection,
   attrs = 0,
 ): void {
-  checkState(dev, state, 'dma_iova_destroy');
   if (mappedLen === 0) {
+    checkState(dev, state, 'dma_iova_destroy');
     dmaIovaFree(dev, state);
     return;
   }
-  dev.debug?.checkDestroy(state, mappedLen);
-  const tr = dev.machine.tracer;
-  tr?.begin('dma_iova_destroy', 'iova', { dev: dev.name, mappedLen });
+  const open = dmaEntry(dev, DESTROY, dir, state, 0, 0, mappedLen);
   unlinkRange(dev, state, 0, mappedLen, dir, attrs, true);
-  tr?.end();
+  state.linkedBytes = 0;
+  state.linkedEnd = 0;
+  if (open === DMA_ENTRY_SPAN) dev.machine.tracer?.end();
   dev.machine.counters.dmaUnlinks++;
   dev.debug?.iovaRelease(state);
 }

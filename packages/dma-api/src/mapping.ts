@@ -6,6 +6,7 @@
  */
 import { Errno } from '@iovalink/iommu';
 import type { Device } from './device.js';
+import type { DmaDebug } from './dma-debug.js';
 import {
   dmaDirectMapPhys,
   dmaDirectMapSg,
@@ -14,12 +15,8 @@ import {
   dmaDirectUnmapPhys,
   dmaDirectUnmapSg,
 } from './dma-direct.js';
-import {
-  DMA_MAPPING_ERROR,
-  type DmaDataDirection,
-  dmaDirectionName,
-  validDmaDirection,
-} from './dma-direction.js';
+import { DMA_MAPPING_ERROR, type DmaDataDirection } from './dma-direction.js';
+import { DMA_ENTRY_SPAN, DmaEntry, dmaEntry } from './dma-entry.js';
 import {
   iommuDmaMapPhys,
   iommuDmaMapSg,
@@ -31,17 +28,51 @@ import {
 import { DmaError } from './errors.js';
 import { type Scatterlist, type SgTable, sgIter } from './scatterlist.js';
 
-/** Throws the kernel's BUG/WARN for a bad direction or a device without a DMA mask. */
-export function checkDmaArgs(dev: Device, dir: number, what: string): asserts dir is DmaDataDirection {
-  if (!validDmaDirection(dir)) {
-    throw new DmaError(`${what}: ${dev.name}: invalid direction ${dmaDirectionName(dir)}`, {
-      rule: `${what}: invalid direction`,
-    });
-  }
-  if (dev.dmaMask === 0) {
-    throw new DmaError(`${what}: ${dev.name}: device has no DMA mask`, { rule: `${what}: no dma_mask` });
-  }
-}
+// The opening of each entry point (argument checks, dma-debug hook, tracepoint): see dma-entry.ts.
+const MAP_PHYS = new DmaEntry<number, number, 0, 0>({
+  name: 'dma_map_phys',
+  category: 'dma',
+  needsMask: true,
+  check: (dev, phys, size) => {
+    dev.machine.phys.check(phys, size);
+    return 0;
+  },
+  trace: (dev, phys, size) => ({ dev: dev.name, phys, size }),
+});
+const UNMAP_PHYS = new DmaEntry<number, number, 0, 0>({
+  name: 'dma_unmap_phys',
+  category: 'dma',
+  needsMask: true,
+  debug: (debug, addr, size, _c, _d, dir) => debug.checkUnmapSingle(addr, size, dir),
+  trace: (dev, addr, size) => ({ dev: dev.name, addr, size }),
+});
+const MAP_SG = new DmaEntry<number, 0, 0, 0>({
+  name: 'dma_map_sg',
+  category: 'dma',
+  needsMask: true,
+  trace: (dev, nents) => ({ dev: dev.name, nents }),
+});
+const UNMAP_SG = new DmaEntry<number, Scatterlist, 0, 0>({
+  name: 'dma_unmap_sg',
+  category: 'dma',
+  needsMask: true,
+  debug: (debug, nents, sgl, _c, _d, dir) => debug.checkUnmapSg(sgl, nents, dir),
+  trace: (dev, nents) => ({ dev: dev.name, nents }),
+});
+const checkSync = (debug: DmaDebug, addr: number, size: number, _c: 0, _d: 0, dir: DmaDataDirection) =>
+  debug.checkSync(addr, size, dir);
+const SYNC_FOR_CPU = new DmaEntry<number, number, 0, 0>({
+  name: 'dma_sync_single_for_cpu',
+  category: 'dma',
+  needsMask: true,
+  debug: checkSync,
+});
+const SYNC_FOR_DEVICE = new DmaEntry<number, number, 0, 0>({
+  name: 'dma_sync_single_for_device',
+  category: 'dma',
+  needsMask: true,
+  debug: checkSync,
+});
 
 /**
  * Maps a physically contiguous buffer for streaming DMA (kernel: `dma_map_phys`). Returns the bus
@@ -54,10 +85,7 @@ export function dmaMapPhys(
   dir: DmaDataDirection,
   attrs = 0,
 ): number {
-  checkDmaArgs(dev, dir, 'dma_map_phys');
-  dev.machine.phys.check(phys, size);
-  const tr = dev.machine.tracer;
-  tr?.begin('dma_map_phys', 'dma', { dev: dev.name, phys, size });
+  const open = dmaEntry(dev, MAP_PHYS, dir, phys, size, 0, 0);
   const addr = dev.dmaIommu
     ? iommuDmaMapPhys(dev, phys, size, dir, attrs)
     : dmaDirectMapPhys(dev, phys, size, dir, attrs);
@@ -65,7 +93,7 @@ export function dmaMapPhys(
     dev.machine.counters.dmaMapCalls++;
     dev.debug?.addSingle(addr, phys, size, dir);
   }
-  tr?.end();
+  if (open === DMA_ENTRY_SPAN) dev.machine.tracer?.end();
   return addr;
 }
 
@@ -95,13 +123,10 @@ export function dmaUnmapPhys(
   dir: DmaDataDirection,
   attrs = 0,
 ): void {
-  checkDmaArgs(dev, dir, 'dma_unmap_phys');
-  dev.debug?.checkUnmapSingle(addr, size, dir);
-  const tr = dev.machine.tracer;
-  tr?.begin('dma_unmap_phys', 'dma', { dev: dev.name, addr, size });
+  const open = dmaEntry(dev, UNMAP_PHYS, dir, addr, size, 0, 0);
   if (dev.dmaIommu) iommuDmaUnmapPhys(dev, addr, size, dir, attrs);
   else dmaDirectUnmapPhys(dev, addr, size, dir, attrs);
-  tr?.end();
+  if (open === DMA_ENTRY_SPAN) dev.machine.tracer?.end();
   dev.machine.counters.dmaUnmapCalls++;
   dev.debug?.removeSingle(addr, size, dir);
 }
@@ -128,14 +153,15 @@ function segmentsOf(sgl: Scatterlist, count: number): Array<[number, number]> {
  * be fewer than `nents`, or -errno (-EINVAL, -ENOMEM, -EIO, -EREMOTEIO) with nothing mapped.
  */
 function mapSg(dev: Device, sgl: Scatterlist, nents: number, dir: DmaDataDirection, attrs: number): number {
-  checkDmaArgs(dev, dir, 'dma_map_sg');
-  if (!(nents > 0)) return -Errno.EINVAL;
-  const tr = dev.machine.tracer;
-  tr?.begin('dma_map_sg', 'dma', { dev: dev.name, nents });
+  const open = dmaEntry(dev, MAP_SG, dir, nents, 0, 0, 0);
+  if (!(nents > 0)) {
+    if (open === DMA_ENTRY_SPAN) dev.machine.tracer?.end();
+    return -Errno.EINVAL;
+  }
   const ents = dev.dmaIommu
     ? iommuDmaMapSg(dev, sgl, nents, dir, attrs)
     : dmaDirectMapSg(dev, sgl, nents, dir, attrs);
-  tr?.end();
+  if (open === DMA_ENTRY_SPAN) dev.machine.tracer?.end();
   if (ents > 0) {
     dev.machine.counters.dmaMapCalls++;
     dev.debug?.addSg(sgl, nents, ents, dir, segmentsOf(sgl, ents));
@@ -168,13 +194,10 @@ export function dmaUnmapSgAttrs(
   dir: DmaDataDirection,
   attrs = 0,
 ): void {
-  checkDmaArgs(dev, dir, 'dma_unmap_sg');
-  dev.debug?.checkUnmapSg(sgl, nents, dir);
-  const tr = dev.machine.tracer;
-  tr?.begin('dma_unmap_sg', 'dma', { dev: dev.name, nents });
+  const open = dmaEntry(dev, UNMAP_SG, dir, nents, sgl, 0, 0);
   if (dev.dmaIommu) iommuDmaUnmapSg(dev, sgl, nents, dir, attrs);
   else dmaDirectUnmapSg(dev, sgl, nents, dir, attrs);
-  tr?.end();
+  if (open === DMA_ENTRY_SPAN) dev.machine.tracer?.end();
   dev.machine.counters.dmaUnmapCalls++;
   dev.debug?.removeSg(sgl);
 }
@@ -203,16 +226,14 @@ export function dmaUnmapSgtable(dev: Device, sgt: SgTable, dir: DmaDataDirection
 
 /** Gives a streaming buffer back to the CPU (kernel: `dma_sync_single_for_cpu`). */
 export function dmaSyncSingleForCpu(dev: Device, addr: number, size: number, dir: DmaDataDirection): void {
-  checkDmaArgs(dev, dir, 'dma_sync_single_for_cpu');
-  dev.debug?.checkSync(addr, size, dir);
+  dmaEntry(dev, SYNC_FOR_CPU, dir, addr, size, 0, 0);
   if (dev.dmaIommu) iommuDmaSyncSingleForCpu(dev, addr, size, dir);
   else dmaDirectSyncSingleForCpu(dev, addr, size, dir);
 }
 
 /** Hands a streaming buffer to the device (kernel: `dma_sync_single_for_device`). */
 export function dmaSyncSingleForDevice(dev: Device, addr: number, size: number, dir: DmaDataDirection): void {
-  checkDmaArgs(dev, dir, 'dma_sync_single_for_device');
-  dev.debug?.checkSync(addr, size, dir);
+  dmaEntry(dev, SYNC_FOR_DEVICE, dir, addr, size, 0, 0);
   if (dev.dmaIommu) iommuDmaSyncSingleForDevice(dev, addr, size, dir);
   else dmaDirectSyncSingleForDevice(dev, addr, size, dir);
 }

@@ -1,8 +1,7 @@
-import { Errno, IommuDevice, iommuIovaToPhys, Machine, SZ_4K } from '@iovalink/iommu';
+import { Errno, iommuIovaToPhys, SZ_4K } from '@iovalink/iommu';
 import { patternBytes } from '@iovalink/iommu/testing';
 import { describe, expect, it } from 'vitest';
 import {
-  Device,
   DMA_BIDIRECTIONAL,
   DMA_FROM_DEVICE,
   DMA_TO_DEVICE,
@@ -89,9 +88,9 @@ describe('dma_iova_link / dma_iova_sync', () => {
   });
 
   it('a device DMA after link but before sync faults on an IOMMU that caches non-present entries', () => {
-    const machine = new Machine({ memSize: 64 << 20 });
-    const iommu = new IommuDevice(machine, { cachesNonPresent: true });
-    const dev = new Device(machine, { iommu });
+    const rig = createDmaRig({ iommu: { cachesNonPresent: true } });
+    const machine = rig.machine;
+    const dev = createKindDevice(rig, 'strict');
     const page = machine.pages.allocPages(0);
     const state = new DmaIovaState();
     expect(dmaIovaTryAlloc(dev, state, 0, SZ_4K)).toBe(true);

@@ -1,5 +1,5 @@
-import { Errno, Machine, PAGE_SIZE } from '@iovalink/iommu';
-import { allocScatteredPages, patternBytes } from '@iovalink/iommu/testing';
+import { Errno, type Machine, PAGE_SIZE } from '@iovalink/iommu';
+import { allocScatteredPages, createTestMachine, patternBytes } from '@iovalink/iommu/testing';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { DmaError } from '../src/errors.js';
@@ -54,9 +54,7 @@ import {
 
 const P = PAGE_SIZE;
 
-function machine(): Machine {
-  return new Machine({ memSize: 64 << 20 });
-}
+const machine = createTestMachine;
 
 function meta(m: Machine) {
   return m.counters.meta.get(SG_META_KIND) ?? { allocs: 0, frees: 0, bytes: 0, liveBytes: 0, peakBytes: 0 };

@@ -1,4 +1,5 @@
-import { Errno, Machine } from '@iovalink/iommu';
+import { Errno, type Machine } from '@iovalink/iommu';
+import { createTestMachine } from '@iovalink/iommu/testing';
 import { describe, expect, it } from 'vitest';
 import { DmaError } from '../src/errors.js';
 import {
@@ -27,9 +28,7 @@ import {
 /** Inline entries NVMe-PCI and SCSI keep in each request (NVME_INLINE_SG_CNT, SCSI_INLINE_SG_CNT). */
 const INLINE_SG_CNT = 2;
 
-function machine(): Machine {
-  return new Machine({ memSize: 64 << 20 });
-}
+const machine = createTestMachine;
 
 function pool(m: Machine) {
   return (

@@ -1,5 +1,5 @@
-import { Machine, MachineError } from '@iovalink/iommu';
-import { patternBytes, writePattern } from '@iovalink/iommu/testing';
+import { type Machine, MachineError } from '@iovalink/iommu';
+import { createTestMachine, patternBytes, writePattern } from '@iovalink/iommu/testing';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import {
@@ -37,7 +37,7 @@ interface Setup {
 }
 
 function setup(opts: { cpus?: number; size?: number; nareas?: number } = {}): Setup {
-  const machine = new Machine({ memSize: 64 << 20, cpus: opts.cpus ?? 2 });
+  const machine = createTestMachine({ cpus: opts.cpus ?? 2 });
   const mem = IoTlbMem.create(machine, {
     size: opts.size ?? 4 << 20,
     ...(opts.nareas === undefined ? {} : { nareas: opts.nareas }),
@@ -96,7 +96,7 @@ describe('IO_TLB_* constants (include/linux/swiotlb.h)', () => {
 
 describe('IoTlbMem.create (swiotlb_init_late, swiotlb_init_io_tlb_pool)', () => {
   it('builds a 4 MiB pool from one order-10 block, with areas per CPU and fresh free runs', () => {
-    const machine = new Machine({ memSize: 64 << 20, cpus: 2 });
+    const machine = createTestMachine({ cpus: 2 });
     const free0 = machine.pages.nrFreePages;
     const mem = IoTlbMem.create(machine, { size: 4 << 20 })!;
     expect(mem.nslabs).toBe(2048);
@@ -115,7 +115,7 @@ describe('IoTlbMem.create (swiotlb_init_late, swiotlb_init_io_tlb_pool)', () => 
   });
 
   it('rounds small sizes up to whole segments and a power-of-two block', () => {
-    const machine = new Machine({ memSize: 64 << 20 });
+    const machine = createTestMachine();
     const a = IoTlbMem.create(machine, { size: 1 })!;
     expect(a.nslabs).toBe(IO_TLB_SEGSIZE);
     expect(a.blockOrder).toBe(6);
@@ -125,7 +125,7 @@ describe('IoTlbMem.create (swiotlb_init_late, swiotlb_init_io_tlb_pool)', () => 
   });
 
   it('builds pools above 4 MiB from several 4 MiB blocks', () => {
-    const machine = new Machine({ memSize: 64 << 20, cpus: 4 });
+    const machine = createTestMachine({ cpus: 4 });
     const mem = IoTlbMem.create(machine, { size: 12 << 20 })!;
     expect(mem.blocks).toHaveLength(3);
     expect(mem.nslabs).toBe(3 * 2048);
@@ -137,30 +137,30 @@ describe('IoTlbMem.create (swiotlb_init_late, swiotlb_init_io_tlb_pool)', () => 
   });
 
   it('rounds areas up to a power of two, whole segments each (swiotlb_adjust_nareas, limit_nareas)', () => {
-    const m3 = new Machine({ memSize: 64 << 20, cpus: 3 });
+    const m3 = createTestMachine({ cpus: 3 });
     expect(IoTlbMem.create(m3, { size: 4 << 20 })!.nareas).toBe(4);
     expect(IoTlbMem.create(m3, { size: 4 << 20, nareas: 0 })!.nareas).toBe(1);
-    const m4 = new Machine({ memSize: 64 << 20, cpus: 4 });
+    const m4 = createTestMachine({ cpus: 4 });
     expect(IoTlbMem.create(m4, { size: 256 << 10 })!.nareas).toBe(1);
     expect(IoTlbMem.create(m4, { size: 512 << 10 })!.nareas).toBe(2);
   });
 
   it('defaults to 64 MiB', () => {
-    const machine = new Machine({ memSize: 256 << 20 });
+    const machine = createTestMachine({ memSize: 256 << 20 });
     const mem = IoTlbMem.create(machine)!;
     expect(mem.nslabs).toBe(IO_TLB_DEFAULT_SIZE / IO_TLB_SIZE);
     expect(mem.blocks).toHaveLength(16);
   });
 
   it('returns undefined and gives back every block when memory runs out', () => {
-    const machine = new Machine({ memSize: 64 << 20 });
+    const machine = createTestMachine();
     const free0 = machine.pages.nrFreePages;
     expect(IoTlbMem.create(machine)).toBeUndefined();
     expect(machine.pages.nrFreePages).toBe(free0);
   });
 
   it('returns undefined when the page allocator fails midway (fault injection)', () => {
-    const machine = new Machine({ memSize: 64 << 20 });
+    const machine = createTestMachine();
     const free0 = machine.pages.nrFreePages;
     machine.faults.failNth('page_alloc', 2);
     expect(IoTlbMem.create(machine, { size: 8 << 20 })).toBeUndefined();
@@ -168,7 +168,7 @@ describe('IoTlbMem.create (swiotlb_init_late, swiotlb_init_io_tlb_pool)', () => 
   });
 
   it('rejects a bad size', () => {
-    const machine = new Machine({ memSize: 64 << 20 });
+    const machine = createTestMachine();
     expectDmaError(() => IoTlbMem.create(machine, { size: 0 }), 'swiotlb_init: size');
   });
 });
@@ -611,7 +611,7 @@ describe('swiotlb_release_slots: free-run merging', () => {
 
 describe('IoTlbMem.destroy (swiotlb_exit)', () => {
   it('returns every page and disables the pool', () => {
-    const machine = new Machine({ memSize: 64 << 20 });
+    const machine = createTestMachine();
     const free0 = machine.pages.nrFreePages;
     const mem = IoTlbMem.create(machine, { size: 8 << 20 })!;
     const buf = machine.pages.allocPages(0);
