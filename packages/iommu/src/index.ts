@@ -98,19 +98,13 @@ export {
 } from './iommu-gather.js';
 export { IOMMU_CACHE, IOMMU_MMIO, IOMMU_NOEXEC, IOMMU_PRIV, IOMMU_READ, IOMMU_WRITE } from './iommu-prot.js';
 export { Iotlb, type IotlbEntry } from './iotlb.js';
+export { type Iova, IovaDomain, iovaAlign, iovaMask, iovaOffset, iovaPfn, iovaShift } from './iova.js';
 export {
   IOVA_DEPOT_DELAY_MS,
   IOVA_MAG_SIZE,
   IOVA_RANGE_CACHE_MAX_SIZE,
-  type Iova,
-  IovaDomain,
-  iovaAlign,
-  iovaMask,
-  iovaOffset,
-  iovaPfn,
   iovaRcacheRange,
-  iovaShift,
-} from './iova.js';
+} from './iova-rcache.js';
 export { DEFAULT_MEM_SIZE, Machine, type MachineOptions } from './machine.js';
 export {
   type Folio,

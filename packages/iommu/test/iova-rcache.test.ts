@@ -4,7 +4,8 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { IommuError } from '../src/errors.js';
-import { IOVA_DEPOT_DELAY_MS, IOVA_MAG_SIZE, IovaDomain } from '../src/iova.js';
+import { IovaDomain } from '../src/iova.js';
+import { IOVA_DEPOT_DELAY_MS, IOVA_MAG_SIZE } from '../src/iova-rcache.js';
 import { Machine } from '../src/machine.js';
 import { expectRejected } from './iova-helpers.js';
 
