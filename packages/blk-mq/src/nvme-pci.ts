@@ -44,7 +44,7 @@ import {
   sgInitTable,
   sgNext,
 } from '@iovalink/dma-api';
-import { Errno, type Machine } from '@iovalink/iommu';
+import { Errno, getLe64, type Machine, putLe64 } from '@iovalink/iommu';
 import { REQ_OP_DISCARD, REQ_OP_FLUSH, REQ_OP_READ, REQ_OP_WRITE, SECTOR_SHIFT, UINT_MAX } from './bio.js';
 import { reqPhysGapMask } from './blk-merge.js';
 import {
@@ -99,8 +99,6 @@ import {
   dmaPoolCreate,
   dmaPoolDestroy,
   dmaPoolFree,
-  getLe64,
-  putLe64,
 } from './dmapool.js';
 import { BlkError } from './errors.js';
 import {

@@ -2,7 +2,19 @@
  * @iovalink/iommu — the simulated machine and the IOMMU layer: physical memory and its buddy
  * allocator, the IOMMU page-table format and IOTLB, the iommu core, and the IOVA allocator.
  */
-export { INV_TWO32, isAlignedPow2, lo32, modPow2, TWO32 } from './bits.js';
+export {
+  alignDown,
+  alignUp,
+  getLe64,
+  INV_TWO32,
+  isAligned,
+  isAlignedPow2,
+  isPowerOf2,
+  lo32,
+  modPow2,
+  putLe64,
+  TWO32,
+} from './bits.js';
 export { type Timer, VirtualClock } from './clock.js';
 export {
   COUNTER_NAMES,

@@ -24,7 +24,7 @@
  * - No locks (one thread). CPU hot-unplug is the explicit `freeCpuCachedIovas(cpu)`.
  * - The IOVA space is 52 bits of bytes (pfns are safe integers); limits above it are clamped.
  */
-import { modPow2 } from './bits.js';
+import { alignDown, isPowerOf2, modPow2 } from './bits.js';
 import type { Counters } from './counters.js';
 import { hex, IommuError } from './errors.js';
 import type { FaultInjector } from './fault-inject.js';
@@ -90,11 +90,6 @@ function roundupPowOfTwo(n: number): number {
   return 2 ** flsLong(n - 1);
 }
 
-/** Largest multiple of `align` (a power of two) not above `x`; works for negative `x`. */
-function alignDown(x: number, align: number): number {
-  return align === 1 ? x : Math.floor(x / align) * align;
-}
-
 /**
  * An IOVA domain: the address space one IOMMU domain hands out for DMA. Kernel counterpart:
  * `struct iova_domain` with `init_iova_domain` + `iova_domain_init_rcaches` as the constructor
@@ -137,9 +132,7 @@ export class IovaDomain {
    * here that throws `IommuError` (rule `init_iova_domain: granule`).
    */
   constructor(machine: Machine, granule: number, startPfn: number) {
-    if (
-      !(Number.isInteger(granule) && granule >= 1 && granule <= PAGE_SIZE && (granule & (granule - 1)) === 0)
-    ) {
+    if (!(isPowerOf2(granule) && granule <= PAGE_SIZE)) {
       throw new IommuError(`init_iova_domain: granule ${granule} is not a power of two <= ${PAGE_SIZE}`, {
         rule: 'init_iova_domain: granule',
       });

@@ -20,10 +20,9 @@
  *   -EAGAIN as with O_NONBLOCK.
  */
 import { DMA_FROM_DEVICE, DMA_NONE, DMA_TO_DEVICE, type DmaDataDirection } from '@iovalink/dma-api';
-import { Errno, PAGE_SIZE } from '@iovalink/iommu';
+import { Errno, getLe64, PAGE_SIZE } from '@iovalink/iommu';
 import { VfioError } from './errors.js';
 import {
-  getLe64,
   MAX_LOAD_SIZE,
   MAX_SAVE_SIZE,
   MLX5_MIGF_HEADER_FLAGS_TAG_OPTIONAL,
