@@ -56,6 +56,17 @@ export function isPowerOf2(n: number): boolean {
   return n <= 0x40000000 ? (n & (n - 1)) === 0 : 2 ** Math.round(Math.log2(n)) === n;
 }
 
+/** Number of bits needed to represent `x` (kernel: `fls_long`, include/linux/bitops.h), for 0 <= x < 2^53. */
+export function flsLong(x: number): number {
+  if (x <= 0xffffffff) return 32 - Math.clz32(x);
+  return 64 - Math.clz32(Math.floor(x / 4294967296));
+}
+
+/** `n` rounded up to a power of two, for 1 <= n <= 2^52 (kernel: `roundup_pow_of_two`, include/linux/log2.h). */
+export function roundupPowOfTwo(n: number): number {
+  return 2 ** flsLong(n - 1);
+}
+
 /** Writes a little-endian u64 (an address up to 2^53) at `off` of a view, without BigInt (kernel: `cpu_to_le64` store). */
 export function putLe64(view: DataView, off: number, value: number): void {
   if (value < TWO32) {

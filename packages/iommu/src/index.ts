@@ -13,6 +13,7 @@ export {
   lo32,
   modPow2,
   putLe64,
+  roundupPowOfTwo,
   TWO32,
 } from './bits.js';
 export { type Timer, VirtualClock } from './clock.js';

@@ -24,7 +24,7 @@
  * - No locks (one thread). CPU hot-unplug is the explicit `freeCpuCachedIovas(cpu)`.
  * - The IOVA space is 52 bits of bytes (pfns are safe integers); limits above it are clamped.
  */
-import { alignDown, isPowerOf2, modPow2 } from './bits.js';
+import { alignDown, isPowerOf2, modPow2, roundupPowOfTwo } from './bits.js';
 import type { Counters } from './counters.js';
 import { hex, IommuError } from './errors.js';
 import type { FaultInjector } from './fault-inject.js';
@@ -77,17 +77,6 @@ class IovaNode extends RbNode {
     super(pfnLo, pfnHi);
     this.state = state;
   }
-}
-
-/** Number of bits needed to represent `x` (kernel: `fls_long`), for 0 <= x < 2^53. */
-function flsLong(x: number): number {
-  if (x <= 0xffffffff) return 32 - Math.clz32(x);
-  return 64 - Math.clz32(Math.floor(x / 4294967296));
-}
-
-/** `roundup_pow_of_two(n)` for 1 <= n <= 2^52 (include/linux/log2.h). */
-function roundupPowOfTwo(n: number): number {
-  return 2 ** flsLong(n - 1);
 }
 
 /**
