@@ -5,7 +5,7 @@
  * `max32_alloc_size`, and the fast path `alloc_iova_fast` / `free_iova_fast` in front of the
  * per-CPU range caches (the rcaches, magazines and depot: `iova-rcache.ts`).
  *
- * Size: about 700 lines, the tree half of `iova.c` (a kernel file of about a thousand lines) plus
+ * Size: about 700 lines, the tree half of `iova.c` (one kernel file of roughly a thousand lines) plus
  * the `iova.h` helpers; its rcache half is `iova-rcache.ts`. `IovaDomain` is long because it is
  * `struct iova_domain` with the tree functions the kernel declares in `iova.h`, and the model-only
  * `check()`/`ranges()` inspection beside them.

@@ -21,6 +21,9 @@
  * returns), no PD/UAR/QP/CQ objects — the dirty tracker reads the guest domain's IOMMU dirty bits
  * (as iommufd's dirty tracking does) instead of a firmware page-tracker reporting over a QP;
  * `alloc_pages_bulk` is order-0 allocations from the machine.
+ *
+ * Size: about 1,200 lines in one file because it mirrors one kernel file, drivers/vfio/pci/mlx5/
+ * cmd.c (more than 1,500 lines in v6.x) with the structs of cmd.h.
  */
 import {
   type Device,
