@@ -6,7 +6,7 @@
  * atomic-write or integrity limits); where the kernel WARNs and returns -EINVAL we throw a
  * `BlkError` carrying -EINVAL, and where it only returns -EINVAL we return it.
  */
-import { Errno, PAGE_SIZE } from '@iovalink/iommu';
+import { alignDown, Errno, isPowerOf2, PAGE_SIZE } from '@iovalink/iommu';
 import { SECTOR_SIZE, UINT_MAX } from './bio.js';
 import { BlkError } from './errors.js';
 
@@ -80,7 +80,7 @@ export class QueueLimits {
 
 /** True for a valid logical block size (kernel: `blk_validate_block_size`). */
 export function blkValidateBlockSize(bsize: number): boolean {
-  return bsize >= SECTOR_SIZE && bsize <= BLK_MAX_BLOCK_SIZE && (bsize & (bsize - 1)) === 0;
+  return bsize >= SECTOR_SIZE && bsize <= BLK_MAX_BLOCK_SIZE && isPowerOf2(bsize);
 }
 
 function warn(what: string, rule: string): never {
@@ -88,10 +88,6 @@ function warn(what: string, rule: string): never {
     rule: `blk_validate_limits: ${rule}`,
     errno: -Errno.EINVAL,
   });
-}
-
-function roundDown(x: number, to: number): number {
-  return x - (x % to);
 }
 
 /**
@@ -107,9 +103,9 @@ export function blkValidateLimits(lim: QueueLimits): number {
   if (lim.logicalBlockSize === 0) lim.logicalBlockSize = SECTOR_SIZE;
   else if (!blkValidateBlockSize(lim.logicalBlockSize)) return -Errno.EINVAL;
   if (lim.physicalBlockSize < lim.logicalBlockSize) lim.physicalBlockSize = lim.logicalBlockSize;
-  else if ((lim.physicalBlockSize & (lim.physicalBlockSize - 1)) !== 0) return -Errno.EINVAL;
+  else if (!isPowerOf2(lim.physicalBlockSize)) return -Errno.EINVAL;
   if (lim.ioMin < lim.physicalBlockSize) lim.ioMin = lim.physicalBlockSize;
-  lim.ioOpt = roundDown(lim.ioOpt, lim.physicalBlockSize);
+  lim.ioOpt = alignDown(lim.ioOpt, lim.physicalBlockSize);
 
   if (lim.maxHwSectors === 0) lim.maxHwSectors = BLK_SAFE_MAX_SECTORS;
   if (lim.maxHwSectors < PAGE_SECTORS)
@@ -117,7 +113,7 @@ export function blkValidateLimits(lim: QueueLimits): number {
   const lbs = lim.logicalBlockSize / SECTOR_SIZE;
   if (lbs > lim.maxHwSectors)
     warn('logical block larger than max_hw_sectors', 'logical block > max_hw_sectors');
-  lim.maxHwSectors = roundDown(lim.maxHwSectors, lbs);
+  lim.maxHwSectors = alignDown(lim.maxHwSectors, lbs);
 
   if (lim.maxUserSectors !== 0) {
     if (lim.maxUserSectors < BLK_MIN_SEGMENT_SIZE / SECTOR_SIZE) return -Errno.EINVAL;
@@ -129,7 +125,7 @@ export function blkValidateLimits(lim: QueueLimits): number {
   } else {
     lim.maxSectors = Math.min(lim.maxHwSectors, BLK_DEF_MAX_SECTORS_CAP);
   }
-  lim.maxSectors = roundDown(lim.maxSectors, lbs);
+  lim.maxSectors = alignDown(lim.maxSectors, lbs);
 
   if (lim.maxSegments === 0) lim.maxSegments = BLK_MAX_SEGMENTS;
   lim.maxDiscardSectors = lim.maxHwDiscardSectors;

@@ -11,7 +11,7 @@
  * (GFP_ATOMIC exhaustion).
  */
 import { type Device, DMA_BIDIRECTIONAL, dmaMapPhys, dmaMappingError, dmaUnmapPhys } from '@iovalink/dma-api';
-import { hex, INV_TWO32, lo32, PAGE_SIZE, TWO32 } from '@iovalink/iommu';
+import { alignUp, hex, isPowerOf2, PAGE_SIZE } from '@iovalink/iommu';
 import { BlkError } from './errors.js';
 
 /** Fault point consulted by `dmaPoolAlloc`. */
@@ -71,8 +71,8 @@ export class DmaPool {
  */
 export function dmaPoolCreate(name: string, dev: Device, size: number, align: number): DmaPool | null {
   if (!(Number.isInteger(size) && size >= 1 && size <= PAGE_SIZE)) return null;
-  if (!(Number.isInteger(align) && align >= 1 && (align & (align - 1)) === 0)) return null;
-  const blk = Math.ceil(size / align) * align;
+  if (!isPowerOf2(align)) return null;
+  const blk = alignUp(size, align);
   if (blk > PAGE_SIZE) return null;
   return new DmaPool(name, dev, blk);
 }
@@ -150,20 +150,4 @@ export function dmaPoolDestroy(pool: DmaPool): void {
   pool.pages.length = 0;
   pool.freeBlocks.length = 0;
   pool.destroyed = true;
-}
-
-/** Writes a little-endian u64 (an address up to 2^53) at `off` of a view, without BigInt (kernel: `cpu_to_le64` store). */
-export function putLe64(view: DataView, off: number, value: number): void {
-  if (value < TWO32) {
-    view.setUint32(off, value, true);
-    view.setUint32(off + 4, 0, true);
-    return;
-  }
-  view.setUint32(off, lo32(value), true);
-  view.setUint32(off + 4, Math.floor(value * INV_TWO32), true);
-}
-
-/** Reads a little-endian u64 written by `putLe64` (kernel: `le64_to_cpu` load; values above 2^53 lose precision). */
-export function getLe64(view: DataView, off: number): number {
-  return view.getUint32(off, true) + view.getUint32(off + 4, true) * TWO32;
 }

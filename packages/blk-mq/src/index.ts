@@ -5,6 +5,9 @@
  * controller model that moves data by DMA through the IOMMU, a null_blk device, a block-device
  * face and a seeded workload generator.
  */
+
+/** Little-endian u64 accessors for descriptor memory (written once in `@iovalink/iommu`; kept here for callers of this package). */
+export { getLe64, putLe64 } from '@iovalink/iommu';
 export { SparseStore, STORE_CHUNK_SIZE } from './backing-store.js';
 export {
   BdevStats,
@@ -226,8 +229,6 @@ export {
   dmaPoolCreate,
   dmaPoolDestroy,
   dmaPoolFree,
-  getLe64,
-  putLe64,
 } from './dmapool.js';
 export { BlkError } from './errors.js';
 export {

@@ -13,9 +13,8 @@
  * faults in the IOMMU (or beyond RAM) and the command fails with a data transfer error.
  */
 import type { Device } from '@iovalink/dma-api';
-import { PAGE_SIZE } from '@iovalink/iommu';
+import { getLe64, PAGE_SIZE } from '@iovalink/iommu';
 import { chunkRun, SparseStore } from './backing-store.js';
-import { getLe64 } from './dmapool.js';
 import {
   NVME_CMD_DSM,
   NVME_CMD_FLUSH,

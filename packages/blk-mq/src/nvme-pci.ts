@@ -19,6 +19,11 @@
  * metadata, CMB or P2P; discards carry one range; commands reach the `NvmeHw` model as objects.
  * Where v6.17 returns BLK_STS_RESOURCE after mapping the first direct segment without unmapping
  * it (a failed dma_vecs mempool or SGL pool allocation), the model unmaps it (see README).
+ *
+ * Size: about 1,300 lines in one file because it mirrors one kernel file, drivers/nvme/host/pci.c
+ * (more than 3,000 lines in v6.x), of which it models the I/O data path (setup, PRP/SGL building,
+ * unmap, completion) in both the v6.17 and the v6.16 shape. The parts are connected through the
+ * `nvme_iod` and the two descriptor pools, as in the kernel file.
  */
 import {
   type Device,
@@ -44,7 +49,7 @@ import {
   sgInitTable,
   sgNext,
 } from '@iovalink/dma-api';
-import { Errno, type Machine } from '@iovalink/iommu';
+import { Errno, getLe64, type Machine, putLe64 } from '@iovalink/iommu';
 import { REQ_OP_DISCARD, REQ_OP_FLUSH, REQ_OP_READ, REQ_OP_WRITE, SECTOR_SHIFT, UINT_MAX } from './bio.js';
 import { reqPhysGapMask } from './blk-merge.js';
 import {
@@ -99,8 +104,6 @@ import {
   dmaPoolCreate,
   dmaPoolDestroy,
   dmaPoolFree,
-  getLe64,
-  putLe64,
 } from './dmapool.js';
 import { BlkError } from './errors.js';
 import {
@@ -698,12 +701,11 @@ function nvmePrpFillRest(
   length: number,
   out: { prp2: number; bad: boolean },
 ): void {
-  const ps = NVME_CTRL_PAGE_SIZE;
   if (!nvmePciPrpIterNext(req, nvme, iter)) {
     if (iter.status === BLK_STS_OK) out.bad = true;
     return;
   }
-  if (length <= ps) {
+  if (length <= NVME_CTRL_PAGE_SIZE) {
     out.prp2 = iter.addr;
     iod.totalLen += length;
     return;
@@ -714,57 +716,103 @@ function nvmePrpFillRest(
     return;
   }
   out.prp2 = list.dma;
-  let view = list.view;
-  let i = 0;
-  // the current segment lives in locals while whole controller pages are carved from it
-  let addr = iter.addr;
-  let seg = iter.len;
-  let total = iod.totalLen;
+  const c: PrpCursor = { view: list.view, i: 0, addr: iter.addr, seg: iter.len, length, total: iod.totalLen };
+  if (prpListFill(req, nvme, iod, iter, c)) out.bad = true;
+  iter.addr = c.addr;
+  iter.len = c.seg;
+  iod.totalLen = c.total;
+}
+
+/**
+ * Where a PRP list fill stands: the list block being written and its next slot, the current DMA
+ * segment's address and bytes left in it, the transfer bytes still to describe, and the bytes
+ * described so far. One per request (not per page).
+ */
+interface PrpCursor {
+  view: DataView;
+  i: number;
+  addr: number;
+  seg: number;
+  length: number;
+  total: number;
+}
+
+/**
+ * Writes PRP entries until the transfer is described (kernel: the entry loop of
+ * `nvme_pci_setup_data_prp`): whole pages, the last chunk of each segment, the next segment,
+ * a chained list page when one fills. Returns true for a malformed request (a segment that ends
+ * inside a PRP chunk, or the iterator running dry while bytes remain); a failure with a status
+ * (no list page, a mapping error) is left in `iter.status` and returns false.
+ */
+function prpListFill(req: Request, nvme: NvmeDev, iod: NvmeIod, iter: BlkDmaIter, c: PrpCursor): boolean {
   for (;;) {
-    // whole pages well inside the segment, with no chaining due: the common case, kept tight
-    while (seg > ps && length > ps && i < PRPS_PER_PAGE) {
-      putLe64(view, i * 8, addr);
-      i++;
-      addr += ps;
-      seg -= ps;
-      length -= ps;
-      total += ps;
-    }
+    prpPutWholePages(c);
+    if (!prpPutChunk(c)) return true;
+    if (c.length === 0) return false;
+    if (c.seg === 0 && !prpNextSegment(req, nvme, iter, c)) return iter.status === BLK_STS_OK;
+    if (c.i === NVME_CTRL_PAGE_SIZE / 8 && !prpChainCursor(nvme, iod, iter, c)) return false;
+  }
+}
+
+/**
+ * The common case, kept tight in locals: whole controller pages well inside the segment, while
+ * no chaining is due.
+ */
+function prpPutWholePages(c: PrpCursor): void {
+  const ps = NVME_CTRL_PAGE_SIZE;
+  const view = c.view;
+  let { i, addr, seg, length, total } = c;
+  while (seg > ps && length > ps && i < PRPS_PER_PAGE) {
     putLe64(view, i * 8, addr);
     i++;
-    const prpLen = Math.min(length, ps);
-    if (seg < prpLen) {
-      out.bad = true;
-      break;
-    }
-    total += prpLen;
-    addr += prpLen;
-    seg -= prpLen;
-    length -= prpLen;
-    if (length === 0) break;
-    if (seg === 0) {
-      iter.addr = addr;
-      iter.len = 0;
-      if (!nvmePciPrpIterNext(req, nvme, iter)) {
-        if (iter.status === BLK_STS_OK) out.bad = true;
-        break;
-      }
-      addr = iter.addr;
-      seg = iter.len;
-    }
-    if (i === ps / 8) {
-      const next = prpListChain(nvme, iod, view);
-      if (next === null) {
-        iter.status = BLK_STS_RESOURCE;
-        break;
-      }
-      view = next.view;
-      i = 1;
-    }
+    addr += ps;
+    seg -= ps;
+    length -= ps;
+    total += ps;
   }
-  iter.addr = addr;
-  iter.len = seg;
-  iod.totalLen = total;
+  c.i = i;
+  c.addr = addr;
+  c.seg = seg;
+  c.length = length;
+  c.total = total;
+}
+
+/**
+ * One entry for the next chunk (a whole page or the transfer's tail). False when the segment
+ * ends before the chunk does ("Incorrectly formed request").
+ */
+function prpPutChunk(c: PrpCursor): boolean {
+  putLe64(c.view, c.i * 8, c.addr);
+  c.i++;
+  const prpLen = Math.min(c.length, NVME_CTRL_PAGE_SIZE);
+  if (c.seg < prpLen) return false;
+  c.total += prpLen;
+  c.addr += prpLen;
+  c.seg -= prpLen;
+  c.length -= prpLen;
+  return true;
+}
+
+/** Moves the cursor to the next DMA segment of the iterator; false when there is none. */
+function prpNextSegment(req: Request, nvme: NvmeDev, iter: BlkDmaIter, c: PrpCursor): boolean {
+  iter.addr = c.addr;
+  iter.len = 0;
+  if (!nvmePciPrpIterNext(req, nvme, iter)) return false;
+  c.addr = iter.addr;
+  c.seg = iter.len;
+  return true;
+}
+
+/** Chains a full list page to a new one and continues in its second slot; false (status set) when none. */
+function prpChainCursor(nvme: NvmeDev, iod: NvmeIod, iter: BlkDmaIter, c: PrpCursor): boolean {
+  const next = prpListChain(nvme, iod, c.view);
+  if (next === null) {
+    iter.status = BLK_STS_RESOURCE;
+    return false;
+  }
+  c.view = next.view;
+  c.i = 1;
+  return true;
 }
 
 /**

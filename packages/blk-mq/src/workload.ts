@@ -104,41 +104,18 @@ function allocSlot(
 /**
  * Runs a workload to completion on the machine's virtual clock and verifies the data. Returns
  * the counts; I/O errors are counted, not thrown. Buffers are allocated from the machine's pages
- * and freed at the end.
+ * and freed at the end. No kernel counterpart (fio's part).
  */
 export function runWorkload(bdev: BlockDevice, options: WorkloadOptions): WorkloadResult {
-  const machine = bdev.machine;
-  const rng = new Prng(options.seed ?? 1);
-  const lbs = bdev.logicalBlockSize;
-  const bs = options.blockSize ?? 4096;
-  if (!(Number.isInteger(bs) && bs > 0 && bs % lbs === 0)) {
-    throw new BlkError(`workload: block size ${bs} is not a multiple of ${lbs}`, {
-      rule: 'workload: block size',
-    });
-  }
-  const qd = options.queueDepth ?? 8;
-  const start = options.startSector ?? 0;
-  const region = options.regionSectors ?? Math.min(bdev.capacity - start, (64 << 20) / 512);
-  const ioSectors = bs / 512;
-  const slotsInRegion = Math.floor(region / ioSectors);
-  if (slotsInRegion < 1)
-    throw new BlkError('workload: region smaller than one I/O', { rule: 'workload: region' });
-  const readMix = options.readMix ?? 0.5;
-  const discardMix = options.discardMix ?? 0;
-  const flushEvery = options.flushEvery ?? 0;
-  const slots: Slot[] = [];
-  for (let i = 0; i < qd; i++) {
-    slots.push(allocSlot(machine, bs, options.bufferOffset ?? 0, options.buffers ?? 'scattered'));
-  }
-  const gen = new Map<number, number>();
-  const fresh = options.freshRegion ?? false;
-  /** Blocks this run wrote (generation) or discarded (0). */
-  const unknown = new Set<number>();
-  const touched = new Set<number>();
-  const busyIdx = new Set<number>();
-  let nextGen = 1;
-  let seqCursor = 0;
-  const res: WorkloadResult = {
+  const run = new WorkloadRun(bdev, options);
+  run.mainPhase();
+  if (options.verifyPass ?? true) run.verifyPass();
+  return run.finish();
+}
+
+/** Zero counts, the start of a result. */
+function emptyResult(): WorkloadResult {
+  return {
     ios: 0,
     reads: 0,
     writes: 0,
@@ -152,23 +129,235 @@ export function runWorkload(bdev: BlockDevice, options: WorkloadOptions): Worklo
     errors: {},
     virtualNs: 0,
   };
-  const t0 = machine.clock.nowNs;
-  const lbaPerIo = bs / lbs;
-  const firstLba = (start * 512) / lbs;
+}
 
-  const expectedBlock = (lba: number): Uint8Array => {
-    const g = gen.get(lba) ?? 0;
-    const out = new Uint8Array(lbs);
-    if (g !== 0) for (let i = 0; i < lbs; i++) out[i] = patternByte(lba, g, i);
+/** One run's geometry, buffers and data model; `runWorkload` drives it phase by phase. */
+class WorkloadRun {
+  readonly #bdev: BlockDevice;
+  readonly #machine: Machine;
+  readonly #options: WorkloadOptions;
+  readonly #rng: Prng;
+  /** Logical block size, bytes per I/O, and the I/O size in sectors and in logical blocks. */
+  readonly #lbs: number;
+  readonly #bs: number;
+  readonly #ioSectors: number;
+  readonly #lbaPerIo: number;
+  /** First sector and first logical block of the region, and how many I/O-sized slots it has. */
+  readonly #start: number;
+  readonly #firstLba: number;
+  readonly #slotsInRegion: number;
+  readonly #slots: Slot[] = [];
+  /** Generation each written block holds (0: discarded). */
+  readonly #gen = new Map<number, number>();
+  /** Blocks whose write or discard failed: their contents are no longer known. */
+  readonly #unknown = new Set<number>();
+  /** I/O slots of the region this run touched, and those with an I/O in flight. */
+  readonly #touched = new Set<number>();
+  readonly #busyIdx = new Set<number>();
+  #nextGen = 1;
+  #seqCursor = 0;
+  readonly #res = emptyResult();
+  readonly #t0: number;
+
+  constructor(bdev: BlockDevice, options: WorkloadOptions) {
+    this.#bdev = bdev;
+    this.#machine = bdev.machine;
+    this.#options = options;
+    this.#rng = new Prng(options.seed ?? 1);
+    const lbs = bdev.logicalBlockSize;
+    const bs = options.blockSize ?? 4096;
+    if (!(Number.isInteger(bs) && bs > 0 && bs % lbs === 0)) {
+      throw new BlkError(`workload: block size ${bs} is not a multiple of ${lbs}`, {
+        rule: 'workload: block size',
+      });
+    }
+    const start = options.startSector ?? 0;
+    const region = options.regionSectors ?? Math.min(bdev.capacity - start, (64 << 20) / 512);
+    this.#lbs = lbs;
+    this.#bs = bs;
+    this.#ioSectors = bs / 512;
+    this.#lbaPerIo = bs / lbs;
+    this.#start = start;
+    this.#firstLba = (start * 512) / lbs;
+    this.#slotsInRegion = Math.floor(region / this.#ioSectors);
+    if (this.#slotsInRegion < 1)
+      throw new BlkError('workload: region smaller than one I/O', { rule: 'workload: region' });
+    const qd = options.queueDepth ?? 8;
+    for (let i = 0; i < qd; i++) {
+      this.#slots.push(
+        allocSlot(this.#machine, bs, options.bufferOffset ?? 0, options.buffers ?? 'scattered'),
+      );
+    }
+    this.#t0 = this.#machine.clock.nowNs;
+  }
+
+  /** Issues `options.ios` I/Os (and the periodic flushes), keeping the queue depth full, until all complete. */
+  mainPhase(): void {
+    const { ios, flushEvery = 0, discardMix = 0, readMix = 0.5 } = this.#options;
+    const bdev = this.#bdev;
+    const rng = this.#rng;
+    let issued = 0;
+    let sinceFlush = 0;
+    const pump = (): void => {
+      while (issued < ios) {
+        const slot = this.#freeSlot();
+        if (slot === undefined) return;
+        if (flushEvery > 0 && sinceFlush >= flushEvery) {
+          sinceFlush = 0;
+          this.#flush(slot, pump);
+          continue;
+        }
+        const idx = this.#pickIdx();
+        if (idx === undefined) return;
+        const u = rng.float();
+        const op: BlkIoOp = u < discardMix ? 'discard' : rng.float() < readMix ? 'read' : 'write';
+        issued++;
+        sinceFlush++;
+        this.#issue(op, idx, slot, pump);
+      }
+    };
+    pump();
+    for (let guard = 0; issued < ios || bdev.pending > 0; guard++) {
+      if (!bdev.step()) pump();
+      if (guard > 50_000_000) throw new BlkError('workload: no progress', { rule: 'workload: stalled' });
+    }
+  }
+
+  /** Reads back every I/O-sized block the run touched, in address order, and checks it. */
+  verifyPass(): void {
+    const toVerify = [...this.#touched].sort((a, b) => a - b);
+    let k = 0;
+    const pumpVerify = (): void => {
+      while (k < toVerify.length) {
+        const slot = this.#freeSlot();
+        if (slot === undefined) return;
+        this.#issue('read', toVerify[k++]!, slot, pumpVerify);
+      }
+    };
+    pumpVerify();
+    this.#bdev.drain();
+  }
+
+  /** Frees the buffers and returns the result with the virtual time the run took. */
+  finish(): WorkloadResult {
+    for (const s of this.#slots)
+      for (const [phys, order] of s.allocs) this.#machine.pages.freePages(phys, order);
+    this.#res.virtualNs = this.#machine.clock.nowNs - this.#t0;
+    return this.#res;
+  }
+
+  #freeSlot(): Slot | undefined {
+    return this.#slots.find((s) => !s.busy);
+  }
+
+  /** The next I/O slot of the region to use: the sequential cursor, or up to 16 random picks; undefined when busy. */
+  #pickIdx(): number | undefined {
+    if ((this.#options.pattern ?? 'random') === 'sequential') {
+      const idx = this.#seqCursor % this.#slotsInRegion;
+      if (this.#busyIdx.has(idx)) return undefined;
+      this.#seqCursor++;
+      return idx;
+    }
+    for (let tries = 0; tries < 16; tries++) {
+      const idx = this.#rng.int(0, this.#slotsInRegion - 1);
+      if (!this.#busyIdx.has(idx)) return idx;
+    }
+    return undefined;
+  }
+
+  /** Submits a flush on `slot`'s queue position; `then` runs when it completes. */
+  #flush(slot: Slot, then: () => void): void {
+    const res = this.#res;
+    slot.busy = true;
+    this.#bdev.submit('flush', 0, 0, (r) => {
+      slot.busy = false;
+      res.ios++;
+      if (r.status === BLK_STS_OK) res.flushes++;
+      else this.#countError(r.status);
+      then();
+    });
+  }
+
+  /** Submits `op` on I/O slot `idx` of the region with `slot`'s buffer; `then` runs when it completes. */
+  #issue(op: BlkIoOp, idx: number, slot: Slot, then: () => void): void {
+    const sector = this.#start + idx * this.#ioSectors;
+    this.#busyIdx.add(idx);
+    slot.busy = true;
+    const writeGen = op === 'write' ? this.#fillWriteBuffer(idx, slot) : 0;
+    const done = (status: number): void => {
+      this.#busyIdx.delete(idx);
+      slot.busy = false;
+      this.#complete(op, idx, slot, writeGen, status);
+      then();
+    };
+    if (op === 'discard') this.#bdev.submit('discard', sector, this.#ioSectors, (r) => done(r.status));
+    else this.#bdev.submit(op, sector, slot.buf, (r) => done(r.status));
+    this.#touched.add(idx);
+  }
+
+  /** Stamps the blocks of I/O slot `idx` with a new generation in `slot`'s buffer; returns the generation. */
+  #fillWriteBuffer(idx: number, slot: Slot): number {
+    const lbs = this.#lbs;
+    const lba0 = this.#firstLba + idx * this.#lbaPerIo;
+    const writeGen = this.#nextGen++;
+    const data = new Uint8Array(this.#bs);
+    for (let b = 0; b < this.#lbaPerIo; b++) {
+      for (let i = 0; i < lbs; i++) data[b * lbs + i] = patternByte(lba0 + b, writeGen, i);
+    }
+    slot.buf.write(this.#machine, data);
+    return writeGen;
+  }
+
+  /** Counts a completed I/O and updates the data model: verify a read, record a write's or discard's blocks. */
+  #complete(op: BlkIoOp, idx: number, slot: Slot, writeGen: number, status: number): void {
+    const res = this.#res;
+    const lba0 = this.#firstLba + idx * this.#lbaPerIo;
+    res.ios++;
+    if (status !== BLK_STS_OK) {
+      this.#countError(status);
+      if (op === 'write' || op === 'discard')
+        for (let b = 0; b < this.#lbaPerIo; b++) this.#unknown.add(lba0 + b);
+    } else if (op === 'read') {
+      res.reads++;
+      res.bytesRead += this.#bs;
+      this.#verify(idx, slot.buf.read(this.#machine));
+    } else if (op === 'write' || op === 'discard') {
+      if (op === 'write') {
+        res.writes++;
+        res.bytesWritten += this.#bs;
+      } else {
+        res.discards++;
+      }
+      for (let b = 0; b < this.#lbaPerIo; b++) {
+        this.#gen.set(lba0 + b, writeGen);
+        this.#unknown.delete(lba0 + b);
+      }
+    }
+  }
+
+  #countError(status: number): void {
+    const k = blkStatusToStr(status);
+    this.#res.errors[k] = (this.#res.errors[k] ?? 0) + 1;
+  }
+
+  /** The bytes logical block `lba` should hold now. */
+  #expectedBlock(lba: number): Uint8Array {
+    const g = this.#gen.get(lba) ?? 0;
+    const out = new Uint8Array(this.#lbs);
+    if (g !== 0) for (let i = 0; i < this.#lbs; i++) out[i] = patternByte(lba, g, i);
     return out;
-  };
+  }
 
-  const verify = (idx: number, data: Uint8Array): void => {
-    const lba0 = firstLba + idx * lbaPerIo;
-    for (let b = 0; b < lbaPerIo; b++) {
+  /** Compares the bytes read from I/O slot `idx` with the model, block by block (known blocks only). */
+  #verify(idx: number, data: Uint8Array): void {
+    const res = this.#res;
+    const lbs = this.#lbs;
+    const fresh = this.#options.freshRegion ?? false;
+    const lba0 = this.#firstLba + idx * this.#lbaPerIo;
+    for (let b = 0; b < this.#lbaPerIo; b++) {
       const lba = lba0 + b;
-      if (unknown.has(lba) || (!fresh && !gen.has(lba))) continue;
-      const want = expectedBlock(lba);
+      if (this.#unknown.has(lba) || (!fresh && !this.#gen.has(lba))) continue;
+      const want = this.#expectedBlock(lba);
       const got = data.subarray(b * lbs, (b + 1) * lbs);
       res.blocksVerified++;
       for (let i = 0; i < lbs; i++) {
@@ -176,129 +365,12 @@ export function runWorkload(bdev: BlockDevice, options: WorkloadOptions): Worklo
           res.mismatches++;
           if (res.mismatchDetails.length < 8) {
             res.mismatchDetails.push(
-              `lba ${lba} byte ${i}: got ${got[i]}, want ${want[i]} (gen ${gen.get(lba) ?? 0})`,
+              `lba ${lba} byte ${i}: got ${got[i]}, want ${want[i]} (gen ${this.#gen.get(lba) ?? 0})`,
             );
           }
           break;
         }
       }
     }
-  };
-
-  const countError = (status: number): void => {
-    const k = blkStatusToStr(status);
-    res.errors[k] = (res.errors[k] ?? 0) + 1;
-  };
-
-  const pickIdx = (): number | undefined => {
-    if ((options.pattern ?? 'random') === 'sequential') {
-      const idx = seqCursor % slotsInRegion;
-      if (busyIdx.has(idx)) return undefined;
-      seqCursor++;
-      return idx;
-    }
-    for (let tries = 0; tries < 16; tries++) {
-      const idx = rng.int(0, slotsInRegion - 1);
-      if (!busyIdx.has(idx)) return idx;
-    }
-    return undefined;
-  };
-
-  const issue = (op: BlkIoOp, idx: number, slot: Slot, then: () => void): void => {
-    const sector = start + idx * ioSectors;
-    const lba0 = firstLba + idx * lbaPerIo;
-    busyIdx.add(idx);
-    slot.busy = true;
-    let writeGen = 0;
-    if (op === 'write') {
-      writeGen = nextGen++;
-      const data = new Uint8Array(bs);
-      for (let b = 0; b < lbaPerIo; b++) {
-        for (let i = 0; i < lbs; i++) data[b * lbs + i] = patternByte(lba0 + b, writeGen, i);
-      }
-      slot.buf.write(machine, data);
-    }
-    const done = (status: number): void => {
-      busyIdx.delete(idx);
-      slot.busy = false;
-      res.ios++;
-      if (status !== BLK_STS_OK) {
-        countError(status);
-        if (op === 'write' || op === 'discard') for (let b = 0; b < lbaPerIo; b++) unknown.add(lba0 + b);
-      } else if (op === 'read') {
-        res.reads++;
-        res.bytesRead += bs;
-        verify(idx, slot.buf.read(machine));
-      } else if (op === 'write') {
-        res.writes++;
-        res.bytesWritten += bs;
-        for (let b = 0; b < lbaPerIo; b++) {
-          gen.set(lba0 + b, writeGen);
-          unknown.delete(lba0 + b);
-        }
-      } else if (op === 'discard') {
-        res.discards++;
-        for (let b = 0; b < lbaPerIo; b++) {
-          gen.set(lba0 + b, 0);
-          unknown.delete(lba0 + b);
-        }
-      }
-      then();
-    };
-    if (op === 'discard') bdev.submit('discard', sector, ioSectors, (r) => done(r.status));
-    else bdev.submit(op, sector, slot.buf, (r) => done(r.status));
-    touched.add(idx);
-  };
-
-  // main phase: keep `qd` I/Os in flight
-  let issued = 0;
-  let sinceFlush = 0;
-  const pump = (): void => {
-    while (issued < options.ios) {
-      const slot = slots.find((s) => !s.busy);
-      if (slot === undefined) return;
-      if (flushEvery > 0 && sinceFlush >= flushEvery) {
-        sinceFlush = 0;
-        slot.busy = true;
-        bdev.submit('flush', 0, 0, (r) => {
-          slot.busy = false;
-          res.ios++;
-          if (r.status === BLK_STS_OK) res.flushes++;
-          else countError(r.status);
-          pump();
-        });
-        continue;
-      }
-      const idx = pickIdx();
-      if (idx === undefined) return;
-      const u = rng.float();
-      const op: BlkIoOp = u < discardMix ? 'discard' : rng.float() < readMix ? 'read' : 'write';
-      issued++;
-      sinceFlush++;
-      issue(op, idx, slot, pump);
-    }
-  };
-  pump();
-  for (let guard = 0; issued < options.ios || bdev.pending > 0; guard++) {
-    if (!bdev.step()) pump();
-    if (guard > 50_000_000) throw new BlkError('workload: no progress', { rule: 'workload: stalled' });
   }
-
-  // verify pass: read back every touched I/O-sized block
-  if (options.verifyPass ?? true) {
-    const toVerify = [...touched].sort((a, b) => a - b);
-    let k = 0;
-    const pumpVerify = (): void => {
-      while (k < toVerify.length) {
-        const slot = slots.find((s) => !s.busy);
-        if (slot === undefined) return;
-        issue('read', toVerify[k++]!, slot, pumpVerify);
-      }
-    };
-    pumpVerify();
-    bdev.drain();
-  }
-  for (const s of slots) for (const [phys, order] of s.allocs) machine.pages.freePages(phys, order);
-  res.virtualNs = machine.clock.nowNs - t0;
-  return res;
 }

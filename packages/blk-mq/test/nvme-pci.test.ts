@@ -164,6 +164,30 @@ describe('nvme_pci_setup_data_prp', () => {
     expect(r.lists[0]!.slice(0, 31)).toEqual(Array.from({ length: 31 }, (_, i) => r.base + (i + 1) * 4096));
   });
 
+  // drivers/nvme/host/pci.c: the list comes from the 256-byte small pool when the bytes after PRP1
+  // need at most NVME_SMALL_POOL_SIZE / 8 = 32 entries (DIV_ROUND_UP(length, 4 KiB) <= 32), else
+  // from the 4 KiB page pool. A block's entry count (its bytes / 8) shows which pool served it.
+  it('33 pages: the 32 entries after PRP1 exactly fill a small-pool block (the boundary is inclusive)', () => {
+    for (const mapping of ['iova', 'sg'] as const) {
+      const r = mapLayout('strict', mapping, (a) => [[a(6), 33 * 4096, 0]]);
+      expect(r.lists).toHaveLength(1);
+      expect(r.lists[0]!.length).toBe(256 / 8);
+      expect(r.lists[0]).toEqual(Array.from({ length: 32 }, (_, i) => r.prp1 + (i + 1) * 4096));
+    }
+  });
+
+  it('34 pages, or 33 pages starting mid-page: 33 entries after PRP1 need a page from the large pool', () => {
+    for (const mapping of ['iova', 'sg'] as const) {
+      const r = mapLayout('strict', mapping, (a) => [[a(6), 34 * 4096, 0]]);
+      expect(r.lists).toHaveLength(1);
+      expect(r.lists[0]!.length).toBe(4096 / 8);
+      expect(r.lists[0]!.slice(0, 33)).toEqual(Array.from({ length: 33 }, (_, i) => r.prp1 + (i + 1) * 4096));
+      // PRP1 covers 3584 bytes, so 33 * 4096 bytes leave 32 pages and 512 bytes: 33 entries
+      const o = mapLayout('strict', mapping, (a) => [[a(6), 33 * 4096, 512]]);
+      expect(o.lists[0]!.length).toBe(4096 / 8);
+    }
+  });
+
   it('4 MiB (1024 pages): the first list page holds 511 entries and chains to the second', () => {
     for (const kind of ['strict', 'none'] as const) {
       for (const mapping of ['iova', 'sg'] as const) {

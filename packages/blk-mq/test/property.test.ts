@@ -97,7 +97,7 @@ describe('blk_rq_map_sg and blk_rq_dma_map_iter_start agree', () => {
           dmaDebugDeviceTeardown(dev);
         },
       ),
-      { numRuns: 150, seed: 20251124 },
+      { numRuns: 100, seed: 20251124 },
     );
   });
 });

@@ -4,7 +4,20 @@
  */
 export { type AmdInvCoverage, amdBuildInvAddress } from './amd-iommu-inv.js';
 export { armSmmuBatchSyncs, armSmmuRangeTlbiCount } from './arm-smmu-v3-tlbi.js';
-export { INV_TWO32, isAlignedPow2, lo32, modPow2, TWO32 } from './bits.js';
+export {
+  alignDown,
+  alignUp,
+  getLe64,
+  INV_TWO32,
+  isAligned,
+  isAlignedPow2,
+  isPowerOf2,
+  lo32,
+  modPow2,
+  putLe64,
+  roundupPowOfTwo,
+  TWO32,
+} from './bits.js';
 export { type Timer, VirtualClock } from './clock.js';
 export {
   COUNTER_NAMES,
@@ -119,19 +132,13 @@ export {
 } from './iommu-hw.js';
 export { IOMMU_CACHE, IOMMU_MMIO, IOMMU_NOEXEC, IOMMU_PRIV, IOMMU_READ, IOMMU_WRITE } from './iommu-prot.js';
 export { Iotlb, type IotlbEntry } from './iotlb.js';
+export { type Iova, IovaDomain, iovaAlign, iovaMask, iovaOffset, iovaPfn, iovaShift } from './iova.js';
 export {
   IOVA_DEPOT_DELAY_MS,
   IOVA_MAG_SIZE,
   IOVA_RANGE_CACHE_MAX_SIZE,
-  type Iova,
-  IovaDomain,
-  iovaAlign,
-  iovaMask,
-  iovaOffset,
-  iovaPfn,
   iovaRcacheRange,
-  iovaShift,
-} from './iova.js';
+} from './iova-rcache.js';
 export { DEFAULT_MEM_SIZE, Machine, type MachineOptions } from './machine.js';
 export {
   type Folio,

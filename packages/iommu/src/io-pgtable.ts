@@ -55,6 +55,12 @@
  *   empty by a failed map are freed immediately: they never held a translation.
  * - A software walk cache (the last table used per leaf level) spares map/unmap the walk from the
  *   root; the hardware walk (`lookup`, `iovaToPhys`) always starts at the root and reads PTEs.
+ *
+ * Size: about 800 lines in one file because it mirrors one kernel file, io-pgtable-arm.c (about
+ * 1,300 lines in v6.17): the format, its walkers and its ops belong together. `IoPgtable` (about
+ * 550 lines) is `struct io_pgtable_ops` with the functions behind it — map, unmap, iova_to_phys,
+ * read_and_clear_dirty, free — which share the PTE encoding and the walk cache, so they stay one
+ * class as they are one ops table in the kernel.
  */
 import { INV_TWO32, isAlignedPow2, lo32, modPow2, TWO32 } from './bits.js';
 import { Errno } from './errno.js';

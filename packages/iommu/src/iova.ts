@@ -2,8 +2,13 @@
  * The IOVA allocator: hands out ranges of I/O virtual page frames for DMA mappings. Models Linux
  * `drivers/iommu/iova.c` and `include/linux/iova.h` (v6.17): an rbtree of allocated ranges under
  * an anchor node, top-down first-fit search starting from cached nodes, the 32-bit fast-fail hint
- * `max32_alloc_size`, and per-CPU "magazine" caches (rcaches) of recently freed small ranges with
- * a global depot that a delayed work trims back to the tree.
+ * `max32_alloc_size`, and the fast path `alloc_iova_fast` / `free_iova_fast` in front of the
+ * per-CPU range caches (the rcaches, magazines and depot: `iova-rcache.ts`).
+ *
+ * Size: about 700 lines, the tree half of `iova.c` (one kernel file of roughly a thousand lines) plus
+ * the `iova.h` helpers; its rcache half is `iova-rcache.ts`. `IovaDomain` is long because it is
+ * `struct iova_domain` with the tree functions the kernel declares in `iova.h`, and the model-only
+ * `check()`/`ranges()` inspection beside them.
  *
  * Deliberate differences from the kernel:
  * - Misuse the kernel ignores or WARNs about throws `IommuError` and changes nothing: freeing a
@@ -13,44 +18,21 @@
  *   live or cached allocation (the kernel stretches that allocation), nonsensical sizes or pfns.
  * - Reserved ranges are flagged, never handed out and never freed by `freeIova`; overlapping
  *   reservations merge into one node (the kernel may leave several adjacent nodes).
- * - Magazines hold the tree nodes rather than bare pfns, which saves the lookup when a magazine
- *   is emptied back into the tree; a magazine still counts as the kernel's 1024-byte object.
+ * - The rcaches hold the tree nodes rather than bare pfns (see `iova-rcache.ts`).
  * - Validating a free needs the node; a 64-slot table of recently allocated nodes spares most
  *   frees the tree descent (model-only: the kernel does not validate, so it has no lookup).
- * - No locks (one thread); "per-CPU" means indexed by `machine.currentCpu`. The depot-trimming
- *   delayed work is a timer on the machine's virtual clock. CPU hot-unplug is the explicit
- *   `freeCpuCachedIovas(cpu)`.
+ * - No locks (one thread). CPU hot-unplug is the explicit `freeCpuCachedIovas(cpu)`.
  * - The IOVA space is 52 bits of bytes (pfns are safe integers); limits above it are clamped.
- * - Allocating the rcaches at construction cannot fail (the kernel's GFP_KERNEL allocation can);
- *   only the GFP_ATOMIC magazine allocation on free consults the `iova_magazine` fault point.
  */
-import { modPow2 } from './bits.js';
-import type { Timer, VirtualClock } from './clock.js';
+import { alignDown, isPowerOf2, modPow2, roundupPowOfTwo } from './bits.js';
 import type { Counters } from './counters.js';
 import { hex, IommuError } from './errors.js';
 import type { FaultInjector } from './fault-inject.js';
+import { IOVA_MAG_SIZE, IOVA_RCACHE_MAX_PAGES, type IovaRcacheInfo, IovaRcaches } from './iova-rcache.js';
 import type { Machine } from './machine.js';
 import { RbNode, RbRoot, rbNext, rbPrev } from './rbtree.js';
 
-/**
- * Pfns one magazine holds: 127, so that the kernel struct (a size word plus 127 pfns) is exactly
- * 1024 bytes. Kernel: `IOVA_MAG_SIZE`, drivers/iommu/iova.c.
- */
-export const IOVA_MAG_SIZE = 127;
-
-/**
- * Number of rcache size classes: orders 0..5, so the largest cached range is 32 granules.
- * Kernel: `IOVA_RANGE_CACHE_MAX_SIZE` (log of max cached range size + 1), drivers/iommu/iova.c.
- */
-export const IOVA_RANGE_CACHE_MAX_SIZE = 6;
-
-/**
- * Delay between depot-trimming steps, in milliseconds. Kernel: `IOVA_DEPOT_DELAY`
- * (`msecs_to_jiffies(100)`), drivers/iommu/iova.c.
- */
-export const IOVA_DEPOT_DELAY_MS = 100;
-
-/** CPU page size the rcache range is expressed in (kernel: `PAGE_SIZE` on x86-64/arm64 4K). */
+/** Largest granule (kernel: `PAGE_SIZE` on x86-64/arm64 4K; `init_iova_domain` BUGs above it). */
 const PAGE_SIZE = 4096;
 /** Bytes of IOVA space the model supports: 2^52 (pfns and addresses stay safe integers). */
 const IOVA_SPACE_SIZE = 2 ** 52;
@@ -58,11 +40,6 @@ const IOVA_SPACE_SIZE = 2 ** 52;
 const IOVA_ANCHOR = Number.MAX_SAFE_INTEGER;
 /** Bytes of one `struct iova` (rb_node 24 + pfn_hi + pfn_lo). */
 const IOVA_STRUCT_SIZE = 40;
-/** Bytes of one `struct iova_magazine`. */
-const IOVA_MAGAZINE_SIZE = 1024;
-/** Largest size (in granules) `allocIovaFast` rounds up and the rcache holds: 32. */
-const IOVA_RCACHE_MAX_PAGES = 2 ** (IOVA_RANGE_CACHE_MAX_SIZE - 1);
-const NS_PER_MS = 1_000_000;
 /** Slots of the recently-allocated hint table that spares most frees their tree lookup. */
 const RECENT_SLOTS = 64;
 
@@ -92,19 +69,6 @@ export interface IovaRangeInfo {
   state: 'allocated' | 'reserved' | 'cached';
 }
 
-/**
- * The fill of one size class of the rcache, as `IovaDomain.rcacheState()` reports it: the
- * kernel's `struct iova_rcache` / `struct iova_cpu_rcache` reduced to counts (model-only).
- */
-export interface IovaRcacheInfo {
-  /** Size class: ranges of `2^order` granules. */
-  order: number;
-  /** Full magazines in the depot. */
-  depotSize: number;
-  /** Per CPU: pfns in the loaded and the previous magazine. */
-  cpus: Array<{ loaded: number; prev: number }>;
-}
-
 /** A tree node: `struct iova`, with the model's state flag. */
 class IovaNode extends RbNode {
   /** One of the `IOVA_*` node states above. */
@@ -113,50 +77,6 @@ class IovaNode extends RbNode {
     super(pfnLo, pfnHi);
     this.state = state;
   }
-}
-
-/** Kernel: `struct iova_magazine`. Holds nodes (see the header) in a fixed array. */
-class IovaMagazine {
-  size = 0;
-  readonly nodes: Array<IovaNode | null> = new Array<IovaNode | null>(IOVA_MAG_SIZE).fill(null);
-  /** Link in the depot list (the kernel unions it with `size`). */
-  next: IovaMagazine | null = null;
-}
-
-/** Kernel: `struct iova_cpu_rcache`. */
-class IovaCpuRcache {
-  loaded: IovaMagazine;
-  prev: IovaMagazine;
-  constructor(loaded: IovaMagazine, prev: IovaMagazine) {
-    this.loaded = loaded;
-    this.prev = prev;
-  }
-}
-
-/** Kernel: `struct iova_rcache` (one per size order). */
-class IovaRcache {
-  depotSize = 0;
-  depot: IovaMagazine | null = null;
-  /** The pending depot-trimming timer (kernel: the delayed work), or null. */
-  timer: Timer | null = null;
-  /** The work function, bound once. */
-  work: () => void = () => {};
-}
-
-/** Number of bits needed to represent `x` (kernel: `fls_long`), for 0 <= x < 2^53. */
-function flsLong(x: number): number {
-  if (x <= 0xffffffff) return 32 - Math.clz32(x);
-  return 64 - Math.clz32(Math.floor(x / 4294967296));
-}
-
-/** `roundup_pow_of_two(n)` for 1 <= n <= 2^52 (include/linux/log2.h). */
-function roundupPowOfTwo(n: number): number {
-  return 2 ** flsLong(n - 1);
-}
-
-/** Largest multiple of `align` (a power of two) not above `x`; works for negative `x`. */
-function alignDown(x: number, align: number): number {
-  return align === 1 ? x : Math.floor(x / align) * align;
 }
 
 /**
@@ -176,20 +96,16 @@ export class IovaDomain {
   /** Highest pfn of the modeled 2^52-byte IOVA space; larger limits are clamped to it. */
   readonly maxPfn: number;
 
-  readonly #machine: Machine;
   readonly #counters: Counters;
   readonly #faults: FaultInjector;
-  readonly #clock: VirtualClock;
   readonly #ncpus: number;
   readonly #tree = new RbRoot<IovaNode>();
   readonly #anchor: IovaNode;
   #cachedNode: IovaNode;
   #cached32Node: IovaNode;
   #max32AllocSize: number;
-  /** One per order (kernel: `iovad->rcaches`). */
-  readonly #rcaches: IovaRcache[] = [];
-  /** Flat per-order, per-CPU caches: index `order * cpus + cpu`. */
-  readonly #cpuRcaches: IovaCpuRcache[] = [];
+  /** The per-CPU range caches and their depots (kernel: `iovad->rcaches`). */
+  readonly #rcaches: IovaRcaches<IovaNode>;
   /**
    * Recently allocated nodes, indexed by `pfnLo % RECENT_SLOTS`: a model-only hint that lets the
    * free paths validate their pfn without a tree descent when it was handed out recently. A
@@ -197,8 +113,6 @@ export class IovaDomain {
    * harmless); the kernel has no such table because it does not validate `free_iova_fast` at all.
    */
   readonly #recent: Array<IovaNode | null> = new Array<IovaNode | null>(RECENT_SLOTS).fill(null);
-  /** Magazines currently allocated (for `check`). */
-  #magazines = 0;
   #dead = false;
 
   /**
@@ -207,9 +121,7 @@ export class IovaDomain {
    * here that throws `IommuError` (rule `init_iova_domain: granule`).
    */
   constructor(machine: Machine, granule: number, startPfn: number) {
-    if (
-      !(Number.isInteger(granule) && granule >= 1 && granule <= PAGE_SIZE && (granule & (granule - 1)) === 0)
-    ) {
+    if (!(isPowerOf2(granule) && granule <= PAGE_SIZE)) {
       throw new IommuError(`init_iova_domain: granule ${granule} is not a power of two <= ${PAGE_SIZE}`, {
         rule: 'init_iova_domain: granule',
       });
@@ -221,10 +133,8 @@ export class IovaDomain {
         rule: 'init_iova_domain: start_pfn',
       });
     }
-    this.#machine = machine;
     this.#counters = machine.counters;
     this.#faults = machine.faults;
-    this.#clock = machine.clock;
     this.#ncpus = machine.cpus;
     this.granule = granule;
     this.shift = shift;
@@ -236,15 +146,7 @@ export class IovaDomain {
     this.#tree.insert(this.#anchor);
     this.#cachedNode = this.#anchor;
     this.#cached32Node = this.#anchor;
-
-    for (let order = 0; order < IOVA_RANGE_CACHE_MAX_SIZE; order++) {
-      const rcache = new IovaRcache();
-      rcache.work = () => this.#depotWork(rcache);
-      this.#rcaches.push(rcache);
-      for (let cpu = 0; cpu < this.#ncpus; cpu++) {
-        this.#cpuRcaches.push(new IovaCpuRcache(this.#newMagazine(), this.#newMagazine()));
-      }
-    }
+    this.#rcaches = new IovaRcaches<IovaNode>(machine, (node) => this.#freeNode(node));
   }
 
   /**
@@ -459,7 +361,10 @@ export class IovaDomain {
     if (Number.isInteger(size) && size >= 1 && size <= IOVA_RCACHE_MAX_PAGES) {
       const order = 32 - Math.clz32(size - 1);
       if (1 << order <= nodeSize) {
-        if (this.#rcacheInsert(order, node)) return;
+        if (this.#rcaches.insert(order, node)) {
+          node.state = IOVA_CACHED;
+          return;
+        }
         this.#freeNode(node);
         return;
       }
@@ -486,11 +391,7 @@ export class IovaDomain {
         rule: 'free_cpu_cached_iovas: cpu',
       });
     }
-    for (let order = 0; order < IOVA_RANGE_CACHE_MAX_SIZE; order++) {
-      const cr = this.#cpuRcaches[order * this.#ncpus + cpu] as IovaCpuRcache;
-      this.#magazineFreePfns(cr.loaded);
-      this.#magazineFreePfns(cr.prev);
-    }
+    this.#rcaches.freeCpuCachedIovas(cpu);
   }
 
   /**
@@ -511,24 +412,7 @@ export class IovaDomain {
    */
   putIovaDomain(): void {
     this.#checkAlive('put_iova_domain');
-    for (const rcache of this.#rcaches) {
-      if (rcache.timer !== null) {
-        this.#clock.cancel(rcache.timer);
-        rcache.timer = null;
-      }
-      while (rcache.depot !== null) {
-        const mag = rcache.depot;
-        rcache.depot = mag.next;
-        mag.next = null;
-        this.#freeMagazine(mag);
-      }
-      rcache.depotSize = 0;
-    }
-    for (const cr of this.#cpuRcaches) {
-      this.#freeMagazine(cr.loaded);
-      this.#freeMagazine(cr.prev);
-    }
-    this.#cpuRcaches.length = 0;
+    this.#rcaches.freeIovaRcaches();
     for (let n = this.#tree.first(); n !== null; n = rbNext(n) as IovaNode | null) {
       if (n.state !== IOVA_ANCHOR_NODE) {
         n.state = IOVA_FREED;
@@ -558,17 +442,7 @@ export class IovaDomain {
 
   /** The fill of every rcache size class: depot size and per-CPU magazine fill. Model-only. */
   rcacheState(): IovaRcacheInfo[] {
-    const out: IovaRcacheInfo[] = [];
-    if (this.#dead) return out;
-    for (let order = 0; order < IOVA_RANGE_CACHE_MAX_SIZE; order++) {
-      const cpus: Array<{ loaded: number; prev: number }> = [];
-      for (let cpu = 0; cpu < this.#ncpus; cpu++) {
-        const cr = this.#cpuRcaches[order * this.#ncpus + cpu] as IovaCpuRcache;
-        cpus.push({ loaded: cr.loaded.size, prev: cr.prev.size });
-      }
-      out.push({ order, depotSize: (this.#rcaches[order] as IovaRcache).depotSize, cpus });
-    }
-    return out;
+    return this.#dead ? [] : this.#rcaches.state();
   }
 
   /** Number of ranges currently held by rcaches (all CPUs and depots). Model-only. */
@@ -583,7 +457,7 @@ export class IovaDomain {
 
   /** Number of magazines allocated (each accounted as 1024 bytes of `iova_magazine`). Model-only. */
   get magazineCount(): number {
-    return this.#magazines;
+    return this.#rcaches.magazineCount;
   }
 
   /**
@@ -615,44 +489,14 @@ export class IovaDomain {
       if (n.state === IOVA_CACHED) cachedInTree++;
       else if (n.state === IOVA_FREED) fail(`freed node at ${hex(n.pfnLo)} still in the tree`);
     }
-    let inMagazines = 0;
-    let magazines = 0;
-    const seen = new Set<IovaNode>();
-    const visit = (mag: IovaMagazine, order: number): void => {
-      magazines++;
-      if (mag.size < 0 || mag.size > IOVA_MAG_SIZE) fail(`magazine size ${mag.size}`);
-      for (let i = 0; i < mag.size; i++) {
-        const n = mag.nodes[i];
-        if (n === null || n.state !== IOVA_CACHED) fail(`magazine slot ${i} holds no cached range`);
-        const node = n as IovaNode;
-        if (seen.has(node)) fail(`range at ${hex(node.pfnLo)} cached twice`);
-        seen.add(node);
-        if (node.pfnHi - node.pfnLo + 1 !== 2 ** order)
-          fail(`range at ${hex(node.pfnLo)} in the wrong size class`);
-        if (this.#tree.findContaining(node.pfnLo) !== node)
-          fail(`cached range at ${hex(node.pfnLo)} not in the tree`);
-        inMagazines++;
-      }
-    };
-    for (let order = 0; order < IOVA_RANGE_CACHE_MAX_SIZE; order++) {
-      const rcache = this.#rcaches[order] as IovaRcache;
-      let depot = 0;
-      for (let m = rcache.depot; m !== null; m = m.next) {
-        if (m.size !== IOVA_MAG_SIZE) fail(`depot magazine of order ${order} is not full`);
-        visit(m, order);
-        depot++;
-      }
-      if (depot !== rcache.depotSize)
-        fail(`depot of order ${order} holds ${depot}, depot_size says ${rcache.depotSize}`);
-      for (let cpu = 0; cpu < this.#ncpus; cpu++) {
-        const cr = this.#cpuRcaches[order * this.#ncpus + cpu] as IovaCpuRcache;
-        visit(cr.loaded, order);
-        visit(cr.prev, order);
-      }
-    }
+    const inMagazines = this.#rcaches.check(fail, (node) => {
+      if (node.state !== IOVA_CACHED) return `range at ${hex(node.pfnLo)} in a magazine is not cached`;
+      if (this.#tree.findContaining(node.pfnLo) !== node)
+        return `cached range at ${hex(node.pfnLo)} not in the tree`;
+      return undefined;
+    });
     if (inMagazines !== cachedInTree)
       fail(`${cachedInTree} cached ranges in the tree, ${inMagazines} in magazines`);
-    if (magazines !== this.#magazines) fail(`${magazines} magazines reachable, ${this.#magazines} allocated`);
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -756,133 +600,24 @@ export class IovaDomain {
     this.#counters.kfree('iova', IOVA_STRUCT_SIZE);
   }
 
-  /** Kernel: `__iova_rcache_get` + `iova_magazine_pop`; `limitExcl` is exclusive. 0 = miss. */
+  /**
+   * The rcache hit for `alloc_iova_fast` (kernel: `iova_rcache_get`): the range marked live and
+   * remembered as recently allocated, its pfn returned; 0 on a miss.
+   */
   #rcacheGet(order: number, size: number, limitExcl: number): number {
-    const cr = this.#cpuRcaches[order * this.#ncpus + this.#machine.currentCpu] as IovaCpuRcache;
-    let mag = cr.loaded;
-    if (mag.size === 0) {
-      const prev = cr.prev;
-      if (prev.size !== 0) {
-        cr.loaded = prev;
-        cr.prev = mag;
-        mag = prev;
-      } else {
-        const rcache = this.#rcaches[order] as IovaRcache;
-        const full = rcache.depot;
-        if (full === null) return 0;
-        rcache.depot = full.next;
-        full.next = null;
-        rcache.depotSize--;
-        this.#freeMagazine(mag);
-        cr.loaded = full;
-        mag = full;
-      }
-    }
-    // take the last range that fits under the limit; only a magazine with none at all misses
-    const highest = limitExcl - size;
-    const nodes = mag.nodes;
-    let i = mag.size - 1;
-    let node = nodes[i] as IovaNode;
-    while (node.pfnLo > highest) {
-      if (i === 0) return 0;
-      node = nodes[--i] as IovaNode;
-    }
-    const last = --mag.size;
-    nodes[i] = nodes[last] as IovaNode;
-    nodes[last] = null;
+    const node = this.#rcaches.get(order, size, limitExcl);
+    if (node === null) return 0;
     node.state = IOVA_LIVE;
     const pfn = node.pfnLo;
     this.#recent[pfn % RECENT_SLOTS] = node;
     return pfn;
   }
 
-  /** Kernel: `__iova_rcache_insert`. False when a new magazine was needed and none could be had. */
-  #rcacheInsert(order: number, node: IovaNode): boolean {
-    const cr = this.#cpuRcaches[order * this.#ncpus + this.#machine.currentCpu] as IovaCpuRcache;
-    let mag = cr.loaded;
-    if (mag.size === IOVA_MAG_SIZE) {
-      const prev = cr.prev;
-      if (prev.size !== IOVA_MAG_SIZE) {
-        cr.loaded = prev;
-        cr.prev = mag;
-        mag = prev;
-      } else {
-        // kernel: iova_magazine_alloc(GFP_ATOMIC)
-        if (this.#faults.shouldFail('iova_magazine')) return false;
-        const fresh = this.#newMagazine();
-        const rcache = this.#rcaches[order] as IovaRcache;
-        mag.next = rcache.depot;
-        rcache.depot = mag;
-        rcache.depotSize++;
-        if (rcache.timer === null) {
-          rcache.timer = this.#clock.setTimer(IOVA_DEPOT_DELAY_MS * NS_PER_MS, rcache.work);
-        }
-        cr.loaded = fresh;
-        mag = fresh;
-      }
-    }
-    mag.nodes[mag.size++] = node;
-    node.state = IOVA_CACHED;
-    return true;
-  }
-
-  /**
-   * The delayed depot work (kernel: `iova_depot_work_func`): while the depot holds more
-   * magazines than there are CPUs, return one magazine's ranges to the tree and come back in
-   * `IOVA_DEPOT_DELAY_MS`.
-   */
-  #depotWork(rcache: IovaRcache): void {
-    rcache.timer = null;
-    if (this.#dead || rcache.depotSize <= this.#ncpus) return;
-    const mag = rcache.depot as IovaMagazine;
-    rcache.depot = mag.next;
-    mag.next = null;
-    rcache.depotSize--;
-    this.#magazineFreePfns(mag);
-    this.#freeMagazine(mag);
-    rcache.timer = this.#clock.setTimer(IOVA_DEPOT_DELAY_MS * NS_PER_MS, rcache.work);
-  }
-
   /** Every CPU's caches, then every depot, back to the tree (the `alloc_iova_fast` flush). */
   #flushAll(): void {
     this.#counters.iovaRcacheFlushes++;
     for (let cpu = 0; cpu < this.#ncpus; cpu++) this.freeCpuCachedIovas(cpu);
-    // kernel: free_global_cached_iovas
-    for (const rcache of this.#rcaches) {
-      while (rcache.depot !== null) {
-        const mag = rcache.depot;
-        rcache.depot = mag.next;
-        mag.next = null;
-        rcache.depotSize--;
-        this.#magazineFreePfns(mag);
-        this.#freeMagazine(mag);
-      }
-    }
-  }
-
-  /** Returns a magazine's ranges to the tree and empties it (kernel: `iova_magazine_free_pfns`). */
-  #magazineFreePfns(mag: IovaMagazine): void {
-    const nodes = mag.nodes;
-    for (let i = 0; i < mag.size; i++) {
-      this.#freeNode(nodes[i] as IovaNode);
-      nodes[i] = null;
-    }
-    mag.size = 0;
-  }
-
-  /** Kernel: `iova_magazine_alloc` (the fault point is consulted by the caller). */
-  #newMagazine(): IovaMagazine {
-    this.#magazines++;
-    this.#counters.kmalloc('iova_magazine', IOVA_MAGAZINE_SIZE);
-    return new IovaMagazine();
-  }
-
-  /** Kernel: `iova_magazine_free` (does not free the ranges it holds). */
-  #freeMagazine(mag: IovaMagazine): void {
-    mag.nodes.fill(null);
-    mag.size = 0;
-    this.#magazines--;
-    this.#counters.kfree('iova_magazine', IOVA_MAGAZINE_SIZE);
+    this.#rcaches.freeGlobalCachedIovas();
   }
 
   #checkAlive(fn: string): void {
@@ -963,13 +698,4 @@ export function iovaDmaAddr(iovad: IovaDomain, iova: Iova): number {
 /** Number of granules in `iova`. Kernel: `iova_size` (include/linux/iova.h). */
 export function iovaSize(iova: Iova): number {
   return iova.pfnHi - iova.pfnLo + 1;
-}
-
-/**
- * Largest size in bytes the rcaches serve: `PAGE_SIZE << (IOVA_RANGE_CACHE_MAX_SIZE - 1)`,
- * 128 KiB. Kernel: `iova_rcache_range` (drivers/iommu/iova.c); dma-iommu uses it for its
- * optimal mapping size.
- */
-export function iovaRcacheRange(): number {
-  return PAGE_SIZE * 2 ** (IOVA_RANGE_CACHE_MAX_SIZE - 1);
 }

@@ -1160,7 +1160,7 @@ describe('map_pages/unmap_pages against a reference model (fast-check)', () => {
         expect(pt.leafCount).toBe(0);
         destroyAndCheck(m, pt, free0);
       }),
-      { numRuns: 150 },
+      { numRuns: 100 },
     );
   });
 });

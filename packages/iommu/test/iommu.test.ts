@@ -97,7 +97,7 @@ describe('iommu_pgsize', () => {
           expect(pg).toBe(best);
         },
       ),
-      { numRuns: 300 },
+      { numRuns: 120 },
     );
   });
 });

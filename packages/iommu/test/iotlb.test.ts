@@ -443,7 +443,7 @@ describe('Iotlb slot storage (hash index, LRU list, free slots)', () => {
           expect(m.counters.iotlbMisses).toBe(misses);
         },
       ),
-      { numRuns: 500 },
+      { numRuns: 150 },
     );
   });
 

@@ -5,9 +5,6 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { IommuError } from '../src/errors.js';
 import {
-  IOVA_DEPOT_DELAY_MS,
-  IOVA_MAG_SIZE,
-  IOVA_RANGE_CACHE_MAX_SIZE,
   type Iova,
   IovaDomain,
   iovaAlign,
@@ -15,10 +12,15 @@ import {
   iovaMask,
   iovaOffset,
   iovaPfn,
-  iovaRcacheRange,
   iovaShift,
   iovaSize,
 } from '../src/iova.js';
+import {
+  IOVA_DEPOT_DELAY_MS,
+  IOVA_MAG_SIZE,
+  IOVA_RANGE_CACHE_MAX_SIZE,
+  iovaRcacheRange,
+} from '../src/iova-rcache.js';
 import { Machine } from '../src/machine.js';
 import { RbNode, RbRoot, rbNext, rbPrev } from '../src/rbtree.js';
 import { expectRejected } from './iova-helpers.js';

@@ -260,7 +260,7 @@ describe('alloc_pages / __free_pages (buddy)', () => {
           expect(m.pages.nrFreePages).toBe(total);
         },
       ),
-      { numRuns: 50 },
+      { numRuns: 30 },
     );
   });
 });

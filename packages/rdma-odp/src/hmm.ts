@@ -29,7 +29,8 @@
  */
 import { Errno, PAGE_SIZE } from '@iovalink/iommu';
 import { OdpError } from './errors.js';
-import { Mm, VM_READ, VM_WRITE } from './mm.js';
+import { Mm } from './mm.js';
+import { VM_READ, VM_WRITE } from './mm-types.js';
 import { type MmuIntervalNotifier, mmuIntervalCheckRetry } from './mmu-notifier.js';
 
 /** Bit of the 64-bit word the high half starts at. */

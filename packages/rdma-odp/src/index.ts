@@ -5,6 +5,7 @@
  * and an mlx5-style NIC with MTT translations, page-fault handling, prefetch and invalidation.
  */
 export { isErr, OdpError } from './errors.js';
+export { MmFile } from './filemap.js';
 export {
   HMM_PFN_BITS,
   HMM_PFN_DMA_MAPPED,
@@ -65,6 +66,7 @@ export {
   ibRegUserMr,
   ibUsesVirtDma,
 } from './ib-verbs.js';
+export { MemMap, StructPage } from './mem-map.js';
 export {
   MLX5_IMR_MTT_SHIFT,
   MLX5_UMR_MTT_NUM_ENTRIES_ALIGNMENT,
@@ -92,15 +94,13 @@ export {
   pagefaultRealMr,
   populateMtt,
 } from './mlx5-odp.js';
+export { Mm } from './mm.js';
 export {
   MAP_ANONYMOUS,
   MAP_FIXED,
   MAP_PRIVATE,
   MAP_SHARED,
-  MemMap,
   MMAP_MIN_ADDR,
-  Mm,
-  MmFile,
   type MmOptions,
   type MmStats,
   PROT_NONE,
@@ -108,13 +108,12 @@ export {
   PROT_WRITE,
   type Pte,
   type PteInfo,
-  StructPage,
   TASK_SIZE,
   VM_READ,
   VM_SHARED,
   VM_WRITE,
   VmAreaStruct,
-} from './mm.js';
+} from './mm-types.js';
 export {
   MMU_NOTIFIER_RANGE_BLOCKABLE,
   MMU_NOTIFIER_RANGE_END_ALL,

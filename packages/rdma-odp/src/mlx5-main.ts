@@ -10,7 +10,7 @@ import type { Device } from '@iovalink/dma-api';
 import { Mlx5IbDev, type Mlx5IbDevOptions } from './mlx5-ib.js';
 import { mlx5IbDeregMr, mlx5IbRegUserMr } from './mlx5-mr.js';
 import { mlx5IbAdviseMr, mlx5IbPageFaultHandler } from './mlx5-odp.js';
-import { TASK_SIZE } from './mm.js';
+import { TASK_SIZE } from './mm-types.js';
 import { Nic, type NicOptions } from './nic.js';
 
 /**

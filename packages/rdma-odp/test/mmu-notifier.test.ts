@@ -49,6 +49,37 @@ function recorder(opts: { setSeq?: boolean; refuseNonBlocking?: boolean } = {}):
 
 const A = 0x10000000;
 
+/** One blockable MMU_NOTIFY_CLEAR invalidation of the page at A, start to end. */
+function invalidatePageAtA(mm: Mm): void {
+  const range = mmuNotifierRangeInit(MMU_NOTIFY_CLEAR, MMU_NOTIFIER_RANGE_BLOCKABLE, mm, A, A + PAGE_SIZE);
+  mmuNotifierInvalidateRangeStart(range);
+  mmuNotifierInvalidateRangeEnd(range);
+}
+
+/**
+ * Subscribes `sub` to the page at A with a callback that runs `body`, invalidates that page once,
+ * and returns what `body` threw inside the callback (undefined when nothing).
+ */
+function throwsDuringInvalidation(
+  mm: Mm,
+  sub: MmuIntervalNotifier,
+  body: (s: MmuIntervalNotifier, seq: number) => void,
+): unknown {
+  let thrown: unknown;
+  mmuIntervalNotifierInsert(sub, mm, A, PAGE_SIZE, {
+    invalidate(s, _r, seq) {
+      try {
+        body(s, seq);
+      } catch (e) {
+        thrown = e;
+      }
+      return true;
+    },
+  });
+  invalidatePageAtA(mm);
+  return thrown;
+}
+
 describe('mmu_interval_notifier_insert', () => {
   it('starts the subscription one below the even global sequence, so read_begin does not wait', () => {
     const mm = new Mm(createTestMachine());
@@ -149,21 +180,10 @@ describe('mmu_interval_read_begin / mmu_interval_read_retry', () => {
   it('read_begin during an invalidation of the subscription throws: the kernel would wait for it forever', () => {
     const mm = new Mm(createTestMachine());
     const sub = new MmuIntervalNotifier();
-    let thrown: unknown;
-    mmuIntervalNotifierInsert(sub, mm, A, PAGE_SIZE, {
-      invalidate(s, _r, seq) {
-        mmuIntervalSetSeq(s, seq);
-        try {
-          mmuIntervalReadBegin(s);
-        } catch (e) {
-          thrown = e;
-        }
-        return true;
-      },
+    const thrown = throwsDuringInvalidation(mm, sub, (s, seq) => {
+      mmuIntervalSetSeq(s, seq);
+      mmuIntervalReadBegin(s);
     });
-    const range = mmuNotifierRangeInit(MMU_NOTIFY_CLEAR, MMU_NOTIFIER_RANGE_BLOCKABLE, mm, A, A + PAGE_SIZE);
-    mmuNotifierInvalidateRangeStart(range);
-    mmuNotifierInvalidateRangeEnd(range);
     expect(thrown).toBeInstanceOf(OdpError);
     expect((thrown as OdpError).rule).toBe('mmu_interval_read_begin: invalidation in progress');
   });
@@ -175,9 +195,7 @@ describe('mmu_interval_set_seq', () => {
     const sub = new MmuIntervalNotifier();
     mmuIntervalNotifierInsert(sub, mm, A, PAGE_SIZE, recorder({ setSeq: false }).ops);
     const seq = mmuIntervalReadBegin(sub);
-    const range = mmuNotifierRangeInit(MMU_NOTIFY_CLEAR, MMU_NOTIFIER_RANGE_BLOCKABLE, mm, A, A + PAGE_SIZE);
-    mmuNotifierInvalidateRangeStart(range);
-    mmuNotifierInvalidateRangeEnd(range);
+    invalidatePageAtA(mm);
     expect(mmuIntervalReadRetry(sub, seq)).toBe(false);
   });
 });
@@ -235,20 +253,7 @@ describe('mmu_interval_notifier_remove', () => {
   it('removes the subscription; from inside a callback it throws (the kernel would wait forever)', () => {
     const mm = new Mm(createTestMachine());
     const sub = new MmuIntervalNotifier();
-    let thrown: unknown;
-    mmuIntervalNotifierInsert(sub, mm, A, PAGE_SIZE, {
-      invalidate(s) {
-        try {
-          mmuIntervalNotifierRemove(s);
-        } catch (e) {
-          thrown = e;
-        }
-        return true;
-      },
-    });
-    const range = mmuNotifierRangeInit(MMU_NOTIFY_CLEAR, MMU_NOTIFIER_RANGE_BLOCKABLE, mm, A, A + PAGE_SIZE);
-    mmuNotifierInvalidateRangeStart(range);
-    mmuNotifierInvalidateRangeEnd(range);
+    const thrown = throwsDuringInvalidation(mm, sub, (s) => mmuIntervalNotifierRemove(s));
     expect((thrown as OdpError).rule).toBe('mmu_interval_notifier_remove: called from an invalidation');
     mmuIntervalNotifierRemove(sub);
     expect(mm.notifierSubscriptions.itree).toEqual([]);

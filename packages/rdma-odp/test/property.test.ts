@@ -180,7 +180,7 @@ describe('ODP against a reference of the address space (fast-check)', () => {
           fc.property(fc.array(opArb, { minLength: 1, maxLength: 40 }), (ops) => {
             run(mode, kind, ops);
           }),
-          { numRuns: 30, seed: 0x0d9 + kind.length + (mode === 'hmm' ? 100 : 0) },
+          { numRuns: 20, seed: 0x0d9 + kind.length + (mode === 'hmm' ? 100 : 0) },
         );
       });
     }

@@ -249,7 +249,42 @@ export function vfioMigrate(
   target: Mlx5vfPciCoreDevice,
   options: VfioMigrateOptions = {},
 ): VfioMigrationResult {
-  const result: VfioMigrationResult = {
+  const run = new MigrationRun(source, target, options);
+  options.onPhase?.('setup');
+  const failure =
+    run.targetToResuming() ??
+    run.guestSetup() ??
+    run.precopy() ??
+    run.stopCopy() ??
+    run.resumeTarget() ??
+    run.stopSource();
+  return failure === undefined ? run.finish() : run.fail(failure);
+}
+
+/** The step a migration stopped at and its -errno. */
+interface MigFailure {
+  step: string;
+  ret: number;
+}
+
+function isFailure(x: VfioDataFile | MigFailure): x is MigFailure {
+  return typeof (x as MigFailure).step === 'string';
+}
+
+/** One migration's devices, options, open data fds and result; `vfioMigrate` runs its steps in order. */
+class MigrationRun {
+  readonly #source: Mlx5vfPciCoreDevice;
+  readonly #target: Mlx5vfPciCoreDevice;
+  readonly #options: VfioMigrateOptions;
+  readonly #buf: Uint8Array;
+  readonly #guest: { source: VfioIommu; target: VfioIommu } | undefined;
+  /** Guest memory is copied by DMA dirty logging (else only the first full copy is made). */
+  readonly #logging: boolean;
+  /** Every data fd opened, released at the end or on failure. */
+  readonly #fds: VfioDataFile[] = [];
+  #dst: VfioDataFile | null = null;
+  #src: VfioDataFile | null = null;
+  readonly #result: VfioMigrationResult = {
     ret: 0,
     failedAt: undefined,
     precopyIterations: 0,
@@ -259,115 +294,168 @@ export function vfioMigrate(
     equal: false,
     guestEqual: undefined,
   };
-  const buf = new Uint8Array(options.chunkSize ?? VFIO_MIG_DEFAULT_DATA_BUFFER_SIZE);
-  const guest = options.guest;
-  const logging = guest !== undefined && source.logOps !== undefined;
-  const fds: VfioDataFile[] = [];
-  const fail = (step: string, ret: number): VfioMigrationResult => {
-    result.ret = ret;
-    result.failedAt = step;
-    for (const fd of fds) fd.release();
-    return result;
-  };
-  options.onPhase?.('setup');
 
-  // target: RUNNING → STOP → RESUMING
-  let r = vfioMigSetState(target, VFIO_DEVICE_STATE_STOP);
-  if (typeof r === 'number') return fail('target STOP', r);
-  r = vfioMigSetState(target, VFIO_DEVICE_STATE_RESUMING);
-  if (typeof r === 'number') return fail('target RESUMING', r);
-  if (r === null) return fail('target RESUMING', -Errno.EINVAL);
-  const dst = r;
-  fds.push(dst);
-
-  // guest memory: start logging, then one full copy
-  if (guest !== undefined) {
-    if (logging) {
-      const ranges = guest.source.dmaList.map((d) => ({ iova: d.iova, length: d.size }));
-      const ret = vfioIoctlDeviceFeature(
-        source,
-        VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_DMA_LOGGING_START,
-        {
-          pageSize: PAGE_SIZE,
-          ranges,
-        },
-      );
-      if (ret !== 0) return fail('DMA logging start', ret);
-    }
-    const n = copyAllGuest(guest);
-    if (n < 0) return fail('guest copy', n);
-    result.guestPagesCopied += n;
+  constructor(source: Mlx5vfPciCoreDevice, target: Mlx5vfPciCoreDevice, options: VfioMigrateOptions) {
+    this.#source = source;
+    this.#target = target;
+    this.#options = options;
+    this.#buf = new Uint8Array(options.chunkSize ?? VFIO_MIG_DEFAULT_DATA_BUFFER_SIZE);
+    this.#guest = options.guest;
+    this.#logging = options.guest !== undefined && source.logOps !== undefined;
   }
 
-  // source: pre-copy
-  let src: VfioDataFile | null = null;
-  if ((options.precopy ?? true) && (source.migrationFlags & VFIO_MIGRATION_PRE_COPY) !== 0) {
+  /** Target RUNNING → STOP → RESUMING; keeps its data fd (QEMU: `vfio_load_setup`). */
+  targetToResuming(): MigFailure | undefined {
+    const r = vfioMigSetState(this.#target, VFIO_DEVICE_STATE_STOP);
+    if (typeof r === 'number') return { step: 'target STOP', ret: r };
+    const fd = this.#openDataFd(this.#target, VFIO_DEVICE_STATE_RESUMING, 'target RESUMING');
+    if (isFailure(fd)) return fd;
+    this.#dst = fd;
+    return undefined;
+  }
+
+  /** Starts DMA logging on the source's guest memory, then copies all of it once. */
+  guestSetup(): MigFailure | undefined {
+    const guest = this.#guest;
+    if (guest === undefined) return undefined;
+    if (this.#logging) {
+      const ranges = guest.source.dmaList.map((d) => ({ iova: d.iova, length: d.size }));
+      const ret = vfioIoctlDeviceFeature(
+        this.#source,
+        VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_DMA_LOGGING_START,
+        { pageSize: PAGE_SIZE, ranges },
+      );
+      if (ret !== 0) return { step: 'DMA logging start', ret };
+    }
+    const n = copyAllGuest(guest);
+    if (n < 0) return { step: 'guest copy', ret: n };
+    this.#result.guestPagesCopied += n;
+    return undefined;
+  }
+
+  /**
+   * Source RUNNING → PRE_COPY and its passes while the device runs, until the initial data is
+   * read and the dirty bytes fall to the threshold, or the iteration cap (QEMU:
+   * `vfio_save_setup` + `vfio_save_iterate`). Skipped without PRE_COPY support or when disabled.
+   */
+  precopy(): MigFailure | undefined {
+    const options = this.#options;
+    if (!(options.precopy ?? true) || (this.#source.migrationFlags & VFIO_MIGRATION_PRE_COPY) === 0)
+      return undefined;
     options.onPhase?.('precopy-setup');
-    r = vfioMigSetState(source, VFIO_DEVICE_STATE_PRE_COPY);
-    if (typeof r === 'number') return fail('source PRE_COPY', r);
-    if (r === null) return fail('source PRE_COPY', -Errno.EINVAL);
-    src = r;
-    fds.push(src);
+    const src = this.#openDataFd(this.#source, VFIO_DEVICE_STATE_PRE_COPY, 'source PRE_COPY');
+    if (isFailure(src)) return src;
+    this.#src = src;
     options.onPhase?.('precopy');
     const max = options.maxPrecopyIterations ?? 8;
     const threshold = options.precopyThreshold ?? 0;
     const info: VfioPrecopyInfo = { argsz: VFIO_PRECOPY_INFO_SIZE, flags: 0, initialBytes: 0, dirtyBytes: 0 };
-    while (result.precopyIterations < max) {
-      const ret = src.ioctl(VFIO_MIG_GET_PRECOPY_INFO, info);
-      if (ret !== 0) return fail('VFIO_MIG_GET_PRECOPY_INFO', ret);
-      const moved = pump(src, dst, buf, true);
-      if (moved < 0) return fail('pre-copy stream', moved);
-      result.precopyBytes += moved;
-      result.precopyIterations++;
-      if (logging && guest !== undefined) {
-        const n = copyDirtyGuest(source, guest);
-        if (n < 0) return fail('DMA logging report', n);
-        result.guestPagesCopied += n;
-      }
-      source.run(options.stepsPerIteration ?? 1000);
-      const again = src.ioctl(VFIO_MIG_GET_PRECOPY_INFO, info);
-      if (again !== 0) return fail('VFIO_MIG_GET_PRECOPY_INFO', again);
+    while (this.#result.precopyIterations < max) {
+      const failure = this.#precopyPass(src, info);
+      if (failure !== undefined) return failure;
       if (info.initialBytes === 0 && info.dirtyBytes <= threshold) break;
     }
+    return undefined;
   }
 
-  // source: stop-and-copy
-  options.onPhase?.('stop-copy');
-  r = vfioMigSetState(source, VFIO_DEVICE_STATE_STOP_COPY);
-  if (typeof r === 'number') return fail('source STOP_COPY', r);
-  if (r !== null) {
-    src = r;
-    fds.push(src);
+  /**
+   * One pre-copy pass: query, move what the source has, copy the dirty guest pages, let the
+   * device run, query again (the answer decides whether to go on).
+   */
+  #precopyPass(src: VfioDataFile, info: VfioPrecopyInfo): MigFailure | undefined {
+    const result = this.#result;
+    const ret = src.ioctl(VFIO_MIG_GET_PRECOPY_INFO, info);
+    if (ret !== 0) return { step: 'VFIO_MIG_GET_PRECOPY_INFO', ret };
+    const moved = pump(src, this.#dst as VfioDataFile, this.#buf, true);
+    if (moved < 0) return { step: 'pre-copy stream', ret: moved };
+    result.precopyBytes += moved;
+    result.precopyIterations++;
+    const dirty = this.#copyDirtyGuest();
+    if (dirty !== undefined) return dirty;
+    this.#source.run(this.#options.stepsPerIteration ?? 1000);
+    const again = src.ioctl(VFIO_MIG_GET_PRECOPY_INFO, info);
+    if (again !== 0) return { step: 'VFIO_MIG_GET_PRECOPY_INFO', ret: again };
+    return undefined;
   }
-  if (src === null) return fail('source STOP_COPY', -Errno.EINVAL);
-  const moved = pump(src, dst, buf, false);
-  if (moved < 0) return fail('stop-copy stream', moved);
-  result.stopCopyBytes = moved;
-  if (logging && guest !== undefined) {
-    const n = copyDirtyGuest(source, guest);
-    if (n < 0) return fail('DMA logging report', n);
-    result.guestPagesCopied += n;
+
+  /**
+   * Source to STOP_COPY, the rest of the stream to the target, the last dirty guest pages, DMA
+   * logging stopped (QEMU: `vfio_save_complete_precopy`).
+   */
+  stopCopy(): MigFailure | undefined {
+    this.#options.onPhase?.('stop-copy');
+    const r = vfioMigSetState(this.#source, VFIO_DEVICE_STATE_STOP_COPY);
+    if (typeof r === 'number') return { step: 'source STOP_COPY', ret: r };
+    if (r !== null) {
+      this.#src = r;
+      this.#fds.push(r);
+    }
+    const src = this.#src;
+    if (src === null) return { step: 'source STOP_COPY', ret: -Errno.EINVAL };
+    const moved = pump(src, this.#dst as VfioDataFile, this.#buf, false);
+    if (moved < 0) return { step: 'stop-copy stream', ret: moved };
+    this.#result.stopCopyBytes = moved;
+    if (!this.#logging) return undefined;
+    const dirty = this.#copyDirtyGuest();
+    if (dirty !== undefined) return dirty;
     const ret = vfioIoctlDeviceFeature(
-      source,
+      this.#source,
       VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_DMA_LOGGING_STOP,
       undefined,
     );
-    if (ret !== 0) return fail('DMA logging stop', ret);
+    return ret !== 0 ? { step: 'DMA logging stop', ret } : undefined;
   }
-  // target: leave RESUMING, run
-  options.onPhase?.('resume');
-  r = vfioMigSetState(target, VFIO_DEVICE_STATE_STOP);
-  if (typeof r === 'number') return fail('target STOP', r);
-  r = vfioMigSetState(target, VFIO_DEVICE_STATE_RUNNING);
-  if (typeof r === 'number') return fail('target RUNNING', r);
 
-  // source: leave the saving states
-  options.onPhase?.('cleanup');
-  r = vfioMigSetState(source, VFIO_DEVICE_STATE_STOP);
-  if (typeof r === 'number') return fail('source STOP', r);
-  for (const fd of fds) fd.release();
-  options.onPhase?.('done');
-  result.equal = mlx5VhcaStateEqual(source.vhca, target.vhca);
-  if (guest !== undefined) result.guestEqual = guestEqual(guest);
-  return result;
+  /** Target RESUMING → STOP (the stream is validated) → RUNNING (QEMU: `vfio_load_cleanup`). */
+  resumeTarget(): MigFailure | undefined {
+    this.#options.onPhase?.('resume');
+    let r = vfioMigSetState(this.#target, VFIO_DEVICE_STATE_STOP);
+    if (typeof r === 'number') return { step: 'target STOP', ret: r };
+    r = vfioMigSetState(this.#target, VFIO_DEVICE_STATE_RUNNING);
+    return typeof r === 'number' ? { step: 'target RUNNING', ret: r } : undefined;
+  }
+
+  /** Source leaves the saving states for STOP (QEMU: `vfio_save_cleanup`). */
+  stopSource(): MigFailure | undefined {
+    this.#options.onPhase?.('cleanup');
+    const r = vfioMigSetState(this.#source, VFIO_DEVICE_STATE_STOP);
+    return typeof r === 'number' ? { step: 'source STOP', ret: r } : undefined;
+  }
+
+  /** Releases the data fds and compares device state (and guest memory) of both sides. */
+  finish(): VfioMigrationResult {
+    const result = this.#result;
+    for (const fd of this.#fds) fd.release();
+    this.#options.onPhase?.('done');
+    result.equal = mlx5VhcaStateEqual(this.#source.vhca, this.#target.vhca);
+    if (this.#guest !== undefined) result.guestEqual = guestEqual(this.#guest);
+    return result;
+  }
+
+  /** Records the failure and releases the data fds; the devices stay where the error left them. */
+  fail(failure: MigFailure): VfioMigrationResult {
+    const result = this.#result;
+    result.ret = failure.ret;
+    result.failedAt = failure.step;
+    for (const fd of this.#fds) fd.release();
+    return result;
+  }
+
+  /** SETs a state that must hand back a data fd and keeps the fd; a missing fd is -EINVAL. */
+  #openDataFd(device: VfioDevice, state: number, step: string): VfioDataFile | MigFailure {
+    const r = vfioMigSetState(device, state);
+    if (typeof r === 'number') return { step, ret: r };
+    if (r === null) return { step, ret: -Errno.EINVAL };
+    this.#fds.push(r);
+    return r;
+  }
+
+  /** With DMA logging, copies the guest pages dirtied since the last report. */
+  #copyDirtyGuest(): MigFailure | undefined {
+    if (!this.#logging || this.#guest === undefined) return undefined;
+    const n = copyDirtyGuest(this.#source, this.#guest);
+    if (n < 0) return { step: 'DMA logging report', ret: n };
+    this.#result.guestPagesCopied += n;
+    return undefined;
+  }
 }

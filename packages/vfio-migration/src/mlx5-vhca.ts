@@ -21,6 +21,10 @@
  * corrupt, out of sequence, not starting with a full image, or arriving after the final one,
  * and records whether a final image was loaded so that leaving RESUMING can reject a truncated
  * stream. Commands complete synchronously (the driver's async SAVE callback runs at once).
+ *
+ * `Mlx5Vhca` is about 400 lines: it is one device (its state, its run loop and the firmware
+ * commands that save and load that state share the image format and the DMA engine), the way
+ * rp2040js keeps one peripheral in one class.
  */
 import type { Device } from '@iovalink/dma-api';
 import { DmaEngine, Errno, type IommuDomain, type Machine, PAGE_SIZE } from '@iovalink/iommu';

@@ -17,7 +17,7 @@
  * - No file descriptors: a data fd is the `VfioDataFile` object the driver returns; user
  *   pointers are plain objects; `argsz` defaults to the C struct size.
  */
-import { Errno } from '@iovalink/iommu';
+import { Errno, isAligned, isPowerOf2 } from '@iovalink/iommu';
 import { VfioError } from './errors.js';
 import { type IovaBitmap, iovaBitmapAlloc, iovaBitmapForEach } from './iova-bitmap.js';
 import {
@@ -288,9 +288,23 @@ export const LOG_MAX_RANGES = 4096 / VFIO_DEVICE_FEATURE_DMA_LOGGING_RANGE_SIZE;
 /** Largest IOVA end a range may reach (kernel: ULONG_MAX; here the largest safe integer). */
 const IOVA_END_MAX = Number.MAX_SAFE_INTEGER;
 
-/** `IS_ALIGNED(x, a)` for the power-of-two `a` userspace passes as a page size. */
-function isAligned(x: number, a: number): boolean {
-  return a > 0 && x % a === 0;
+/**
+ * The opening every DMA-logging feature shares (kernel: the `if (!device->log_ops) return -ENOTTY;`
+ * then `vfio_check_feature(flags, argsz, op, minsz)` at the top of each
+ * `vfio_ioctl_device_feature_logging_*`): the device's log ops, or the result to return (-ENOTTY,
+ * a `vfioCheckFeature` error, or 0 for a PROBE).
+ */
+function loggingOps(
+  device: VfioDevice,
+  flags: number,
+  argsz: number,
+  supportedOps: number,
+  minsz: number,
+): VfioLogOps | number {
+  const ops = device.logOps;
+  if (ops === undefined) return -Errno.ENOTTY;
+  const ret = vfioCheckFeature(flags, argsz, supportedOps, minsz);
+  return ret !== 1 ? ret : ops;
 }
 
 /**
@@ -307,20 +321,19 @@ export function vfioIoctlDeviceFeatureLoggingStart(
   arg: VfioDeviceFeatureDmaLoggingControl,
   argsz = VFIO_DEVICE_FEATURE_DMA_LOGGING_CONTROL_SIZE,
 ): number {
-  const ops = device.logOps;
-  if (ops === undefined) return -Errno.ENOTTY;
-  const ret = vfioCheckFeature(
+  const ops = loggingOps(
+    device,
     flags,
     argsz,
     VFIO_DEVICE_FEATURE_SET,
     VFIO_DEVICE_FEATURE_DMA_LOGGING_CONTROL_SIZE,
   );
-  if (ret !== 1) return ret;
+  if (typeof ops === 'number') return ops;
   const nnodes = arg.ranges.length;
   if (nnodes === 0) return -Errno.EINVAL;
   if (nnodes > LOG_MAX_RANGES) return -Errno.E2BIG;
   const pageSize = arg.pageSize;
-  const pow2 = pageSize > 0 && Number.isSafeInteger(pageSize) && (pageSize & (pageSize - 1)) === 0;
+  const pow2 = isPowerOf2(pageSize);
   const nodes: VfioIovaRangeNode[] = [];
   for (const range of arg.ranges) {
     if (!pow2 || !isAligned(range.iova, pageSize) || !isAligned(range.length, pageSize)) return -Errno.EINVAL;
@@ -344,11 +357,8 @@ export function vfioIoctlDeviceFeatureLoggingStart(
 
 /** SET: stops DMA dirty logging (kernel: `vfio_ioctl_device_feature_logging_stop`). */
 export function vfioIoctlDeviceFeatureLoggingStop(device: VfioDevice, flags: number, argsz = 0): number {
-  const ops = device.logOps;
-  if (ops === undefined) return -Errno.ENOTTY;
-  const ret = vfioCheckFeature(flags, argsz, VFIO_DEVICE_FEATURE_SET, 0);
-  if (ret !== 1) return ret;
-  return ops.logStop(device);
+  const ops = loggingOps(device, flags, argsz, VFIO_DEVICE_FEATURE_SET, 0);
+  return typeof ops === 'number' ? ops : ops.logStop(device);
 }
 
 /**
@@ -364,19 +374,16 @@ export function vfioIoctlDeviceFeatureLoggingReport(
   arg: VfioDeviceFeatureDmaLoggingReport,
   argsz = VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT_SIZE,
 ): number {
-  const ops = device.logOps;
-  if (ops === undefined) return -Errno.ENOTTY;
-  const ret = vfioCheckFeature(
+  const ops = loggingOps(
+    device,
     flags,
     argsz,
     VFIO_DEVICE_FEATURE_GET,
     VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT_SIZE,
   );
-  if (ret !== 1) return ret;
+  if (typeof ops === 'number') return ops;
   const pageSize = arg.pageSize;
-  if (!(pageSize >= 4096) || !Number.isSafeInteger(pageSize) || (pageSize & (pageSize - 1)) !== 0) {
-    return -Errno.EINVAL;
-  }
+  if (!(pageSize >= 4096) || !isPowerOf2(pageSize)) return -Errno.EINVAL;
   const end = arg.iova + arg.length;
   if (!Number.isSafeInteger(end) || arg.iova < 0 || arg.length < 0) return -Errno.EOVERFLOW;
   const iter = iovaBitmapAlloc(arg.iova, arg.length, pageSize, arg.bitmap);

@@ -20,7 +20,8 @@ import {
 } from '../ib-verbs.js';
 import type { Mlx5IbDev, Mlx5IbMr } from '../mlx5-ib.js';
 import { mlx5IbAdd } from '../mlx5-main.js';
-import { MAP_ANONYMOUS, MAP_FIXED, MAP_PRIVATE, Mm, PROT_READ, PROT_WRITE } from '../mm.js';
+import { Mm } from '../mm.js';
+import { MAP_ANONYMOUS, MAP_FIXED, MAP_PRIVATE, PROT_READ, PROT_WRITE } from '../mm-types.js';
 import { MLX5_IB_MTT_WRITE, MLX5_MKC_ACCESS_MODE_MTT, type Nic } from '../nic.js';
 import { type OdpMode, UMEM_ODP_DMA_LIST, UMEM_ODP_PFN_LIST } from '../umem-odp.js';
 
