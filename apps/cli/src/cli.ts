@@ -9,6 +9,7 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { type BenchBlockOptions, benchBlock, parseSizes } from './commands/bench-block.js';
 import { benchMap } from './commands/bench-map.js';
 import { type DemoOptions, demo } from './commands/demo.js';
+import { registerKernelDiff } from './commands/kernel-diff.js';
 import { registerServe } from './commands/serve.js';
 import { type TraceOptions, trace } from './commands/trace.js';
 import { COST_MODEL_PRESETS } from './cost-model.js';
@@ -145,6 +146,7 @@ export function buildProgram(out: (s: string) => void = (s) => process.stdout.wr
     .action((o: BenchBlockOptions) => out(benchBlock(o)));
 
   registerServe(program);
+  registerKernelDiff(program, out);
 
   return program;
 }

@@ -164,6 +164,7 @@ export {
   IO_TLB_SIZE,
   IoTlbMem,
   type IoTlbMemOptions,
+  type SwiotlbSlotSearch,
   isSwiotlbBuffer,
   swiotlbMaxMappingSize,
   swiotlbOrigAddr,
