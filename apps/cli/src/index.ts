@@ -17,3 +17,23 @@ export {
   validateCostModel,
 } from './cost-model.js';
 export { createRig, IOMMU_MODES, type IommuMode, type Rig, type RigOptions } from './rig.js';
+export {
+  type DivergenceWithContext,
+  formatKernelDiff,
+  type KernelDiffReport,
+  kernelDiff,
+} from './kernel-diff/kernel-diff.js';
+export type { Divergence, ReplayName, ReplayResult } from './kernel-diff/divergence.js';
+export {
+  type KernelDmaMode,
+  type KernelEvent,
+  type KernelEventKind,
+  type KernelTrace,
+  KernelTraceError,
+  type KernelTraceHeader,
+  parseKernelTrace,
+} from './kernel-diff/kernel-trace.js';
+export { replayDmaIommu } from './kernel-diff/replay-dma.js';
+export { replayIovaAllocator } from './kernel-diff/replay-iova.js';
+export { replaySwiotlb, swiotlbRulesFor } from './kernel-diff/replay-swiotlb.js';
+export { kernelDiffCommand } from './commands/kernel-diff.js';
