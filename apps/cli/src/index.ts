@@ -4,6 +4,7 @@
  */
 
 export { buildProgram } from './cli.js';
+export { kernelDiffCommand } from './commands/kernel-diff.js';
 export {
   COST_MODEL_PRESETS,
   type CostEntry,
@@ -16,14 +17,13 @@ export {
   modeledNs,
   validateCostModel,
 } from './cost-model.js';
-export { createRig, IOMMU_MODES, type IommuMode, type Rig, type RigOptions } from './rig.js';
+export type { Divergence, ReplayName, ReplayResult } from './kernel-diff/divergence.js';
 export {
   type DivergenceWithContext,
   formatKernelDiff,
   type KernelDiffReport,
   kernelDiff,
 } from './kernel-diff/kernel-diff.js';
-export type { Divergence, ReplayName, ReplayResult } from './kernel-diff/divergence.js';
 export {
   type KernelDmaMode,
   type KernelEvent,
@@ -36,4 +36,4 @@ export {
 export { replayDmaIommu } from './kernel-diff/replay-dma.js';
 export { replayIovaAllocator } from './kernel-diff/replay-iova.js';
 export { replaySwiotlb, swiotlbRulesFor } from './kernel-diff/replay-swiotlb.js';
-export { kernelDiffCommand } from './commands/kernel-diff.js';
+export { createRig, IOMMU_MODES, type IommuMode, type Rig, type RigOptions } from './rig.js';

@@ -18,11 +18,18 @@ describe('iovalink kernel-diff', () => {
 
   it('prints the counts per replay and kind and ends with "N events, 0 divergences"', async () => {
     const out: string[] = [];
-    await buildProgram((s) => out.push(s)).parseAsync(['node', 'iovalink', 'kernel-diff', fixturePath('lazy.trace')]);
+    await buildProgram((s) => out.push(s)).parseAsync([
+      'node',
+      'iovalink',
+      'kernel-diff',
+      fixturePath('lazy.trace'),
+    ]);
     const text = out.join('\n');
     const expected = kernelDiff(traceText('lazy')).compared;
     expect(text).toContain('Linux 6.1.');
-    expect(text).toMatch(/iova-allocator: \d+ events compared \(alloc_iova \d+, free_iova \d+\), 0 divergences/);
+    expect(text).toMatch(
+      /iova-allocator: \d+ events compared \(alloc_iova \d+, free_iova \d+\), 0 divergences/,
+    );
     expect(text).toMatch(/dma-iommu: .*fq_batch \d+.*0 divergences/);
     expect(text.trim().split('\n').at(-1)).toBe(`${expected} events, 0 divergences`);
     expect(process.exitCode).toBeUndefined();
@@ -30,7 +37,11 @@ describe('iovalink kernel-diff', () => {
 
   it('--json gives the report as data', () => {
     const r = kernelDiffCommand(fixturePath('swiotlb.trace'), { json: true });
-    const report = JSON.parse(r.text) as { divergences: number; mode: string; replays: Array<{ replay: string }> };
+    const report = JSON.parse(r.text) as {
+      divergences: number;
+      mode: string;
+      replays: Array<{ replay: string }>;
+    };
     expect(r.diverged).toBe(false);
     expect(report.divergences).toBe(0);
     expect(report.mode).toBe('swiotlb');
@@ -55,18 +66,24 @@ describe('iovalink kernel-diff', () => {
   });
 
   it('an unreadable file names the path', () => {
-    expect(() => kernelDiffCommand('/nonexistent/x.trace', {})).toThrow(/cannot read trace '\/nonexistent\/x.trace'/);
+    expect(() => kernelDiffCommand('/nonexistent/x.trace', {})).toThrow(
+      /cannot read trace '\/nonexistent\/x.trace'/,
+    );
   });
 });
 
 describe('parseKernelTrace rejects what it cannot replay', () => {
   it('a trace without a mode header', () => {
-    expect(() => parseKernelTrace('[000] 1.000000: map_page: off=0 size=4096 dir=1\n')).toThrow(KernelTraceError);
+    expect(() => parseKernelTrace('[000] 1.000000: map_page: off=0 size=4096 dir=1\n')).toThrow(
+      KernelTraceError,
+    );
     expect(() => parseKernelTrace('[000] 1.000000: map_page: off=0 size=4096 dir=1\n')).toThrow(/no '# mode/);
   });
 
   it('an unknown mode', () => {
-    expect(() => parseKernelTrace('# mode passthrough\n')).toThrow(/mode 'passthrough' is not one of strict, lazy, forcedac, swiotlb/);
+    expect(() => parseKernelTrace('# mode passthrough\n')).toThrow(
+      /mode 'passthrough' is not one of strict, lazy, forcedac, swiotlb/,
+    );
   });
 
   it('a known event without its arguments, naming the line', () => {
@@ -75,8 +92,16 @@ describe('parseKernelTrace rejects what it cannot replay', () => {
   });
 
   it('reads the ftrace format with task, cpu and flags columns as well', () => {
-    const t = parseKernelTrace('# mode strict\n          dd-71      [000] d..1.    12.345678: free_iova: dom=0xffff88 pfn=0x1f size=2\n');
+    const t = parseKernelTrace(
+      '# mode strict\n          dd-71      [000] d..1.    12.345678: free_iova: dom=0xffff88 pfn=0x1f size=2\n',
+    );
     expect(t.events).toHaveLength(1);
-    expect(t.events[0]).toMatchObject({ kind: 'free_iova', ts: 12_345_678_000, cpu: 0, args: { pfn: 0x1f, size: 2 }, dom: '0xffff88' });
+    expect(t.events[0]).toMatchObject({
+      kind: 'free_iova',
+      ts: 12_345_678_000,
+      cpu: 0,
+      args: { pfn: 0x1f, size: 2 },
+      dom: '0xffff88',
+    });
   });
 });

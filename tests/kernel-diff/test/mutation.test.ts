@@ -19,7 +19,11 @@ describe('a mutated fixture diverges at the mutated event', () => {
     const target = eventLines(text, 'alloc_iova_ret')[60];
     if (target === undefined) throw new Error('fixture too short');
     const pfn = argOf(target.text, 'pfn');
-    const mutated = replaceLine(text, target.line, target.text.replace(/pfn=0x[0-9a-f]+/, `pfn=0x${(pfn - 1).toString(16)}`));
+    const mutated = replaceLine(
+      text,
+      target.line,
+      target.text.replace(/pfn=0x[0-9a-f]+/, `pfn=0x${(pfn - 1).toString(16)}`),
+    );
     for (const replay of ['iova-allocator', 'dma-iommu'] as const) {
       const d = divergenceOf(mutated, replay);
       expect(d?.line).toBe(target.line);
@@ -37,7 +41,9 @@ describe('a mutated fixture diverges at the mutated event', () => {
     // a dma_map_page request (its length comes from the probe, its page from the map event):
     // the map event follows the map_page probe and its alloc_iova entry and return
     const pageOps = new Set(eventLines(text, 'map_page').map((l) => l.line));
-    const target = eventLines(text, 'map').filter((l) => pageOps.has(l.line - 3) && l.text.endsWith('size=4096'))[100];
+    const target = eventLines(text, 'map').filter(
+      (l) => pageOps.has(l.line - 3) && l.text.endsWith('size=4096'),
+    )[100];
     if (target === undefined) throw new Error('fixture too short');
     const mutated = replaceLine(text, target.line, target.text.replace(/size=4096$/, 'size=8192'));
     const d = divergenceOf(mutated, 'dma-iommu');
@@ -56,7 +62,10 @@ describe('a mutated fixture diverges at the mutated event', () => {
     const ret = eventLines(text, 'alloc_iova_ret').find((l) => l.line > op.line);
     const map = eventLines(text, 'map').find((l) => l.line > op.line && l.text.endsWith('size=4096'));
     if (ret === undefined || map === undefined) throw new Error('fixture too short');
-    const d = divergenceOf(replaceLine(text, map.line, map.text.replace(/size=4096$/, 'size=8192')), 'dma-iommu');
+    const d = divergenceOf(
+      replaceLine(text, map.line, map.text.replace(/size=4096$/, 'size=8192')),
+      'dma-iommu',
+    );
     // the kernel allocated for the recorded pages; the model for one page more
     expect(d?.line).toBe(ret.line);
     expect(d?.kind).toBe('alloc_iova');
@@ -67,7 +76,11 @@ describe('a mutated fixture diverges at the mutated event', () => {
     const target = eventLines(text, 'tbl_map_ret')[300];
     if (target === undefined) throw new Error('fixture too short');
     const tlb = argOf(target.text, 'tlb');
-    const mutated = replaceLine(text, target.line, target.text.replace(/tlb=0x[0-9a-f]+/, `tlb=0x${(tlb + 2048).toString(16)}`));
+    const mutated = replaceLine(
+      text,
+      target.line,
+      target.text.replace(/tlb=0x[0-9a-f]+/, `tlb=0x${(tlb + 2048).toString(16)}`),
+    );
     const d = divergenceOf(mutated, 'swiotlb');
     expect(d?.line).toBe(target.line);
     expect(d?.kind).toBe('tbl_map_ret');
@@ -84,18 +97,25 @@ describe('a mutated fixture diverges at the mutated event', () => {
     // the model freed the range at this expiry; the mutated kernel trace did not
     expect(d?.kind).toBe('free_iova');
     expect(d?.line).toBe(t.line + 1);
-    expect(d?.model).toBe(freeAfter.text.replace(/.*pfn=(0x[0-9a-f]+) size=(\d+)$/, 'free_iova_fast(pfn $1, size $2)'));
+    expect(d?.model).toBe(
+      freeAfter.text.replace(/.*pfn=(0x[0-9a-f]+) size=(\d+)$/, 'free_iova_fast(pfn $1, size $2)'),
+    );
   });
 
   it('lazy: a kernel timer expiry before the model timer is due is a divergence (the kernel never fires early)', () => {
     const text = traceText('lazy');
     const first = eventLines(text, 'fq_timeout')[0];
-    const firstUnmap = [...eventLines(text, 'unmap_page'), ...eventLines(text, 'unmap_sg')].sort((a, b) => a.line - b.line)[0];
+    const firstUnmap = [...eventLines(text, 'unmap_page'), ...eventLines(text, 'unmap_sg')].sort(
+      (a, b) => a.line - b.line,
+    )[0];
     if (first === undefined || firstUnmap === undefined) throw new Error('fixture too short');
     // 5 ms after the first queued IOVA: half the 10 ms IOVA_FQ_TIMEOUT
     const armedAt = Number(/\] (\d+\.\d+):/.exec(firstUnmap.text)?.[1]);
     const early = (armedAt + 0.005).toFixed(6);
-    const d = divergenceOf(replaceLine(text, first.line, first.text.replace(/\] \d+\.\d+:/, `] ${early}:`)), 'dma-iommu');
+    const d = divergenceOf(
+      replaceLine(text, first.line, first.text.replace(/\] \d+\.\d+:/, `] ${early}:`)),
+      'dma-iommu',
+    );
     expect(d?.line).toBe(first.line);
     expect(d?.kind).toBe('fq_timeout');
     expect(d?.what).toContain('before the model timer was due');

@@ -44,7 +44,12 @@ describe('recorded Linux 6.1 traces', () => {
     }
     expect(Object.keys(by)).toEqual(['iova-allocator', 'dma-iommu']);
     expect(by['iova-allocator']).toEqual({ alloc_iova: c.alloc, free_iova: c.free });
-    const dma: Record<string, number> = { alloc_iova: c.alloc, map: c.map, unmap: c.unmap, free_iova: c.free };
+    const dma: Record<string, number> = {
+      alloc_iova: c.alloc,
+      map: c.map,
+      unmap: c.unmap,
+      free_iova: c.free,
+    };
     if (s === 'lazy') dma.fq_batch = c.fq;
     expect(by['dma-iommu']).toEqual(dma);
     expect(report.compared).toBe(2 * c.alloc + 2 * c.free + c.map + c.unmap + (s === 'lazy' ? c.fq : 0));
@@ -55,13 +60,19 @@ describe('recorded Linux 6.1 traces', () => {
     for (const s of SCENARIOS) total += kernelDiff(traceText(s)).compared;
     expect(total).toBeGreaterThan(5000);
     // iommu_map_sg coalesced physically contiguous pages into runs longer than one page
-    expect(eventLines(traceText('strict-single'), 'map').some((l) => !l.text.endsWith('size=4096'))).toBe(true);
+    expect(eventLines(traceText('strict-single'), 'map').some((l) => !l.text.endsWith('size=4096'))).toBe(
+      true,
+    );
     // forcedac: every allocation went straight to the 39-bit limit (VT-d host address width 39)
     const fdac = eventLines(traceText('forcedac'), 'alloc_iova');
     expect(fdac.length).toBeGreaterThan(100);
     expect(fdac.every((l) => l.text.includes('limit=0x7ffffff flush=1'))).toBe(true);
     // strict: 32-bit first (limit 4 GiB >> 12, no rcache flush)
-    expect(eventLines(traceText('strict-single'), 'alloc_iova').every((l) => l.text.includes('limit=0xfffff flush=0'))).toBe(true);
+    expect(
+      eventLines(traceText('strict-single'), 'alloc_iova').every((l) =>
+        l.text.includes('limit=0xfffff flush=0'),
+      ),
+    ).toBe(true);
     // lazy: frees left the queue at several timer expiries
     expect(eventLines(traceText('lazy'), 'fq_timeout').length).toBeGreaterThan(10);
   });

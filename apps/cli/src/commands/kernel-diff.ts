@@ -16,7 +16,10 @@ export interface KernelDiffOptions {
 }
 
 /** Runs the diff on the trace file at `path`; returns the output and whether it diverged. */
-export function kernelDiffCommand(path: string, options: KernelDiffOptions): { text: string; diverged: boolean } {
+export function kernelDiffCommand(
+  path: string,
+  options: KernelDiffOptions,
+): { text: string; diverged: boolean } {
   let text: string;
   try {
     text = readFileSync(path, 'utf8');
@@ -37,7 +40,10 @@ export function registerKernelDiff(program: Command, out: (s: string) => void): 
     .description(
       'replay a DMA/IOMMU trace recorded from a real Linux kernel (tools/kernel-record) through the model and report divergences',
     )
-    .argument('<trace>', 'trace file written by tools/kernel-record/record.sh (or recorded by hand, see its README)')
+    .argument(
+      '<trace>',
+      'trace file written by tools/kernel-record/record.sh (or recorded by hand, see its README)',
+    )
     .option('--json', 'machine-readable report')
     .action((path: string, o: KernelDiffOptions) => {
       const r = kernelDiffCommand(path, o);

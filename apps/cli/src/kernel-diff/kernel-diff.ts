@@ -46,7 +46,10 @@ export function applicableReplays(trace: KernelTrace): ReplayName[] {
   const kinds = new Set(trace.events.map((e) => e.kind));
   const out: ReplayName[] = [];
   if (kinds.has('alloc_iova_ret') || kinds.has('free_iova')) out.push('iova-allocator');
-  if (trace.header.mode !== 'swiotlb' && (kinds.has('map_page') || kinds.has('map_sg') || kinds.has('dma_alloc'))) {
+  if (
+    trace.header.mode !== 'swiotlb' &&
+    (kinds.has('map_page') || kinds.has('map_sg') || kinds.has('dma_alloc'))
+  ) {
     out.push('dma-iommu');
   }
   if (kinds.has('tbl_map')) out.push('swiotlb');
@@ -62,7 +65,11 @@ export function kernelDiff(text: string): KernelDiffReport {
   const lines = text.split('\n');
   const replays = applicableReplays(trace).map((name) => {
     const r =
-      name === 'iova-allocator' ? replayIovaAllocator(trace) : name === 'dma-iommu' ? replayDmaIommu(trace) : replaySwiotlb(trace);
+      name === 'iova-allocator'
+        ? replayIovaAllocator(trace)
+        : name === 'dma-iommu'
+          ? replayDmaIommu(trace)
+          : replaySwiotlb(trace);
     return { ...r, divergence: r.divergence === undefined ? undefined : withContext(r.divergence, lines) };
   });
   const h = trace.header;
@@ -82,19 +89,24 @@ export function kernelDiff(text: string): KernelDiffReport {
 /** The report as text: header, one block per replay (counts by kind, notes, first divergence). */
 export function formatKernelDiff(report: KernelDiffReport, name = 'trace'): string {
   const out: string[] = [];
-  out.push(`${name}: Linux ${report.kernelRelease || '(unknown)'}, ${report.mode}${report.qemu ? `, ${report.qemu}` : ''}`);
+  out.push(
+    `${name}: Linux ${report.kernelRelease || '(unknown)'}, ${report.mode}${report.qemu ? `, ${report.qemu}` : ''}`,
+  );
   if (report.cmdline) out.push(`  command line: ${report.cmdline}`);
   if (report.lost.kprobeMisses > 0 || report.lost.ringOverruns > 0) {
     out.push(
       `  WARNING: the recording lost events (kprobe misses ${report.lost.kprobeMisses}, ring overruns ${report.lost.ringOverruns}); re-record (threadirqs, bigger buffer_size_kb)`,
     );
   }
-  if (report.replays.length === 0) out.push('  no replayable events (no allocator, map or bounce events found)');
+  if (report.replays.length === 0)
+    out.push('  no replayable events (no allocator, map or bounce events found)');
   for (const r of report.replays) {
     const kinds = Object.entries(r.compared)
       .map(([k, n]) => `${k} ${n}`)
       .join(', ');
-    out.push(`  ${r.replay}: ${comparedTotal(r)} events compared (${kinds || 'none'})${r.divergence ? ', DIVERGED' : ', 0 divergences'}`);
+    out.push(
+      `  ${r.replay}: ${comparedTotal(r)} events compared (${kinds || 'none'})${r.divergence ? ', DIVERGED' : ', 0 divergences'}`,
+    );
     for (const n of r.notes) out.push(`    note: ${n}`);
     const d = r.divergence;
     if (d !== undefined) {
@@ -104,6 +116,8 @@ export function formatKernelDiff(report: KernelDiffReport, name = 'trace'): stri
       for (const c of d.context) out.push(`      ${c}`);
     }
   }
-  out.push(`${report.compared} events, ${report.divergences} divergence${report.divergences === 1 ? '' : 's'}`);
+  out.push(
+    `${report.compared} events, ${report.divergences} divergence${report.divergences === 1 ? '' : 's'}`,
+  );
   return out.join('\n');
 }

@@ -74,7 +74,11 @@ export interface KernelDeviceOptions {
  * IOMMU whose input width is the recorded host address width, in a strict or lazy DMA domain
  * whose IOVA space has the kernel's reservations.
  */
-export function kernelDevice(machine: Machine, header: KernelTraceHeader, options: KernelDeviceOptions): Device {
+export function kernelDevice(
+  machine: Machine,
+  header: KernelTraceHeader,
+  options: KernelDeviceOptions,
+): Device {
   const iommu = new IommuDevice(machine, {
     name: 'dmar0',
     ias: header.hostAddressWidth ?? DEFAULT_ADDRESS_WIDTH,

@@ -168,7 +168,10 @@ const REQUIRED: Partial<Record<KernelEventKind, string[]>> = {
 /** Parses one ftrace line (task/cpu prefix optional) into an event, or undefined if not ours. */
 function parseEventLine(raw: string, line: number): KernelEvent | undefined {
   // "[cpu] ts: name: body", optionally after ftrace's "task-pid" and before its flags column
-  const m = /^\s*(?:\S+-\d+\s+)?(?:\[(\d+)\]\s+)?(?:[a-zA-Z.][a-zA-Z0-9.]*\s+)?(\d+\.\d+):\s+([a-z_0-9]+):\s?(.*)$/.exec(raw);
+  const m =
+    /^\s*(?:\S+-\d+\s+)?(?:\[(\d+)\]\s+)?(?:[a-zA-Z.][a-zA-Z0-9.]*\s+)?(\d+\.\d+):\s+([a-z_0-9]+):\s?(.*)$/.exec(
+      raw,
+    );
   if (m === null) return undefined;
   const [, cpuField, tsField, name = '', body = ''] = m;
   const cpu = cpuField === undefined ? 0 : Number(cpuField);
@@ -204,32 +207,97 @@ export function parseKernelTrace(text: string): KernelTrace {
   const reservedByGroup = new Map<string, ReservedRegion[]>();
   const pciWindows: { start: number; end: number }[] = [];
   const events: KernelEvent[] = [];
+  const at = (m: RegExpExecArray, i: number): string => m[i] as string;
+  // one rule per header line kind, first match wins
+  const headerRules: Array<[RegExp, (m: RegExpExecArray, line: number) => void]> = [
+    [
+      /^mode (\S+)$/,
+      (m) => {
+        mode = at(m, 1);
+      },
+    ],
+    [
+      /^kernel-release (\S+)$/,
+      (m) => {
+        kernelRelease = at(m, 1);
+      },
+    ],
+    [
+      /^qemu (.*)$/,
+      (m) => {
+        qemu = at(m, 1);
+      },
+    ],
+    [
+      /^cmdline (.*)$/,
+      (m) => {
+        cmdline = at(m, 1);
+      },
+    ],
+    [/^group (\S+) device (\S+)$/, (m) => void groupOf.set(at(m, 2), at(m, 1))],
+    [
+      /^reserved (\S+) (0x[0-9a-f]+) (0x[0-9a-f]+) (\S+)$/i,
+      (m, line) => {
+        const list = reservedByGroup.get(at(m, 1)) ?? [];
+        list.push({
+          start: num(at(m, 2), 'reserved start', line),
+          end: num(at(m, 3), 'reserved end', line),
+          type: at(m, 4),
+        });
+        reservedByGroup.set(at(m, 1), list);
+      },
+    ],
+    [
+      /^iomem ([0-9a-f]+)-([0-9a-f]+) : PCI Bus/i,
+      (m, line) =>
+        void pciWindows.push({
+          start: num(`0x${at(m, 1)}`, 'iomem start', line),
+          end: num(`0x${at(m, 2)}`, 'iomem end', line),
+        }),
+    ],
+    [
+      /DMAR: Host address width (\d+)/,
+      (m) => {
+        hostAddressWidth = Number(at(m, 1));
+      },
+    ],
+    [
+      /nvme nvme\d+: pci function (\S+)/,
+      (m) => {
+        device = at(m, 1);
+      },
+    ],
+    [
+      /software IO TLB: area num (\d+)/,
+      (m) => {
+        swiotlbAreas = Number(at(m, 1));
+      },
+    ],
+    [
+      /^kprobe-profile \S+ (\d+) (\d+)$/,
+      (m) => {
+        kprobeMisses += Number(at(m, 2));
+      },
+    ],
+    [
+      /^ring \S+ overrun: (\d+)$/,
+      (m) => {
+        ringOverruns += Number(at(m, 1));
+      },
+    ],
+  ];
   for (let i = 0; i < lines.length; i++) {
     const raw = (lines[i] as string).replace(/\r$/, '');
     const line = i + 1;
     if (raw.startsWith('#')) {
       const h = raw.slice(1).trim();
-      let m: RegExpExecArray | null;
-      if ((m = /^mode (\S+)$/.exec(h))) mode = m[1];
-      else if ((m = /^kernel-release (\S+)$/.exec(h))) kernelRelease = m[1] as string;
-      else if ((m = /^qemu (.*)$/.exec(h))) qemu = m[1] as string;
-      else if ((m = /^cmdline (.*)$/.exec(h))) cmdline = m[1] as string;
-      else if ((m = /^group (\S+) device (\S+)$/.exec(h))) groupOf.set(m[2] as string, m[1] as string);
-      else if ((m = /^reserved (\S+) (0x[0-9a-f]+) (0x[0-9a-f]+) (\S+)$/i.exec(h))) {
-        const list = reservedByGroup.get(m[1] as string) ?? [];
-        list.push({
-          start: num(m[2] as string, 'reserved start', line),
-          end: num(m[3] as string, 'reserved end', line),
-          type: m[4] as string,
-        });
-        reservedByGroup.set(m[1] as string, list);
-      } else if ((m = /^iomem ([0-9a-f]+)-([0-9a-f]+) : PCI Bus/i.exec(h))) {
-        pciWindows.push({ start: num(`0x${m[1]}`, 'iomem start', line), end: num(`0x${m[2]}`, 'iomem end', line) });
-      } else if ((m = /DMAR: Host address width (\d+)/.exec(h))) hostAddressWidth = Number(m[1]);
-      else if ((m = /nvme nvme\d+: pci function (\S+)/.exec(h))) device = m[1];
-      else if ((m = /software IO TLB: area num (\d+)/.exec(h))) swiotlbAreas = Number(m[1]);
-      else if ((m = /^kprobe-profile \S+ (\d+) (\d+)$/.exec(h))) kprobeMisses += Number(m[2]);
-      else if ((m = /^ring \S+ overrun: (\d+)$/.exec(h))) ringOverruns += Number(m[1]);
+      for (const [re, apply] of headerRules) {
+        const m = re.exec(h);
+        if (m !== null) {
+          apply(m, line);
+          break;
+        }
+      }
       continue;
     }
     if (raw.trim() === '') continue;

@@ -24,9 +24,8 @@
  *   flush before the model's deadline is a divergence); the lateness is reported, not hidden.
  */
 import {
-  createDevice,
-  DMA_BIDIRECTIONAL,
   type Device,
+  DMA_BIDIRECTIONAL,
   type DmaDataDirection,
   DmaError,
   IOVA_DEFAULT_FQ_TIMEOUT,
@@ -42,13 +41,7 @@ import {
   sgSetPage,
 } from '@iovalink/dma-api';
 import { IommuError, type IovaDomain, type TraceArgs, type Tracer } from '@iovalink/iommu';
-import {
-  countCompared,
-  type Divergence,
-  DivergenceFound,
-  hx,
-  type ReplayResult,
-} from './divergence.js';
+import { countCompared, type Divergence, DivergenceFound, hx, type ReplayResult } from './divergence.js';
 import { KERNEL_IOVA_GRANULE, kernelDevice, replayMachine } from './kernel-domain.js';
 import type { KernelEvent, KernelTrace } from './kernel-trace.js';
 import { traceCpus } from './replay-iova.js';
@@ -72,8 +65,10 @@ class StepTracer implements Tracer {
   begin(name: string, _category: string, args?: TraceArgs): void {
     if (args === undefined) return;
     const n = (k: string): number => Number(args[k]);
-    if (name === 'iommu_map') this.steps.push({ kind: 'map', text: mapText(n('iova'), n('paddr'), n('size')) });
-    else if (name === 'iommu_unmap') this.steps.push({ kind: 'unmap', text: unmapText(n('iova'), n('size')) });
+    if (name === 'iommu_map')
+      this.steps.push({ kind: 'map', text: mapText(n('iova'), n('paddr'), n('size')) });
+    else if (name === 'iommu_unmap')
+      this.steps.push({ kind: 'unmap', text: unmapText(n('iova'), n('size')) });
   }
   end(): void {}
   instant(): void {}
@@ -115,7 +110,9 @@ interface Segment {
 }
 
 /** A live model mapping, by the bus address the kernel's later unmap names. */
-type LiveMapping = { kind: 'phys'; size: number } | { kind: 'sg'; sgl: Scatterlist; nents: number; dir: DmaDataDirection };
+type LiveMapping =
+  | { kind: 'phys'; size: number }
+  | { kind: 'sg'; sgl: Scatterlist; nents: number; dir: DmaDataDirection };
 
 function segmentsOf(events: readonly KernelEvent[]): { segments: Segment[]; stray: KernelEvent | undefined } {
   const segments: Segment[] = [];
@@ -125,7 +122,13 @@ function segmentsOf(events: readonly KernelEvent[]): { segments: Segment[]; stra
     if (OPS.has(e.kind)) {
       cur = { op: e, events: [] };
       segments.push(cur);
-    } else if (e.kind === 'alloc_iova' || e.kind === 'alloc_iova_ret' || e.kind === 'free_iova' || e.kind === 'map' || e.kind === 'unmap') {
+    } else if (
+      e.kind === 'alloc_iova' ||
+      e.kind === 'alloc_iova_ret' ||
+      e.kind === 'free_iova' ||
+      e.kind === 'map' ||
+      e.kind === 'unmap'
+    ) {
       if (cur === undefined) stray ??= e;
       else cur.events.push(e);
     }
@@ -147,9 +150,12 @@ function kernelSteps(seg: Segment): Array<Step & { line: number }> {
         line: e.line,
       });
       call = undefined;
-    } else if (e.kind === 'free_iova') out.push({ kind: 'free_iova', text: freeText(a.pfn ?? 0, a.size ?? 0), line: e.line });
-    else if (e.kind === 'map') out.push({ kind: 'map', text: mapText(a.iova ?? 0, a.paddr ?? 0, a.size ?? 0), line: e.line });
-    else if (e.kind === 'unmap') out.push({ kind: 'unmap', text: unmapText(a.iova ?? 0, a.size ?? 0), line: e.line });
+    } else if (e.kind === 'free_iova')
+      out.push({ kind: 'free_iova', text: freeText(a.pfn ?? 0, a.size ?? 0), line: e.line });
+    else if (e.kind === 'map')
+      out.push({ kind: 'map', text: mapText(a.iova ?? 0, a.paddr ?? 0, a.size ?? 0), line: e.line });
+    else if (e.kind === 'unmap')
+      out.push({ kind: 'unmap', text: unmapText(a.iova ?? 0, a.size ?? 0), line: e.line });
   }
   return out;
 }
@@ -239,7 +245,13 @@ export function replayDmaIommu(trace: KernelTrace): ReplayResult {
       fn();
     } catch (err) {
       if (err instanceof DmaError || err instanceof IommuError) {
-        diverge(seg.op.line, seg.op.kind, 'the model refused the recorded call', `${seg.op.kind} as recorded`, err.message);
+        diverge(
+          seg.op.line,
+          seg.op.kind,
+          'the model refused the recorded call',
+          `${seg.op.kind} as recorded`,
+          err.message,
+        );
       }
       throw err;
     }
@@ -247,7 +259,13 @@ export function replayDmaIommu(trace: KernelTrace): ReplayResult {
 
   try {
     if (stray !== undefined) {
-      diverge(stray.line, stray.kind, 'allocator or map event before any recorded DMA API call', 'a DMA API call', 'none');
+      diverge(
+        stray.line,
+        stray.kind,
+        'allocator or map event before any recorded DMA API call',
+        'a DMA API call',
+        'none',
+      );
     }
     for (const seg of segments) {
       const op = seg.op;
@@ -264,7 +282,8 @@ export function replayDmaIommu(trace: KernelTrace): ReplayResult {
       switch (op.kind) {
         case 'map_page': {
           const m = firstOf(seg, 'map');
-          if (m === undefined) diverge(op.line, op.kind, 'no map event follows: cannot rebuild the request', 'map', 'none');
+          if (m === undefined)
+            diverge(op.line, op.kind, 'no map event follows: cannot rebuild the request', 'map', 'none');
           const phys = (m?.args.paddr ?? 0) + ((a.off ?? 0) % KERNEL_IOVA_GRANULE);
           if (rearmSac) dev.pci32bitWorkaround = true;
           modelCall(seg, () => {
@@ -276,10 +295,14 @@ export function replayDmaIommu(trace: KernelTrace): ReplayResult {
         case 'dma_alloc':
         case 'map_sg': {
           const pages = recordedPages(seg);
-          if (pages.length === 0) diverge(op.line, op.kind, 'no map event follows: cannot rebuild the request', 'map', 'none');
+          if (pages.length === 0)
+            diverge(op.line, op.kind, 'no map event follows: cannot rebuild the request', 'map', 'none');
           if (rearmSac) dev.pci32bitWorkaround = true;
           const dir = op.kind === 'dma_alloc' ? DMA_BIDIRECTIONAL : asDir(a.dir);
-          if (op.kind === 'dma_alloc' && firstOf(seg, 'map') === seg.events.filter((e) => e.kind === 'map').at(-1)) {
+          if (
+            op.kind === 'dma_alloc' &&
+            firstOf(seg, 'map') === seg.events.filter((e) => e.kind === 'map').at(-1)
+          ) {
             // one contiguous run: iommu_dma_alloc -> __iommu_dma_map of the pages
             modelCall(seg, () => {
               const dma = iommuDmaMapPhys(dev, pages[0] as number, a.size ?? 0, dir, 0);
@@ -303,13 +326,29 @@ export function replayDmaIommu(trace: KernelTrace): ReplayResult {
         case 'unmap_sg':
         case 'dma_free': {
           const u = firstOf(seg, 'unmap');
-          if (u === undefined) diverge(op.line, op.kind, 'no unmap event follows: cannot tell which mapping', 'unmap', 'none');
+          if (u === undefined)
+            diverge(op.line, op.kind, 'no unmap event follows: cannot tell which mapping', 'unmap', 'none');
           const iova = u?.args.iova ?? 0;
-          const m = live.get(iova) ?? [...live.entries()].find(([k]) => k - (k % KERNEL_IOVA_GRANULE) === iova)?.[1];
-          if (m === undefined) diverge(op.line, op.kind, 'the model has nothing mapped at the recorded address', hx(iova), 'no mapping');
+          const m =
+            live.get(iova) ?? [...live.entries()].find(([k]) => k - (k % KERNEL_IOVA_GRANULE) === iova)?.[1];
+          if (m === undefined)
+            diverge(
+              op.line,
+              op.kind,
+              'the model has nothing mapped at the recorded address',
+              hx(iova),
+              'no mapping',
+            );
           modelCall(seg, () => {
             if (m?.kind === 'sg') iommuDmaUnmapSg(dev, m.sgl, m.nents, m.dir, 0);
-            else iommuDmaUnmapPhys(dev, iova, op.kind === 'dma_free' ? (a.size ?? 0) : (m?.size ?? 0), asDir(a.dir), 0);
+            else
+              iommuDmaUnmapPhys(
+                dev,
+                iova,
+                op.kind === 'dma_free' ? (a.size ?? 0) : (m?.size ?? 0),
+                asDir(a.dir),
+                0,
+              );
           });
           for (const k of live.keys()) if (k - (k % KERNEL_IOVA_GRANULE) === iova) live.delete(k);
           break;
@@ -317,10 +356,22 @@ export function replayDmaIommu(trace: KernelTrace): ReplayResult {
         case 'fq_timeout': {
           const fq = cookie.fq;
           if (fq === undefined || !fq.timerArmed || deadline < 0) {
-            diverge(op.line, op.kind, 'the kernel flush-queue timer fired but the model has none armed', 'timer expiry', 'no timer');
+            diverge(
+              op.line,
+              op.kind,
+              'the kernel flush-queue timer fired but the model has none armed',
+              'timer expiry',
+              'no timer',
+            );
           }
           if (deadline > rel) {
-            diverge(op.line, op.kind, 'the kernel flushed before the model timer was due', `${rel} ns`, `due at ${deadline} ns`);
+            diverge(
+              op.line,
+              op.kind,
+              'the kernel flushed before the model timer was due',
+              `${rel} ns`,
+              `due at ${deadline} ns`,
+            );
           }
           maxLateNs = Math.max(maxLateNs, rel - deadline);
           machine.clock.advance(deadline - machine.clock.nowNs);
@@ -333,7 +384,8 @@ export function replayDmaIommu(trace: KernelTrace): ReplayResult {
       }
       if (lazy && cookie.fq !== undefined) {
         if (!cookie.fq.timerArmed) deadline = -1;
-        else if (!armedBefore || op.kind === 'fq_timeout') deadline = machine.clock.nowNs + IOVA_DEFAULT_FQ_TIMEOUT * 1e6;
+        else if (!armedBefore || op.kind === 'fq_timeout')
+          deadline = machine.clock.nowNs + IOVA_DEFAULT_FQ_TIMEOUT * 1e6;
       }
       compareSteps(seg, steps.slice(first), compared, diverge);
     }
@@ -362,10 +414,22 @@ function compareSteps(
     const k = kernel[i];
     const m = model[i];
     if (k === undefined) {
-      diverge(seg.op.line, (m as Step).kind, `the model did more in ${seg.op.kind} than the kernel`, 'nothing', (m as Step).text);
+      diverge(
+        seg.op.line,
+        (m as Step).kind,
+        `the model did more in ${seg.op.kind} than the kernel`,
+        'nothing',
+        (m as Step).text,
+      );
     }
     if (m === undefined || m.text !== k?.text) {
-      diverge(k?.line ?? seg.op.line, k?.kind ?? '', `${seg.op.kind}: step ${i + 1} differs`, k?.text ?? '', m?.text ?? 'nothing');
+      diverge(
+        k?.line ?? seg.op.line,
+        k?.kind ?? '',
+        `${seg.op.kind}: step ${i + 1} differs`,
+        k?.text ?? '',
+        m?.text ?? 'nothing',
+      );
     }
     countCompared(compared, (k as Step).kind);
   }

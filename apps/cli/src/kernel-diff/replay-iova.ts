@@ -14,13 +14,7 @@
  *   so a trace where the capacity mattered is visible.
  */
 import { IommuError, type IovaDomain } from '@iovalink/iommu';
-import {
-  countCompared,
-  type Divergence,
-  DivergenceFound,
-  hx,
-  type ReplayResult,
-} from './divergence.js';
+import { countCompared, type Divergence, DivergenceFound, hx, type ReplayResult } from './divergence.js';
 import { kernelIovaDomain, replayMachine } from './kernel-domain.js';
 import type { KernelEvent, KernelTrace } from './kernel-trace.js';
 
@@ -66,7 +60,14 @@ export function replayIovaAllocator(trace: KernelTrace): ReplayResult {
     return d;
   };
   const diverge = (e: KernelEvent, what: string, kernel: string, model: string): never => {
-    const divergence: Divergence = { replay: 'iova-allocator', line: e.line, kind: e.kind, what, kernel, model };
+    const divergence: Divergence = {
+      replay: 'iova-allocator',
+      line: e.line,
+      kind: e.kind,
+      what,
+      kernel,
+      model,
+    };
     throw new DivergenceFound(divergence);
   };
   let divergence: Divergence | undefined;
@@ -102,7 +103,12 @@ export function replayIovaAllocator(trace: KernelTrace): ReplayResult {
           iovad.freeIovaFast(pfn, size);
         } catch (err) {
           if (!(err instanceof IommuError)) throw err;
-          diverge(e, 'the model refuses this free_iova_fast', `free pfn ${hx(pfn)} size ${size}`, err.message);
+          diverge(
+            e,
+            'the model refuses this free_iova_fast',
+            `free pfn ${hx(pfn)} size ${size}`,
+            err.message,
+          );
         }
         countCompared(compared, 'free_iova');
         noteRcache(iovad, hw);

@@ -13,7 +13,16 @@
  * (`dma_set_min_align_mask` in drivers/nvme/host/pci.c); the replay passes that mask, since the
  * kprobe cannot read it from the device.
  */
-import { type DmaDataDirection, DMA_MAPPING_ERROR, DmaError, IO_TLB_SIZE, IoTlbMem, swiotlbTblMapSingle, swiotlbTblUnmapSingle, type SwiotlbSlotSearch } from '@iovalink/dma-api';
+import {
+  DMA_MAPPING_ERROR,
+  type DmaDataDirection,
+  DmaError,
+  IO_TLB_SIZE,
+  IoTlbMem,
+  type SwiotlbSlotSearch,
+  swiotlbTblMapSingle,
+  swiotlbTblUnmapSingle,
+} from '@iovalink/dma-api';
 import { countCompared, type Divergence, DivergenceFound, hx, type ReplayResult } from './divergence.js';
 import { replayMachine } from './kernel-domain.js';
 import type { KernelEvent, KernelTrace } from './kernel-trace.js';
@@ -46,7 +55,12 @@ export function replaySwiotlb(trace: KernelTrace): ReplayResult {
   };
   try {
     if (poolStart === undefined || nslabs === undefined) {
-      diverge(firstMap, 'tbl_map events lack pool= and nslabs= (record with tools/kernel-record/probes.txt)', 'pool start', 'unknown');
+      diverge(
+        firstMap,
+        'tbl_map events lack pool= and nslabs= (record with tools/kernel-record/probes.txt)',
+        'pool start',
+        'unknown',
+      );
     }
     let maxOrig = 0;
     for (const e of maps) maxOrig = Math.max(maxOrig, (e.args.orig ?? 0) + (e.args.mapsize ?? 0));
@@ -62,7 +76,9 @@ export function replaySwiotlb(trace: KernelTrace): ReplayResult {
     );
     const [major, minor] = trace.header.kernelVersion;
     if (major === 6 && minor > 1 && minor < 9) {
-      notes.push(`kernel ${major}.${minor}: its swiotlb slot-search rules lie between v6.1 and v6.9 and are not modeled; a slot divergence may be that difference`);
+      notes.push(
+        `kernel ${major}.${minor}: its swiotlb slot-search rules lie between v6.1 and v6.9 and are not modeled; a slot divergence may be that difference`,
+      );
     }
     const modelAddrOf = (kernelTlb: number): number => {
       const rel = kernelTlb - (poolStart ?? 0);
@@ -80,14 +96,32 @@ export function replaySwiotlb(trace: KernelTrace): ReplayResult {
         machine.setCpu(Math.min(e.cpu, machine.cpus - 1));
         const { orig = 0, mapsize = 0, allocsize = 0, align = 0, dir = 0 } = call.args;
         if (allocsize !== mapsize) {
-          diverge(call, 'alloc_size differs from mapping_size: the model (v6.10+) has no separate alloc_size', `${allocsize}`, `${mapsize}`);
+          diverge(
+            call,
+            'alloc_size differs from mapping_size: the model (v6.10+) has no separate alloc_size',
+            `${allocsize}`,
+            `${mapsize}`,
+          );
         }
         let tlb: number;
         try {
-          tlb = swiotlbTblMapSingle(mem, orig, mapsize, align, NVME_MIN_ALIGN_MASK, dir as DmaDataDirection, 0);
+          tlb = swiotlbTblMapSingle(
+            mem,
+            orig,
+            mapsize,
+            align,
+            NVME_MIN_ALIGN_MASK,
+            dir as DmaDataDirection,
+            0,
+          );
         } catch (err) {
           if (!(err instanceof DmaError)) throw err;
-          tlb = diverge(call, 'the model refused the recorded bounce', `orig ${hx(orig)} size ${mapsize}`, err.message);
+          tlb = diverge(
+            call,
+            'the model refused the recorded bounce',
+            `orig ${hx(orig)} size ${mapsize}`,
+            err.message,
+          );
         }
         const kernelTlb = e.args.tlb ?? -1;
         countCompared(compared, 'tbl_map');
@@ -95,7 +129,12 @@ export function replaySwiotlb(trace: KernelTrace): ReplayResult {
         const modelFailed = tlb === DMA_MAPPING_ERROR;
         if (kernelFailed || modelFailed) {
           if (kernelFailed !== modelFailed) {
-            diverge(e, 'one side found no free slots', kernelFailed ? 'no slots' : hx(kernelTlb), modelFailed ? 'no slots' : hx(tlb));
+            diverge(
+              e,
+              'one side found no free slots',
+              kernelFailed ? 'no slots' : hx(kernelTlb),
+              modelFailed ? 'no slots' : hx(tlb),
+            );
           }
           continue;
         }
