@@ -7,7 +7,13 @@ import { Machine } from '@iovalink/iommu';
 import { describe, expect, it } from 'vitest';
 import { DMA_TO_DEVICE } from '../src/dma-direction.js';
 import { DmaError } from '../src/errors.js';
-import { IO_TLB_SIZE, IoTlbMem, type SwiotlbSlotSearch, swiotlbTblMapSingle, swiotlbTblUnmapSingle } from '../src/swiotlb.js';
+import {
+  IO_TLB_SIZE,
+  IoTlbMem,
+  type SwiotlbSlotSearch,
+  swiotlbTblMapSingle,
+  swiotlbTblUnmapSingle,
+} from '../src/swiotlb.js';
 
 const NVME_MIN_ALIGN = 0xfff;
 
@@ -26,7 +32,9 @@ describe('IoTlbMem slotSearch', () => {
   it("defaults to 'current' and rejects unknown rules", () => {
     expect(pool().mem.slotSearch).toBe('current');
     const machine = new Machine({ memSize: 64 << 20, cpus: 1 });
-    expect(() => IoTlbMem.create(machine, { size: 1 << 20, slotSearch: 'v5' as SwiotlbSlotSearch })).toThrow(DmaError);
+    expect(() => IoTlbMem.create(machine, { size: 1 << 20, slotSearch: 'v5' as SwiotlbSlotSearch })).toThrow(
+      DmaError,
+    );
   });
 
   for (const [rules, expectedSlot] of [
