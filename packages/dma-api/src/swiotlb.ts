@@ -620,7 +620,8 @@ function swiotlbSearchPoolArea(
     index = wrapAreaIndex(mem, alignUp(index, stride));
   } else {
     // allocations of a page or more stay page-aligned when nobody asked for an alignment
-    if (allocAlignMask === 0 && iotlbAlignMask === 0 && allocSize >= PAGE_SIZE) allocAlignMask = PAGE_SIZE - 1;
+    if (allocAlignMask === 0 && iotlbAlignMask === 0 && allocSize >= PAGE_SIZE)
+      allocAlignMask = PAGE_SIZE - 1;
     allocAlignMask = or32(allocAlignMask, IO_TLB_SIZE - 1);
     iotlbAlignMask = (iotlbAlignMask & ~allocAlignMask) >>> 0;
     stride = getMaxSlots(Math.max(allocAlignMask, iotlbAlignMask));
