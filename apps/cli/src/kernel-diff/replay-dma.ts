@@ -299,10 +299,7 @@ export function replayDmaIommu(trace: KernelTrace): ReplayResult {
             diverge(op.line, op.kind, 'no map event follows: cannot rebuild the request', 'map', 'none');
           if (rearmSac) dev.pci32bitWorkaround = true;
           const dir = op.kind === 'dma_alloc' ? DMA_BIDIRECTIONAL : asDir(a.dir);
-          if (
-            op.kind === 'dma_alloc' &&
-            firstOf(seg, 'map') === seg.events.filter((e) => e.kind === 'map').at(-1)
-          ) {
+          if (op.kind === 'dma_alloc' && seg.events.filter((e) => e.kind === 'map').length === 1) {
             // one contiguous run: iommu_dma_alloc -> __iommu_dma_map of the pages
             modelCall(seg, () => {
               const dma = iommuDmaMapPhys(dev, pages[0] as number, a.size ?? 0, dir, 0);
