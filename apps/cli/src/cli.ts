@@ -9,6 +9,7 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { type BenchBlockOptions, benchBlock, parseSizes } from './commands/bench-block.js';
 import { benchMap } from './commands/bench-map.js';
 import { type DemoOptions, demo } from './commands/demo.js';
+import { registerKernelDiff } from './commands/kernel-diff.js';
 import { registerServe } from './commands/serve.js';
 import { TRACE_CLOCKS, type TraceOptions, trace } from './commands/trace.js';
 import { costModelOption, hwOption, intOption, iommuOption, seedOption } from './options.js';
@@ -152,6 +153,7 @@ export function buildProgram(out: (s: string) => void = (s) => process.stdout.wr
     .action(async (o: BenchBlockOptions) => out(await benchBlock(o)));
 
   registerServe(program);
+  registerKernelDiff(program, out);
 
   return program;
 }

@@ -165,6 +165,7 @@ export {
   IoTlbMem,
   type IoTlbMemOptions,
   isSwiotlbBuffer,
+  type SwiotlbSlotSearch,
   swiotlbMaxMappingSize,
   swiotlbOrigAddr,
   swiotlbSyncSingleForCpu,

@@ -77,7 +77,22 @@ export interface IoTlbMemOptions {
   size?: number;
   /** Number of areas (default the machine's CPU count); 0 means 1, rounded up to a power of two. */
   nareas?: number;
+  /** Which kernel's slot-search alignment rules the pool follows (default `'current'`). */
+  slotSearch?: SwiotlbSlotSearch;
 }
+
+/**
+ * The slot-search alignment rules of a pool. `'current'` (v6.9 and later, as modeled): every
+ * candidate slot is checked against the allocation alignment and the min-align bits above it, and
+ * an allocation of a page or more is page-aligned only when no other alignment is asked for.
+ * `'v6.1'` (`swiotlb_do_find_slots` of v6.1, confirmed against a recorded Debian 6.1 kernel by
+ * `iovalink kernel-diff`): only the min-align bits above the slot size are checked per candidate;
+ * the search starts at the area index rounded up to the stride, where the stride is the slot count
+ * of those bits, doubled for allocations of a page or more, and at least the allocation alignment's
+ * slot count. With NVMe's 4 KiB - 1 `min_align_mask`, a page-sized bounce then starts on a
+ * 4-slot boundary in v6.1 but a 2-slot boundary now.
+ */
+export type SwiotlbSlotSearch = 'current' | 'v6.1';
 
 /**
  * A swiotlb pool (kernel: `struct io_tlb_mem` with its one `struct io_tlb_pool` and its
@@ -94,6 +109,8 @@ export class IoTlbMem {
   readonly machine: Machine;
   /** Number of areas (power of two; kernel: `nareas`). */
   readonly nareas: number;
+  /** The slot-search alignment rules (see `SwiotlbSlotSearch`). */
+  readonly slotSearch: SwiotlbSlotSearch;
   /** Slots per area, a multiple of `IO_TLB_SEGSIZE` (kernel: `area_nslabs`). */
   readonly areaNslabs: number;
   /** The areas (kernel: `areas`). */
@@ -124,8 +141,15 @@ export class IoTlbMem {
   readonly #blockBytes: number;
   #destroyed = false;
 
-  private constructor(machine: Machine, blocks: number[], order: number, nareas: number) {
+  private constructor(
+    machine: Machine,
+    blocks: number[],
+    order: number,
+    nareas: number,
+    slotSearch: SwiotlbSlotSearch,
+  ) {
     this.machine = machine;
+    this.slotSearch = slotSearch;
     this.blocks = blocks;
     this.blockOrder = order;
     this.slotsPerBlock = SLABS_PER_PAGE << order;
@@ -165,6 +189,12 @@ export class IoTlbMem {
         rule: 'swiotlb_init: size',
       });
     }
+    const slotSearch = options.slotSearch ?? 'current';
+    if (slotSearch !== 'current' && slotSearch !== 'v6.1') {
+      throw new DmaError(`swiotlb_init_late: slotSearch '${String(slotSearch)}' is not 'current' or 'v6.1'`, {
+        rule: 'swiotlb_init: slotSearch',
+      });
+    }
     const want = options.nareas ?? machine.cpus;
     if (!(Number.isInteger(want) && want >= 0 && want <= 4096)) {
       throw new DmaError(`swiotlb_init_late: nareas ${want} outside 0..4096`, {
@@ -198,7 +228,7 @@ export class IoTlbMem {
       blocks.push(phys);
     }
     for (const b of blocks) machine.phys.fill(b, PAGE_SIZE * 2 ** order, 0);
-    return new IoTlbMem(machine, blocks, order, nareas);
+    return new IoTlbMem(machine, blocks, order, nareas, slotSearch);
   }
 
   /** Slots in the pool, 0 once destroyed (kernel: `nslabs`). */
@@ -577,15 +607,28 @@ function swiotlbSearchPoolArea(
   const nslots = nrSlots(allocSize);
   const offset = swiotlbAlignOffset(minAlignMask, 0, origAddr);
   let iotlbAlignMask = minAlignMask;
-  // allocations of a page or more stay page-aligned when nobody asked for an alignment
-  if (allocAlignMask === 0 && iotlbAlignMask === 0 && allocSize >= PAGE_SIZE) allocAlignMask = PAGE_SIZE - 1;
-  allocAlignMask = or32(allocAlignMask, IO_TLB_SIZE - 1);
-  iotlbAlignMask = (iotlbAlignMask & ~allocAlignMask) >>> 0;
-  const stride = getMaxSlots(Math.max(allocAlignMask, iotlbAlignMask));
+  let stride: number;
+  let index = area.index;
+  if (mem.slotSearch === 'v6.1') {
+    // v6.1: the per-candidate check sees only the min-align bits above a slot; the allocation
+    // alignment and the page rule act through the stride and the aligned starting index alone
+    iotlbAlignMask = (minAlignMask & ~(IO_TLB_SIZE - 1)) >>> 0;
+    stride = (iotlbAlignMask >>> IO_TLB_SHIFT) + 1;
+    if (allocSize >= PAGE_SIZE) stride = Math.max(stride, stride * 2 ** (PAGE_SHIFT - IO_TLB_SHIFT));
+    stride = Math.max(stride, Math.floor(allocAlignMask / IO_TLB_SIZE) + 1);
+    allocAlignMask = 0;
+    index = wrapAreaIndex(mem, alignUp(index, stride));
+  } else {
+    // allocations of a page or more stay page-aligned when nobody asked for an alignment
+    if (allocAlignMask === 0 && iotlbAlignMask === 0 && allocSize >= PAGE_SIZE)
+      allocAlignMask = PAGE_SIZE - 1;
+    allocAlignMask = or32(allocAlignMask, IO_TLB_SIZE - 1);
+    iotlbAlignMask = (iotlbAlignMask & ~allocAlignMask) >>> 0;
+    stride = getMaxSlots(Math.max(allocAlignMask, iotlbAlignMask));
+  }
 
   if (nslots > mem.areaNslabs - area.used) return -1;
   const slotBase = areaIndex * mem.areaNslabs;
-  let index = area.index;
   for (let checked = 0; checked < mem.areaNslabs; ) {
     const slotIndex = slotBase + index;
     const tlbAddr = mem.slotAddr(slotIndex);
