@@ -30,7 +30,7 @@
  * mapped — and `pages` the pages of those buffers (record-header buffers included).
  */
 import { dmaDebugDeviceTeardown, IOVA_DEFAULT_FQ_TIMEOUT } from '@iovalink/dma-api';
-import { COUNTER_NAMES, type CounterSnapshot, diffCounters, PAGE_SIZE } from '@iovalink/iommu';
+import { alignUp, COUNTER_NAMES, type CounterSnapshot, diffCounters, PAGE_SIZE } from '@iovalink/iommu';
 import {
   MLX5_META_KINDS,
   type Mlx5VfMigrationFile,
@@ -282,7 +282,7 @@ export function vfioWorkload(
       return {
         name,
         subsystem: 'vfio',
-        bytesPerOp: Math.ceil(size.stateBytes / PAGE_SIZE) * PAGE_SIZE,
+        bytesPerOp: alignUp(size.stateBytes, PAGE_SIZE),
         paths: [sg.result, iova.result],
         sim,
       };
