@@ -16,6 +16,7 @@
  * changes.
  */
 import {
+  alignDown,
   alignUp,
   hex,
   lo32,
@@ -361,7 +362,7 @@ export function swiotlbTblMapSingle(
   swiotlbBounce(mem, tlbAddr, mappingSize, DMA_TO_DEVICE);
   if (untrusted) {
     const granule = allocAlignMask + 1;
-    const preStart = Math.floor(tlbAddr / granule) * granule;
+    const preStart = alignDown(tlbAddr, granule);
     mem.machine.phys.fill(preStart, tlbAddr - preStart, 0);
     const postStart = tlbAddr + mappingSize;
     mem.machine.phys.fill(postStart, alignUp(postStart, granule) - postStart, 0);

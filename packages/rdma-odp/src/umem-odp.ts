@@ -28,7 +28,7 @@
  * `hmm_range_fault`, before the lock).
  */
 import { DMA_BIDIRECTIONAL } from '@iovalink/dma-api';
-import { Errno, PAGE_SHIFT, PAGE_SIZE } from '@iovalink/iommu';
+import { alignDown, Errno, PAGE_SHIFT, PAGE_SIZE } from '@iovalink/iommu';
 import { OdpError } from './errors.js';
 import {
   HMM_PFN_DMA_MAPPED,
@@ -186,7 +186,7 @@ export class IbUmemOdp {
 
   /** First byte covered, rounded down to the umem page (kernel: `ib_umem_start`). */
   get start(): number {
-    return Math.floor(this.address / PAGE_SIZE) * PAGE_SIZE;
+    return alignDown(this.address, PAGE_SIZE);
   }
 
   /** End of the range, rounded up to the umem page (kernel: `ib_umem_end`). */
@@ -413,7 +413,7 @@ export function ibUmemOdpMapDmaAndLock(
   if (mm.mmUsers <= 0) return -Errno.EINVAL;
   const machine = umem.ibdev.machine;
   const pageSize = 1 << umem.pageShift;
-  const rangeStart = Math.floor(userVirt / pageSize) * pageSize;
+  const rangeStart = alignDown(userVirt, pageSize);
   const rangeEnd = Math.ceil((userVirt + bcnt) / pageSize) * pageSize;
   const pfnStartIdx = (rangeStart - umem.start) / PAGE_SIZE;
   const numPfns = (rangeEnd - rangeStart) / PAGE_SIZE;
