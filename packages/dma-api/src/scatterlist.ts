@@ -17,6 +17,11 @@
  * rounding (kmalloc-96, kmalloc-192, …) is not modelled; free functions reset the whole table (the
  * kernel clears only `sgl`); misuse the kernel would crash on (NULL dereference, BUG_ON) throws
  * `DmaError` with the state unchanged.
+ *
+ * Size: about 970 lines in one file because it mirrors one kernel file, lib/scatterlist.c (about
+ * 1,400 lines in v6.x: `extract_kvec_to_sg` reaches line 1,260), with the inline helpers of
+ * include/linux/scatterlist.h that its functions use; the iov_iter extraction and the sg_miter
+ * page iterator are not modelled.
  */
 import { Errno, type Machine, PAGE_SIZE, SG_DMA_BUS_ADDRESS } from '@iovalink/iommu';
 import { DmaError } from './errors.js';
