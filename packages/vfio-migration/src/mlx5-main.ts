@@ -731,26 +731,28 @@ function nullOrErrno(ret: number): null | number {
   return ret !== 0 ? ret : null;
 }
 
-/** SUSPEND_VHCA with each op_mod in turn, stopping at the first failure (kernel: `mlx5vf_cmd_suspend_vhca`). */
-function mlx5vfSuspendArc(...opMods: number[]): Mlx5vfArc {
+/** A VHCA command taking an op_mod: `mlx5vf_cmd_suspend_vhca` or `mlx5vf_cmd_resume_vhca`. */
+type Mlx5vfVhcaCmd = (mvdev: Mlx5vfPciCoreDevice, opMod: number) => number;
+
+/** The command with each op_mod in turn, stopping at the first failure. */
+function mlx5vfVhcaArc(cmd: Mlx5vfVhcaCmd, opMods: readonly number[]): Mlx5vfArc {
   return (mvdev) => {
     for (const opMod of opMods) {
-      const ret = mlx5vfCmdSuspendVhca(mvdev, opMod);
+      const ret = cmd(mvdev, opMod);
       if (ret !== 0) return ret;
     }
     return null;
   };
 }
 
-/** RESUME_VHCA with each op_mod in turn, stopping at the first failure (kernel: `mlx5vf_cmd_resume_vhca`). */
+/** SUSPEND_VHCA with each op_mod in turn (kernel: `mlx5vf_cmd_suspend_vhca`). */
+function mlx5vfSuspendArc(...opMods: number[]): Mlx5vfArc {
+  return mlx5vfVhcaArc(mlx5vfCmdSuspendVhca, opMods);
+}
+
+/** RESUME_VHCA with each op_mod in turn (kernel: `mlx5vf_cmd_resume_vhca`). */
 function mlx5vfResumeArc(...opMods: number[]): Mlx5vfArc {
-  return (mvdev) => {
-    for (const opMod of opMods) {
-      const ret = mlx5vfCmdResumeVhca(mvdev, opMod);
-      if (ret !== 0) return ret;
-    }
-    return null;
-  };
+  return mlx5vfVhcaArc(mlx5vfCmdResumeVhca, opMods);
 }
 
 /**

@@ -29,9 +29,9 @@ import { type AllocatedBuffer, allocIoBuffer } from '@iovalink/blk-mq/testing';
 import { type Device, dmaDebugDeviceTeardown, IOVA_DEFAULT_FQ_TIMEOUT } from '@iovalink/dma-api';
 import { type CounterSnapshot, diffCounters, type Machine, PAGE_SIZE, Prng } from '@iovalink/iommu';
 import { type DmaPath, mappingMeta, type WorkloadResult } from '../results.js';
-import { createRig } from '../rig.js';
 import {
   type ChunkTime,
+  createPathRig,
   fnv1a,
   type PathOutcome,
   type PathSession,
@@ -182,14 +182,7 @@ class BlockPathSession implements PathSession<BlockRunStats> {
   #next: BlockIo | undefined;
 
   constructor(c: BlockCase, path: DmaPath, ctx: WorkloadContext, queueDepth: number) {
-    const rig = createRig({
-      iommu: ctx.iommu,
-      ...(ctx.hw === undefined ? {} : { hw: ctx.hw }),
-      seed: ctx.seed,
-      debug: ctx.debug,
-      memSize: 2 * 2 ** 30,
-    });
-    ctx.onMachine?.(rig.machine, path);
+    const rig = createPathRig(ctx, path, 2 * 2 ** 30);
     this.#c = c;
     this.#path = path;
     this.#machine = rig.machine;
