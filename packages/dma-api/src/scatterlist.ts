@@ -891,14 +891,7 @@ export function sgAllocTableFromPages(
  * machine's physical memory is written directly.
  */
 export function sgCopyFromBuffer(machine: Machine, sgl: Scatterlist, nents: number, buf: Uint8Array): number {
-  let done = 0;
-  for (const s of sgIter(sgl, nents)) {
-    if (done >= buf.length) break;
-    const len = Math.min(s.length, buf.length - done);
-    machine.phys.write(sgPhys(s), buf.subarray(done, done + len));
-    done += len;
-  }
-  return done;
+  return sgCopyBuffer(machine, sgl, nents, buf, false);
 }
 
 /**
@@ -906,11 +899,27 @@ export function sgCopyFromBuffer(machine: Machine, sgl: Scatterlist, nents: numb
  * (kernel: `sg_copy_to_buffer`, lib/scatterlist.c). Returns the bytes copied.
  */
 export function sgCopyToBuffer(machine: Machine, sgl: Scatterlist, nents: number, buf: Uint8Array): number {
+  return sgCopyBuffer(machine, sgl, nents, buf, true);
+}
+
+/**
+ * Copies between `buf` and the memory of the first `nents` entries, entry by entry, up to the
+ * shorter of the two (kernel: `sg_copy_buffer` with no skip; its sg_miter walk is the entry loop).
+ */
+function sgCopyBuffer(
+  machine: Machine,
+  sgl: Scatterlist,
+  nents: number,
+  buf: Uint8Array,
+  toBuffer: boolean,
+): number {
   let done = 0;
   for (const s of sgIter(sgl, nents)) {
     if (done >= buf.length) break;
     const len = Math.min(s.length, buf.length - done);
-    machine.phys.readInto(sgPhys(s), buf.subarray(done, done + len));
+    const part = buf.subarray(done, done + len);
+    if (toBuffer) machine.phys.readInto(sgPhys(s), part);
+    else machine.phys.write(sgPhys(s), part);
     done += len;
   }
   return done;
