@@ -488,7 +488,12 @@ function ibUmemOdpHmmRange(
  * umem page is -EINVAL; legacy mode DMA-maps each valid page (snapshot: with the access its CPU
  * entry allows), hmm mode maps nothing here. Returns the number of umem pages walked, or -errno.
  */
-function ibUmemOdpMapFaultedPages(umem: IbUmemOdp, range: HmmRange, accessMask: number, fault: boolean): number {
+function ibUmemOdpMapFaultedPages(
+  umem: IbUmemOdp,
+  range: HmmRange,
+  accessMask: number,
+  fault: boolean,
+): number {
   const list = umem.pfnList;
   const legacy = umem.mode === 'legacy';
   const numPfns = (range.end - range.start) / PAGE_SIZE;
