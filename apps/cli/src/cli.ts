@@ -21,11 +21,27 @@ const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url),
 
 const int = intOption;
 
-export function buildProgram(out: (s: string) => void = (s) => process.stdout.write(`${s}\n`)): Command {
+/** Output sink of the commands: one string a call, printed as a line. */
+type Out = (s: string) => void;
+
+export function buildProgram(out: Out = (s) => process.stdout.write(`${s}\n`)): Command {
   const program = new Command('iovalink')
     .description('The Linux DMA-mapping stack as an executable model: scatterlist path vs two-step IOVA API')
     .version(pkg.version);
+  registerDemo(program, out);
+  registerTrace(program, out);
+  const bench = program
+    .command('bench')
+    .description('benchmarks: the dma_map_benchmark port and block sweeps');
+  registerBenchMap(bench, out);
+  registerBenchBlock(bench, out);
+  registerServe(program);
+  registerKernelDiff(program, out);
+  return program;
+}
 
+/** `iovalink demo`: the three workloads through both paths. */
+function registerDemo(program: Command, out: Out): void {
   program
     .command('demo')
     .description(
@@ -42,7 +58,10 @@ export function buildProgram(out: (s: string) => void = (s) => process.stdout.wr
     .option('--debug', 'check every mapping with dma-debug (slower)')
     .option('--no-progress', 'no progress bars')
     .action(async (o: DemoOptions) => out(await demo(o)));
+}
 
+/** `iovalink trace`: a short workload's DMA/IOMMU events as Chrome trace-event JSON. */
+function registerTrace(program: Command, out: Out): void {
   program
     .command('trace')
     .description(
@@ -64,10 +83,10 @@ export function buildProgram(out: (s: string) => void = (s) => process.stdout.wr
     .addOption(iommuOption())
     .addOption(seedOption())
     .action(async (o: TraceOptions) => out(await trace(o)));
+}
 
-  const bench = program
-    .command('bench')
-    .description('benchmarks: the dma_map_benchmark port and block sweeps');
+/** `iovalink bench map`: the dma_map_benchmark port. */
+function registerBenchMap(bench: Command, out: Out): void {
   bench
     .command('map')
     .description(
@@ -114,7 +133,10 @@ export function buildProgram(out: (s: string) => void = (s) => process.stdout.wr
     .option('--json', 'machine-readable output')
     .option('--csv', 'CSV output')
     .action((o: Parameters<typeof benchMap>[0] & { iommu: IommuMode }) => out(benchMap(o)));
+}
 
+/** `iovalink bench block`: request size × queue depth sweeps through the NVMe-style device. */
+function registerBenchBlock(bench: Command, out: Out): void {
   bench
     .command('block')
     .description('sweep request size × queue depth through the NVMe-style device, both mapping paths')
@@ -151,11 +173,6 @@ export function buildProgram(out: (s: string) => void = (s) => process.stdout.wr
     .option('--json', 'machine-readable output')
     .option('--csv', 'CSV output')
     .action(async (o: BenchBlockOptions) => out(await benchBlock(o)));
-
-  registerServe(program);
-  registerKernelDiff(program, out);
-
-  return program;
 }
 
 /** True when this file is the program being run (also through npm's bin symlink). */

@@ -107,7 +107,16 @@ ${rows}
 <script>${chartJsSource()}</script>
 <script id="report-data" type="application/json">${data}</script>
 <script>
-const { report, categories, labels } = JSON.parse(document.getElementById('report-data').textContent);
+${REPORT_SCRIPT}</script>
+</body></html>
+`;
+}
+
+/**
+ * The report's own script: reads the embedded JSON and draws the charts (modeled time by category
+ * and simulator time per workload, metadata per page), then marks the body rendered.
+ */
+const REPORT_SCRIPT = `const { report, categories, labels } = JSON.parse(document.getElementById('report-data').textContent);
 const paths = ['sg', 'iova'];
 const fmtNs = (ns) => {
   for (const [scale, unit] of [[1e9, 's'], [1e6, 'ms'], [1e3, 'µs']]) if (Math.abs(ns) >= scale) return +(ns / scale).toPrecision(3) + ' ' + unit;
@@ -148,7 +157,4 @@ new Chart(document.getElementById('memory'), {
     scales: { x: { beginAtZero: true, title: { display: true, text: 'bytes per 4 KiB page' } }, y: { ticks: { autoSkip: false } } } },
 });
 document.body.dataset.rendered = 'yes';
-</script>
-</body></html>
 `;
-}

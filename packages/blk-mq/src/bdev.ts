@@ -11,8 +11,7 @@
  * Differs on purpose: no page cache (every I/O is direct), no file position or EOF clamping (an
  * I/O past the end fails with BLK_STS_IOERR from the block layer), statuses instead of errnos.
  */
-import type { Machine } from '@iovalink/iommu';
-import { PAGE_SIZE } from '@iovalink/iommu';
+import { allocScatteredPageList, type Machine, PAGE_SIZE } from '@iovalink/iommu';
 import {
   BIO_MAX_VECS,
   type Bio,
@@ -101,8 +100,10 @@ export function allocIoPages(
     if (phys === 0) return null;
     return { buf: new IoBuffer([{ phys: phys + offset, len: bytes }]), allocs: [[phys, order]] };
   }
-  const picked = pickScatteredPages(machine, pages);
-  if (picked === null) return null;
+  const kept = allocScatteredPageList(machine.pages, pages);
+  if (kept === null) return null;
+  // a fragmented free list hands pages out in no particular order
+  const picked = machine.rng.shuffle(kept);
   const allocs: Array<[number, number]> = [];
   const segs: IoSegment[] = [];
   let left = bytes;
@@ -115,33 +116,6 @@ export function allocIoPages(
     left -= n;
   }
   return { buf: new IoBuffer(segs), allocs };
-}
-
-/**
- * `n` single pages of which no two are physically adjacent, in the machine's seeded random order.
- * Takes 2n pages, keeps every other one by address (so any two kept pages are at least one page
- * apart) and gives the others back only once the choice is made, so the allocator ends with
- * exactly the n kept pages taken. Null (nothing held) when memory runs out.
- */
-function pickScatteredPages(machine: Machine, n: number): number[] | null {
-  const alloc = machine.pages;
-  const taken: number[] = [];
-  for (let i = 0; i < 2 * n; i++) {
-    const phys = alloc.allocPages(0);
-    if (phys === 0) {
-      for (const p of taken) alloc.freePages(p, 0);
-      return null;
-    }
-    taken.push(phys);
-  }
-  taken.sort((a, b) => a - b);
-  const kept: number[] = [];
-  for (let i = 0; i < n; i++) {
-    kept.push(taken[2 * i]!);
-    alloc.freePages(taken[2 * i + 1]!, 0);
-  }
-  // a fragmented free list hands pages out in no particular order
-  return machine.rng.shuffle(kept);
 }
 
 /** An I/O operation of the face. */

@@ -65,30 +65,27 @@ function checkRange(name: string, v: number, lo: number, hi: number): void {
   }
 }
 
+/** The resolved parameters of a run. */
+type MapBenchmarkRun = MapBenchmarkResult['params'];
+
+/** Sums over the timed iterations (kernel: the `sum_map_100ns` … `loops` counters of the thread). */
+interface MapBenchmarkSums {
+  loops: number;
+  mapSum: number;
+  mapSq: number;
+  unmapSum: number;
+  unmapSq: number;
+  mapNsSum: number;
+  unmapNsSum: number;
+}
+
 /**
  * Runs the benchmark on `dev` (kernel: the `DMA_MAP_BENCHMARK` ioctl). Invalid parameters throw
  * the ioctl's -EINVAL as a `DmaError`; a failed map ends the run with -ENOMEM as the kernel's
  * thread does. The device's DMA mask is set to `dmaBits` for the run and restored after.
  */
 export function dmaMapBenchmark(dev: Device, params: MapBenchmarkParams = {}): MapBenchmarkResult {
-  const p = {
-    threads: params.threads ?? 1,
-    seconds: params.seconds ?? 20,
-    node: params.node ?? -1,
-    dmaBits: params.dmaBits ?? 32,
-    dmaDir: params.dmaDir ?? 0,
-    dmaTransNs: params.dmaTransNs ?? 0,
-    granule: params.granule ?? 1,
-    mode: params.mode ?? 'single',
-    loops: params.loops,
-  };
-  checkRange('threads', p.threads, 1, DMA_MAP_MAX_THREADS);
-  checkRange('seconds', p.seconds, 1, DMA_MAP_MAX_SECONDS);
-  checkRange('dma_bits', p.dmaBits, 20, 64);
-  checkRange('dma_dir', p.dmaDir, 0, 2);
-  checkRange('dma_trans_ns', p.dmaTransNs, 0, DMA_MAP_MAX_TRANS_DELAY);
-  checkRange('granule', p.granule, 1, 1024);
-  if (p.node !== -1 && p.node !== 0) checkRange('node', p.node, -1, 0);
+  const p = mapBenchmarkCheckParams(params);
   const dir: DmaDataDirection =
     p.dmaDir === 1 ? DMA_TO_DEVICE : p.dmaDir === 2 ? DMA_FROM_DEVICE : DMA_BIDIRECTIONAL;
   const machine = dev.machine;
@@ -113,78 +110,141 @@ export function dmaMapBenchmark(dev: Device, params: MapBenchmarkParams = {}): M
       if (dir !== DMA_FROM_DEVICE) machine.phys.fill(b, size, 0x66);
       bufs.push(b);
     }
-    let loops = 0;
-    let mapSum = 0;
-    let mapSq = 0;
-    let unmapSum = 0;
-    let unmapSq = 0;
-    let mapNsSum = 0;
-    let unmapNsSum = 0;
-    const state = new DmaIovaState();
-    const deadline = performance.now() + p.seconds * 1000;
-    const maxLoops = p.loops ?? Number.POSITIVE_INFINITY;
-    for (let i = 0; i < maxLoops; i++) {
-      if (p.loops === undefined && (i & 63) === 0 && performance.now() > deadline) break;
-      const t = i % p.threads;
-      machine.setCpu(t % machine.cpus);
-      const buf = bufs[t]!;
-      let addr = 0;
-      const m0 = performance.now();
-      if (p.mode === 'single') {
-        addr = dmaMapPage(dev, buf, 0, size, dir, 0);
-        if (dmaMappingError(dev, addr))
-          throw new DmaError('dma_map_benchmark: map failed', { rule: 'map_benchmark: -ENOMEM', errno: -12 });
-      } else {
-        if (!dmaIovaTryAlloc(dev, state, buf, size)) {
-          throw new DmaError('dma_map_benchmark: dma_iova_try_alloc failed (no IOMMU DMA domain?)', {
-            rule: 'map_benchmark: -ENOMEM',
-            errno: -12,
-          });
-        }
-        if (dmaIovaLink(dev, state, buf, 0, size, dir, 0) !== 0 || dmaIovaSync(dev, state, 0, size) !== 0) {
-          throw new DmaError('dma_map_benchmark: link failed', {
-            rule: 'map_benchmark: -ENOMEM',
-            errno: -12,
-          });
-        }
-      }
-      const m1 = performance.now();
-      if (p.dmaTransNs > 0) machine.clock.advance(p.dmaTransNs);
-      const u0 = performance.now();
-      if (p.mode === 'single') dmaUnmapPage(dev, addr, size, dir, 0);
-      else dmaIovaDestroy(dev, state, size, dir, 0);
-      const u1 = performance.now();
-      const mapNs = (m1 - m0) * 1e6;
-      const unmapNs = (u1 - u0) * 1e6;
-      const map100 = Math.floor(mapNs / 100);
-      const unmap100 = Math.floor(unmapNs / 100);
-      mapSum += map100;
-      mapSq += map100 * map100;
-      unmapSum += unmap100;
-      unmapSq += unmap100 * unmap100;
-      mapNsSum += mapNs;
-      unmapNsSum += unmapNs;
-      loops++;
-    }
+    const sums = mapBenchmarkThreads(dev, p, bufs, size, dir);
     machine.setCpu(0);
-    const avgMap = loops > 0 ? Math.floor(mapSum / loops) : 0;
-    const avgUnmap = loops > 0 ? Math.floor(unmapSum / loops) : 0;
-    const sd = (sq: number, avg: number): number =>
-      loops > 0 ? Math.floor(Math.sqrt(Math.max(0, sq / loops - avg * avg))) : 0;
-    return {
-      avgMap100ns: avgMap,
-      mapStddev: sd(mapSq, avgMap),
-      avgUnmap100ns: avgUnmap,
-      unmapStddev: sd(unmapSq, avgUnmap),
-      mapNs: loops > 0 ? mapNsSum / loops : 0,
-      unmapNs: loops > 0 ? unmapNsSum / loops : 0,
-      loops,
-      params: p,
-    };
+    return mapBenchmarkResult(sums, p);
   } finally {
     dev.dmaMask = oldMask;
     for (const b of bufs) machine.pages.freePages(b, order);
   }
+}
+
+/** The parameters with their defaults, checked as `map_benchmark_ioctl` checks them (-EINVAL). */
+function mapBenchmarkCheckParams(params: MapBenchmarkParams): MapBenchmarkRun {
+  const p = {
+    threads: params.threads ?? 1,
+    seconds: params.seconds ?? 20,
+    node: params.node ?? -1,
+    dmaBits: params.dmaBits ?? 32,
+    dmaDir: params.dmaDir ?? 0,
+    dmaTransNs: params.dmaTransNs ?? 0,
+    granule: params.granule ?? 1,
+    mode: params.mode ?? 'single',
+    loops: params.loops,
+  };
+  checkRange('threads', p.threads, 1, DMA_MAP_MAX_THREADS);
+  checkRange('seconds', p.seconds, 1, DMA_MAP_MAX_SECONDS);
+  checkRange('dma_bits', p.dmaBits, 20, 64);
+  checkRange('dma_dir', p.dmaDir, 0, 2);
+  checkRange('dma_trans_ns', p.dmaTransNs, 0, DMA_MAP_MAX_TRANS_DELAY);
+  checkRange('granule', p.granule, 1, 1024);
+  if (p.node !== -1 && p.node !== 0) checkRange('node', p.node, -1, 0);
+  return p;
+}
+
+/**
+ * The loop of `map_benchmark_thread`, the threads taking turns an iteration each on the machine's
+ * CPUs: map, wait the transfer delay (virtual clock), unmap, each call timed in simulator time.
+ */
+function mapBenchmarkThreads(
+  dev: Device,
+  p: MapBenchmarkRun,
+  bufs: readonly number[],
+  size: number,
+  dir: DmaDataDirection,
+): MapBenchmarkSums {
+  const machine = dev.machine;
+  const sums: MapBenchmarkSums = {
+    loops: 0,
+    mapSum: 0,
+    mapSq: 0,
+    unmapSum: 0,
+    unmapSq: 0,
+    mapNsSum: 0,
+    unmapNsSum: 0,
+  };
+  const state = new DmaIovaState();
+  const deadline = performance.now() + p.seconds * 1000;
+  const maxLoops = p.loops ?? Number.POSITIVE_INFINITY;
+  for (let i = 0; i < maxLoops; i++) {
+    if (p.loops === undefined && (i & 63) === 0 && performance.now() > deadline) break;
+    const t = i % p.threads;
+    machine.setCpu(t % machine.cpus);
+    const buf = bufs[t]!;
+    const m0 = performance.now();
+    const addr = mapBenchmarkMap(dev, p.mode, state, buf, size, dir);
+    const m1 = performance.now();
+    if (p.dmaTransNs > 0) machine.clock.advance(p.dmaTransNs);
+    const u0 = performance.now();
+    if (p.mode === 'single') dmaUnmapPage(dev, addr, size, dir, 0);
+    else dmaIovaDestroy(dev, state, size, dir, 0);
+    const u1 = performance.now();
+    const mapNs = (m1 - m0) * 1e6;
+    const unmapNs = (u1 - u0) * 1e6;
+    const map100 = Math.floor(mapNs / 100);
+    const unmap100 = Math.floor(unmapNs / 100);
+    sums.mapSum += map100;
+    sums.mapSq += map100 * map100;
+    sums.unmapSum += unmap100;
+    sums.unmapSq += unmap100 * unmap100;
+    sums.mapNsSum += mapNs;
+    sums.unmapNsSum += unmapNs;
+    sums.loops++;
+  }
+  return sums;
+}
+
+/**
+ * One timed map: `dma_map_single` in the kernel's mode, try_alloc + link + sync in ours. A failure
+ * ends the run as the kernel's thread does (-ENOMEM). Returns the DMA address (0 in link mode: the
+ * state holds it).
+ */
+function mapBenchmarkMap(
+  dev: Device,
+  mode: 'single' | 'link',
+  state: DmaIovaState,
+  buf: number,
+  size: number,
+  dir: DmaDataDirection,
+): number {
+  if (mode === 'single') {
+    const addr = dmaMapPage(dev, buf, 0, size, dir, 0);
+    if (dmaMappingError(dev, addr))
+      throw new DmaError('dma_map_benchmark: map failed', { rule: 'map_benchmark: -ENOMEM', errno: -12 });
+    return addr;
+  }
+  if (!dmaIovaTryAlloc(dev, state, buf, size)) {
+    throw new DmaError('dma_map_benchmark: dma_iova_try_alloc failed (no IOMMU DMA domain?)', {
+      rule: 'map_benchmark: -ENOMEM',
+      errno: -12,
+    });
+  }
+  if (dmaIovaLink(dev, state, buf, 0, size, dir, 0) !== 0 || dmaIovaSync(dev, state, 0, size) !== 0) {
+    throw new DmaError('dma_map_benchmark: link failed', {
+      rule: 'map_benchmark: -ENOMEM',
+      errno: -12,
+    });
+  }
+  return 0;
+}
+
+/** Averages and standard deviations in the tool's 100 ns units, as `do_map_benchmark` reports them. */
+function mapBenchmarkResult(sums: MapBenchmarkSums, p: MapBenchmarkRun): MapBenchmarkResult {
+  const loops = sums.loops;
+  const avgMap = loops > 0 ? Math.floor(sums.mapSum / loops) : 0;
+  const avgUnmap = loops > 0 ? Math.floor(sums.unmapSum / loops) : 0;
+  const sd = (sq: number, avg: number): number =>
+    loops > 0 ? Math.floor(Math.sqrt(Math.max(0, sq / loops - avg * avg))) : 0;
+  return {
+    avgMap100ns: avgMap,
+    mapStddev: sd(sums.mapSq, avgMap),
+    avgUnmap100ns: avgUnmap,
+    unmapStddev: sd(sums.unmapSq, avgUnmap),
+    mapNs: loops > 0 ? sums.mapNsSum / loops : 0,
+    unmapNs: loops > 0 ? sums.unmapNsSum / loops : 0,
+    loops,
+    params: p,
+  };
 }
 
 /** The tool's three output lines (tools/testing/selftests/dma/dma_map_benchmark.c). */

@@ -17,6 +17,11 @@
  * rounding (kmalloc-96, kmalloc-192, …) is not modelled; free functions reset the whole table (the
  * kernel clears only `sgl`); misuse the kernel would crash on (NULL dereference, BUG_ON) throws
  * `DmaError` with the state unchanged.
+ *
+ * Size: about 970 lines in one file because it mirrors one kernel file, lib/scatterlist.c (about
+ * 1,400 lines in v6.x: `extract_kvec_to_sg` reaches line 1,260), with the inline helpers of
+ * include/linux/scatterlist.h that its functions use; the iov_iter extraction and the sg_miter
+ * page iterator are not modelled.
  */
 import { Errno, type Machine, PAGE_SIZE, SG_DMA_BUS_ADDRESS } from '@iovalink/iommu';
 import { DmaError } from './errors.js';
@@ -658,6 +663,12 @@ interface AppendUndo {
   links: Scatterlist[];
   /** Pre-existing slots this call filled. */
   filled: Scatterlist[];
+  /** The table's last entry before the call, and its length then. */
+  prv: Scatterlist | null;
+  prvLen: number;
+  /** The table's first chunk and `total_nents` before the call. */
+  sgl: Scatterlist | null;
+  totalNents: number;
 }
 
 /**
@@ -696,93 +707,119 @@ export function sgAllocAppendTableFromPages(
   if (maxSegment < PAGE_SIZE) return -Errno.EINVAL;
 
   const prv = sgtAppend.prv;
-  let s: Scatterlist | null = prv;
-  let p = 0; // index of the first page not yet placed
-  let n = nPages;
-  const prvLen = prv === null ? 0 : prv.length;
-  const undo: AppendUndo = { chunks: [], links: [], filled: [] };
-  const savedSgl = sgtAppend.sgt.sgl;
-  const savedTotal = sgtAppend.totalNents;
-
+  const undo: AppendUndo = {
+    chunks: [],
+    links: [],
+    filled: [],
+    prv,
+    prvLen: prv === null ? 0 : prv.length,
+    sgl: sgtAppend.sgt.sgl,
+    totalNents: sgtAppend.totalNents,
+  };
+  let merged = 0;
   if (prv !== null) {
     if (offset !== 0) return -Errno.EINVAL;
-    const nextPfn = Math.floor((prv.page + prv.offset + prv.length) / PAGE_SIZE);
-    // extend the last entry with the pages that continue it
-    if (pfnOf(pages[0] as number) === nextPfn) {
-      let lastPfn = nextPfn - 1;
-      while (n > 0 && pfnOf(pages[p] as number) === lastPfn + 1) {
-        if (prv.length + PAGE_SIZE > maxSegment) break;
-        prv.length += PAGE_SIZE;
-        lastPfn = pfnOf(pages[p] as number);
-        p++;
-        n--;
-      }
-    }
+    merged = sgAppendExtendPrv(prv, pages, nPages, maxSegment);
   }
-
-  if (n > 0) {
-    // entries needed for the remaining pages
-    let chunks = 1;
-    let segLen = 0;
-    for (let i = 1; i < n; i++) {
-      segLen += PAGE_SIZE;
-      if (segLen >= maxSegment || !pagesAreMergeable(pages[p + i] as number, pages[p + i - 1] as number)) {
-        chunks++;
-        segLen = 0;
-      }
-    }
-
-    let curPage = 0;
-    let remaining = size;
-    let off = offset;
-    let added = 0;
-    try {
-      for (let i = 0; i < chunks; i++) {
-        let j = curPage + 1;
-        segLen = 0;
-        for (; j < n; j++) {
-          segLen += PAGE_SIZE;
-          if (segLen >= maxSegment || !pagesAreMergeable(pages[p + j] as number, pages[p + j - 1] as number))
-            break;
-        }
-        const wasAllocated = undo.chunks.length;
-        const next = getNextSg(machine, sgtAppend, s, chunks - i + leftPages, undo);
-        if (next === null) {
-          rollbackAppend(machine, sgtAppend, undo, prv, prvLen, savedSgl, savedTotal);
-          return -Errno.ENOMEM;
-        }
-        if (undo.chunks.length === wasAllocated) undo.filled.push(next);
-        s = next;
-        const chunkSize = (j - curPage) * PAGE_SIZE - off;
-        sgSetPage(s, pages[p + curPage] as number, Math.min(remaining, chunkSize), off);
-        added++;
-        // like the kernel's unsigned subtraction, but never below zero
-        remaining = Math.max(remaining - chunkSize, 0);
-        off = 0;
-        curPage = j;
-      }
-    } catch (e) {
-      rollbackAppend(machine, sgtAppend, undo, prv, prvLen, savedSgl, savedTotal);
-      throw e;
-    }
-    sgtAppend.sgt.nents += added;
-    sgtAppend.sgt.origNents = sgtAppend.sgt.nents;
-    sgtAppend.prv = s;
+  let last = prv;
+  if (merged < nPages) {
+    last = sgAppendRuns(machine, sgtAppend, pages, merged, nPages, offset, size, maxSegment, leftPages, undo);
+    if (last === null) return -Errno.ENOMEM;
   }
-  if (leftPages === 0 && s !== null) sgMarkEnd(s);
+  if (leftPages === 0 && last !== null) sgMarkEnd(last);
   return 0;
 }
 
-/** Puts an append table back as it was before a failed call. */
-function rollbackAppend(
+/**
+ * The first step of `sg_alloc_append_table_from_pages` on a table that has entries: the pages that
+ * continue the last entry physically extend it, a whole page each, while it stays within
+ * `maxSegment`. Returns how many pages it took.
+ */
+function sgAppendExtendPrv(
+  prv: Scatterlist,
+  pages: readonly number[],
+  nPages: number,
+  maxSegment: number,
+): number {
+  const nextPfn = Math.floor((prv.page + prv.offset + prv.length) / PAGE_SIZE);
+  let p = 0;
+  while (p < nPages && pfnOf(pages[p] as number) === nextPfn + p) {
+    if (prv.length + PAGE_SIZE > maxSegment) break;
+    prv.length += PAGE_SIZE;
+    p++;
+  }
+  return p;
+}
+
+/**
+ * End (exclusive, at most `end`) of the run of pages starting at `first` that one entry takes: the
+ * pages stay physically contiguous and the run stays below `maxSegment` bytes (the kernel's two
+ * loops over `seg_len`, counting and then filling, share this rule).
+ */
+function sgAppendRunEnd(pages: readonly number[], first: number, end: number, maxSegment: number): number {
+  let segLen = 0;
+  let j = first + 1;
+  for (; j < end; j++) {
+    segLen += PAGE_SIZE;
+    if (segLen >= maxSegment || !pagesAreMergeable(pages[j] as number, pages[j - 1] as number)) break;
+  }
+  return j;
+}
+
+/**
+ * The rest of `sg_alloc_append_table_from_pages`: counts the entries `pages[first..end)` need, then fills one
+ * entry a run, allocating and chaining slots as needed (`get_next_sg`, sized by the entries still
+ * to come plus `leftPages`). Returns the last entry filled, or null on -ENOMEM with the table put
+ * back as it was (a throw puts it back too).
+ */
+function sgAppendRuns(
   machine: Machine,
-  table: SgAppendTable,
+  sgtAppend: SgAppendTable,
+  pages: readonly number[],
+  first: number,
+  end: number,
+  offset: number,
+  size: number,
+  maxSegment: number,
+  leftPages: number,
   undo: AppendUndo,
-  prv: Scatterlist | null,
-  prvLen: number,
-  savedSgl: Scatterlist | null,
-  savedTotal: number,
-): void {
+): Scatterlist | null {
+  let chunks = 0;
+  for (let c = first; c < end; c = sgAppendRunEnd(pages, c, end, maxSegment)) chunks++;
+  let s = undo.prv;
+  let curPage = first;
+  let remaining = size;
+  let off = offset;
+  try {
+    for (let i = 0; i < chunks; i++) {
+      const j = sgAppendRunEnd(pages, curPage, end, maxSegment);
+      const wasAllocated = undo.chunks.length;
+      const next = getNextSg(machine, sgtAppend, s, chunks - i + leftPages, undo);
+      if (next === null) {
+        rollbackAppend(machine, sgtAppend, undo);
+        return null;
+      }
+      if (undo.chunks.length === wasAllocated) undo.filled.push(next);
+      s = next;
+      const chunkSize = (j - curPage) * PAGE_SIZE - off;
+      sgSetPage(s, pages[curPage] as number, Math.min(remaining, chunkSize), off);
+      // like the kernel's unsigned subtraction, but never below zero
+      remaining = Math.max(remaining - chunkSize, 0);
+      off = 0;
+      curPage = j;
+    }
+  } catch (e) {
+    rollbackAppend(machine, sgtAppend, undo);
+    throw e;
+  }
+  sgtAppend.sgt.nents += chunks;
+  sgtAppend.sgt.origNents = sgtAppend.sgt.nents;
+  sgtAppend.prv = s;
+  return s;
+}
+
+/** Puts an append table back as it was before a failed call. */
+function rollbackAppend(machine: Machine, table: SgAppendTable, undo: AppendUndo): void {
   for (const sg of undo.filled) {
     sg.page = 0;
     sg.offset = 0;
@@ -793,9 +830,9 @@ function rollbackAppend(
     sgMarkEnd(link);
   }
   for (const chunk of undo.chunks) sgKfree(machine, chunk, chunk.chunk.length);
-  table.sgt.sgl = savedSgl;
-  table.totalNents = savedTotal;
-  if (prv !== null) prv.length = prvLen;
+  table.sgt.sgl = undo.sgl;
+  table.totalNents = undo.totalNents;
+  if (undo.prv !== null) undo.prv.length = undo.prvLen;
 }
 
 /**
@@ -854,14 +891,7 @@ export function sgAllocTableFromPages(
  * machine's physical memory is written directly.
  */
 export function sgCopyFromBuffer(machine: Machine, sgl: Scatterlist, nents: number, buf: Uint8Array): number {
-  let done = 0;
-  for (const s of sgIter(sgl, nents)) {
-    if (done >= buf.length) break;
-    const len = Math.min(s.length, buf.length - done);
-    machine.phys.write(sgPhys(s), buf.subarray(done, done + len));
-    done += len;
-  }
-  return done;
+  return sgCopyBuffer(machine, sgl, nents, buf, false);
 }
 
 /**
@@ -869,11 +899,27 @@ export function sgCopyFromBuffer(machine: Machine, sgl: Scatterlist, nents: numb
  * (kernel: `sg_copy_to_buffer`, lib/scatterlist.c). Returns the bytes copied.
  */
 export function sgCopyToBuffer(machine: Machine, sgl: Scatterlist, nents: number, buf: Uint8Array): number {
+  return sgCopyBuffer(machine, sgl, nents, buf, true);
+}
+
+/**
+ * Copies between `buf` and the memory of the first `nents` entries, entry by entry, up to the
+ * shorter of the two (kernel: `sg_copy_buffer` with no skip; its sg_miter walk is the entry loop).
+ */
+function sgCopyBuffer(
+  machine: Machine,
+  sgl: Scatterlist,
+  nents: number,
+  buf: Uint8Array,
+  toBuffer: boolean,
+): number {
   let done = 0;
   for (const s of sgIter(sgl, nents)) {
     if (done >= buf.length) break;
     const len = Math.min(s.length, buf.length - done);
-    machine.phys.readInto(sgPhys(s), buf.subarray(done, done + len));
+    const part = buf.subarray(done, done + len);
+    if (toBuffer) machine.phys.readInto(sgPhys(s), part);
+    else machine.phys.write(sgPhys(s), part);
     done += len;
   }
   return done;

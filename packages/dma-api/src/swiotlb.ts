@@ -14,8 +14,23 @@
  * which the kernel does in its caller (`iommu_dma_map_swiotlb`, drivers/iommu/dma-iommu.c), is
  * done here on request. Where the kernel WARNs or BUGs, a `DmaError` is thrown and nothing
  * changes.
+ *
+ * Size: about 720 lines in one file because it mirrors one kernel file, kernel/dma/swiotlb.c
+ * (about 1,900 lines in v6.x: `swiotlb_map` runs through line 1,646), of which it models the
+ * default pool, the slot search and release, and the bounce paths.
  */
-import { hex, MAX_PAGE_ORDER, type Machine, PAGE_SHIFT, PAGE_SIZE } from '@iovalink/iommu';
+import {
+  alignDown,
+  alignUp,
+  hex,
+  lo32,
+  MAX_PAGE_ORDER,
+  type Machine,
+  PAGE_SHIFT,
+  PAGE_SIZE,
+  roundupPowOfTwo,
+  TWO32,
+} from '@iovalink/iommu';
 import {
   DMA_ATTR_SKIP_CPU_SYNC,
   DMA_BIDIRECTIONAL,
@@ -44,8 +59,6 @@ export const IO_TLB_DEFAULT_SIZE = 64 << 20;
 const SLABS_PER_PAGE = 1 << (PAGE_SHIFT - IO_TLB_SHIFT);
 /** `orig_addr` of a free slot (kernel/dma/swiotlb.c `INVALID_PHYS_ADDR`, `~0` there). */
 const INVALID_PHYS_ADDR = -1;
-/** 2^32, for 32-bit masks applied to addresses above 2^31. */
-const TWO_POW_32 = 0x1_0000_0000;
 
 /** One area: a slot range with its own lock in the kernel (kernel: `struct io_tlb_area`). */
 export interface IoTlbArea {
@@ -214,7 +227,7 @@ export class IoTlbMem {
     }
     const nslabs = nblocks * (SLABS_PER_PAGE << order);
     const segments = nslabs / IO_TLB_SEGSIZE;
-    let nareas = roundUpPowerOfTwo(Math.max(want, 1));
+    let nareas = roundupPowOfTwo(Math.max(want, 1));
     // limit_nareas, and keep every area a whole number of segments when nslabs is not a power of two
     while (segments % nareas !== 0) nareas /= 2;
 
@@ -353,7 +366,7 @@ export function swiotlbTblMapSingle(
   swiotlbBounce(mem, tlbAddr, mappingSize, DMA_TO_DEVICE);
   if (untrusted) {
     const granule = allocAlignMask + 1;
-    const preStart = Math.floor(tlbAddr / granule) * granule;
+    const preStart = alignDown(tlbAddr, granule);
     mem.machine.phys.fill(preStart, tlbAddr - preStart, 0);
     const postStart = tlbAddr + mappingSize;
     mem.machine.phys.fill(postStart, alignUp(postStart, granule) - postStart, 0);
@@ -495,14 +508,9 @@ function nrSlots(bytes: number): number {
   return Math.ceil(bytes / IO_TLB_SIZE);
 }
 
-/** `x` rounded up to a multiple of `a` (kernel: `ALIGN` for powers of two; arithmetic, any size). */
-function alignUp(x: number, a: number): number {
-  return Math.ceil(x / a) * a;
-}
-
 /** `x & mask` for a mask of at most 32 bits and any non-negative safe integer `x`. */
 function and32(x: number, mask: number): number {
-  return ((x % TWO_POW_32) & mask) >>> 0;
+  return (lo32(x) & mask) >>> 0;
 }
 
 /** `a | b` for masks of at most 32 bits. */
@@ -517,14 +525,8 @@ function getOrder(bytes: number): number {
   return order;
 }
 
-function roundUpPowerOfTwo(n: number): number {
-  let p = 1;
-  while (p < n) p *= 2;
-  return p;
-}
-
 function checkMask(mask: number, name: string): void {
-  if (!(Number.isInteger(mask) && mask >= 0 && mask < TWO_POW_32)) {
+  if (!(Number.isInteger(mask) && mask >= 0 && mask < TWO32)) {
     throw new DmaError(`swiotlb: ${name} ${mask} is not a 32-bit mask`, { rule: `swiotlb: ${name}` });
   }
 }

@@ -9,6 +9,7 @@
  * split into naturally aligned pieces, one command each, before the single wait.
  * Differs on purpose: one IOMMU per domain, no device-TLB (ATS) commands, no PASID (GN) commands.
  */
+import { alignDown } from './bits.js';
 import type { Counters } from './counters.js';
 import type { Iotlb } from './iotlb.js';
 
@@ -44,7 +45,7 @@ export function amdBuildInvAddress(address: number, size: number): AmdInvCoverag
   const d = msbDiff(address, address + size - 1);
   if (d > MSB_MAX) return { all: true, sBit: true, start: 0, size: 2 ** 52 };
   const block = 2 ** (d + 1);
-  return { all: false, sBit: true, start: Math.floor(address / block) * block, size: block };
+  return { all: false, sBit: true, start: alignDown(address, block), size: block };
 }
 
 /**

@@ -141,6 +141,7 @@ export {
 } from './iova-rcache.js';
 export { DEFAULT_MEM_SIZE, Machine, type MachineOptions } from './machine.js';
 export {
+  allocScatteredPageList,
   type Folio,
   MAX_PAGE_ORDER,
   PageAllocator,

@@ -9,6 +9,7 @@
  * Differs on purpose: one IOMMU and one cache tag per domain (so one descriptor + one wait), no
  * device-TLB (ATS) descriptors, no first-stage (PASID-based) invalidation.
  */
+import { alignDown } from './bits.js';
 import type { Counters } from './counters.js';
 import { MAX_AGAW_PFN_WIDTH, type VtdInvalidation } from './iommu-hw.js';
 import type { Iotlb } from './iotlb.js';
@@ -47,7 +48,7 @@ export function calculatePsiAlignedAddress(start: number, end: number): PsiAlign
     mask = b;
   }
   const block = VTD_PAGE_SIZE * 2 ** mask;
-  return { addr: Math.floor(start / block) * block, pages: 2 ** mask, mask };
+  return { addr: alignDown(start, block), pages: 2 ** mask, mask };
 }
 
 /** Queues one IOTLB descriptor for `psi` (or DSI when it cannot be page-selective); returns the kind. */

@@ -22,6 +22,9 @@
  * around a sentinel (index `capacity`): the sentinel's next is the least recently used slot, its
  * prev the most recently used. Free slots form a stack linked through `#next`. A slot index is
  * valid until the next insert or invalidation; the object API (`lookup`, `insert`) copies.
+ * `Iotlb` is about 300 lines because it is one hardware cache (as rp2040js keeps one peripheral in
+ * one class): its slot storage, LRU and bucket chains, and the lookup, insert and invalidation
+ * forms that share them.
  */
 
 import type { Counters } from './counters.js';

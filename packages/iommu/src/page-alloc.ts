@@ -204,6 +204,33 @@ export class PageAllocator {
   }
 }
 
+/**
+ * Takes `n` single pages of which no two are physically adjacent, so nothing built over them can
+ * merge: what a driver sees of a user buffer pinned from a fragmented allocator. Allocates 2n
+ * order-0 pages, keeps every other one by address (any two kept pages are at least one page apart)
+ * and gives the others back only once the choice is made, so the allocator ends with exactly the n
+ * kept pages taken. Returns them in ascending address order, or null (nothing held) when memory
+ * runs out. No kernel counterpart: it stands in for pages a user pinned.
+ */
+export function allocScatteredPageList(alloc: PageAllocator, n: number): number[] | null {
+  const taken: number[] = [];
+  for (let i = 0; i < 2 * n; i++) {
+    const phys = alloc.allocPages(0);
+    if (phys === 0) {
+      for (const p of taken) alloc.freePages(p, 0);
+      return null;
+    }
+    taken.push(phys);
+  }
+  taken.sort((a, b) => a - b);
+  const kept: number[] = [];
+  for (let i = 0; i < n; i++) {
+    kept.push(taken[2 * i]!);
+    alloc.freePages(taken[2 * i + 1]!, 0);
+  }
+  return kept;
+}
+
 /** Page frame number of a physical address. */
 export function physToPfn(phys: number): number {
   return Math.floor(phys / PAGE_SIZE);

@@ -1,6 +1,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import {
+  allocScatteredPageList,
   Counters,
   FaultInjector,
   isIovalinkError,
@@ -262,6 +263,35 @@ describe('alloc_pages / __free_pages (buddy)', () => {
       ),
       { numRuns: 30 },
     );
+  });
+});
+
+describe('allocScatteredPageList', () => {
+  it('n single pages, ascending, no two physically adjacent, exactly n left taken', () => {
+    const m = new Machine({ memSize: 16 << 20, seed: 3 });
+    // holes in the free lists first, as a running system has
+    const holes = allocScatteredPageList(m.pages, 9)!;
+    const free0 = m.pages.nrFreePages;
+    for (const n of [1, 2, 33]) {
+      const pages = allocScatteredPageList(m.pages, n)!;
+      expect(pages.length).toBe(n);
+      for (const p of pages) expect(m.pages.orderOf(p)).toBe(0);
+      // ascending with a gap of at least one page between neighbours: nothing can merge
+      for (let i = 1; i < n; i++) expect(pages[i]! - pages[i - 1]!).toBeGreaterThanOrEqual(2 * PAGE_SIZE);
+      expect(free0 - m.pages.nrFreePages).toBe(n);
+      for (const p of pages) m.pages.freePages(p, 0);
+    }
+    for (const p of holes) m.pages.freePages(p, 0);
+  });
+
+  it('returns null with nothing held when the 2n pages it chooses from are not there', () => {
+    const m = new Machine({ memSize: 8 << 20 });
+    const free0 = m.pages.nrFreePages;
+    expect(allocScatteredPageList(m.pages, Math.floor(free0 / 2) + 1)).toBeNull();
+    expect(m.pages.nrFreePages).toBe(free0);
+    // exactly half the free pages still fits
+    const all = allocScatteredPageList(m.pages, Math.floor(free0 / 2))!;
+    expect(all.length).toBe(Math.floor(free0 / 2));
   });
 });
 

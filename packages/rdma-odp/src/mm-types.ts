@@ -8,8 +8,7 @@
  * Deliberate differences: a page-table entry is a small record in a map keyed by virtual page
  * number (no page-table pages, no THP); a swap entry carries the page's bytes itself.
  */
-import type { Machine } from '@iovalink/iommu';
-import { PAGE_SIZE } from '@iovalink/iommu';
+import { alignUp, type Machine, PAGE_SIZE } from '@iovalink/iommu';
 import type { MmFile } from './filemap.js';
 import type { MemMap, StructPage } from './mem-map.js';
 import type { MmNotifierHost } from './mmu-notifier.js';
@@ -133,7 +132,7 @@ export interface MmCore {
 
 /** End of `[addr, addr + length)` rounded up to whole pages (kernel: `PAGE_ALIGN(start + len)`). */
 export function pageAlignedEnd(addr: number, length: number): number {
-  return addr + Math.ceil(length / PAGE_SIZE) * PAGE_SIZE;
+  return addr + alignUp(length, PAGE_SIZE);
 }
 
 /**

@@ -6,7 +6,7 @@
  * Deliberate differences: VMAs are a sorted array (the kernel uses a maple tree); no VMA merging;
  * a shared anonymous mapping gets its own shmem-like file.
  */
-import { Errno, PAGE_SIZE } from '@iovalink/iommu';
+import { alignUp, Errno, PAGE_SIZE } from '@iovalink/iommu';
 import type { MmFile } from './filemap.js';
 import type { StructPage } from './mem-map.js';
 import { zapPteRange } from './memory.js';
@@ -93,7 +93,7 @@ export function doMmap(
   if (shared === priv || !(length > 0) || (prot & ~(PROT_READ | PROT_WRITE)) !== 0) return -Errno.EINVAL;
   if (anon !== (file === undefined)) return -Errno.EINVAL;
   if (addr % PAGE_SIZE !== 0 || !Number.isSafeInteger(addr + length)) return -Errno.EINVAL;
-  const len = Math.ceil(length / PAGE_SIZE) * PAGE_SIZE;
+  const len = alignUp(length, PAGE_SIZE);
   let start: number;
   if ((flags & MAP_FIXED) !== 0) {
     if (addr < PAGE_SIZE || addr + len > TASK_SIZE) return -Errno.EINVAL;

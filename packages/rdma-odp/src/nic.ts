@@ -18,7 +18,7 @@
  * `maxRefaults` resumes completes with an error (hardware would retry until a transport timeout).
  */
 import { type Device, DMA_MAPPING_ERROR } from '@iovalink/dma-api';
-import { Errno, PAGE_SIZE } from '@iovalink/iommu';
+import { alignDown, Errno, PAGE_SIZE } from '@iovalink/iommu';
 import { OdpError } from './errors.js';
 import { IB_ACCESS_REMOTE_READ, IB_ACCESS_REMOTE_WRITE } from './ib-verbs.js';
 
@@ -93,7 +93,7 @@ export class NicMkey {
   /** First address of MTT entry 0 (the page holding `start`). */
   get base(): number {
     const ps = 2 ** this.pageShift;
-    return Math.floor(this.start / ps) * ps;
+    return alignDown(this.start, ps);
   }
 }
 

@@ -28,7 +28,7 @@
  * `hmm_range_fault`, before the lock).
  */
 import { DMA_BIDIRECTIONAL } from '@iovalink/dma-api';
-import { Errno, PAGE_SHIFT, PAGE_SIZE } from '@iovalink/iommu';
+import { alignDown, alignUp, Errno, PAGE_SHIFT, PAGE_SIZE } from '@iovalink/iommu';
 import { OdpError } from './errors.js';
 import {
   HMM_PFN_DMA_MAPPED,
@@ -186,7 +186,7 @@ export class IbUmemOdp {
 
   /** First byte covered, rounded down to the umem page (kernel: `ib_umem_start`). */
   get start(): number {
-    return Math.floor(this.address / PAGE_SIZE) * PAGE_SIZE;
+    return alignDown(this.address, PAGE_SIZE);
   }
 
   /** End of the range, rounded up to the umem page (kernel: `ib_umem_end`). */
@@ -403,88 +403,124 @@ export function ibUmemOdpMapDmaAndLock(
   accessMask: number,
   fault: boolean,
 ): number {
-  if (umem.isImplicitOdp || umem.released) {
-    throw new OdpError('ib_umem_odp_map_dma_and_lock: not an explicit live umem', {
-      rule: 'ib_umem_odp_map_dma_and_lock: bad umem',
-    });
-  }
-  if (userVirt < umem.start || userVirt + bcnt > umem.end || !(bcnt > 0)) return -Errno.EFAULT;
-  const mm = umem.owningMm;
-  if (mm.mmUsers <= 0) return -Errno.EINVAL;
-  const machine = umem.ibdev.machine;
-  const pageSize = 1 << umem.pageShift;
-  const rangeStart = Math.floor(userVirt / pageSize) * pageSize;
-  const rangeEnd = Math.ceil((userVirt + bcnt) / pageSize) * pageSize;
-  const pfnStartIdx = (rangeStart - umem.start) / PAGE_SIZE;
-  const numPfns = (rangeEnd - rangeStart) / PAGE_SIZE;
-  const legacy = umem.mode === 'legacy';
-  const write = legacy ? (accessMask & ODP_WRITE_ALLOWED_BIT) !== 0 : (accessMask & HMM_PFN_WRITE) !== 0;
-  const list = umem.pfnList;
-  const range: HmmRange = {
-    notifier: umem.notifier,
-    notifierSeq: 0,
-    start: rangeStart,
-    end: rangeEnd,
-    hmmPfns: list,
-    pfnOffset: pfnStartIdx,
-    defaultFlags: fault ? (HMM_PFN_REQ_FAULT | (write ? HMM_PFN_REQ_WRITE : 0)) >>> 0 : 0,
-    pfnFlagsMask: 0,
-  };
+  const bad = ibUmemOdpCheckMapRange(umem, userVirt, bcnt);
+  if (bad !== 0) return bad;
+  const range = ibUmemOdpHmmRange(umem, userVirt, bcnt, accessMask, fault);
   umem.stats.mapCalls++;
-  const timeout = machine.clock.nowNs + HMM_RANGE_DEFAULT_TIMEOUT * 1e6;
+  const clock = umem.ibdev.machine.clock;
+  const timeout = clock.nowNs + HMM_RANGE_DEFAULT_TIMEOUT * 1e6;
   for (let attempt = 0; ; attempt++) {
     if (attempt >= ODP_MAX_RETRIES) return -Errno.EBUSY;
+    // snapshot the notifier sequence, then fault the range in without the umem lock
     const seq = mmuIntervalReadBegin(umem.notifier);
     range.notifierSeq = seq;
     umem.hooks?.raceWindow?.('after_read_begin', umem, attempt);
     const ret = hmmRangeFault(range);
     umem.hooks?.raceWindow?.('after_range_fault', umem, attempt);
     if (ret !== 0) {
-      if (ret === -Errno.EBUSY && machine.clock.nowNs <= timeout) {
+      if (ret === -Errno.EBUSY && clock.nowNs <= timeout) {
         umem.stats.busyRetries++;
         continue;
       }
       return ret;
     }
-    const startIdx = (rangeStart - umem.start) / pageSize;
+    // take the lock and start over if an invalidation ran since the snapshot
     mutexLock(umem.umemMutex, 'ib_umem_odp_map_dma_and_lock');
     if (mmuIntervalReadRetry(umem.notifier, seq)) {
       mutexUnlock(umem.umemMutex);
       umem.stats.seqRetries++;
       continue;
     }
-    let dmaIndex = startIdx;
-    let err = 0;
-    const step = 1 << (umem.pageShift - PAGE_SHIFT);
-    for (let p = 0; p < numPfns; p += step, dmaIndex++) {
-      const i = pfnStartIdx + p;
-      const valid = list.test(i, HMM_PFN_VALID);
-      if (fault && (list.test(i, HMM_PFN_ERROR) || !valid)) {
-        mutexUnlock(umem.umemMutex);
-        throw new OdpError(`ib_umem_odp_map_dma_and_lock: page ${i} not valid after a successful fault`, {
-          rule: 'ib_umem_odp_map_dma_and_lock: fault left an invalid pfn',
-        });
-      }
-      if (!valid) continue;
-      if (!legacy && list.test(i, HMM_PFN_DMA_MAPPED)) continue;
-      if (hmmPfnToMapOrder(list, i) + PAGE_SHIFT < umem.pageShift) {
-        err = -Errno.EINVAL;
-        break;
-      }
-      if (legacy) {
-        // snapshot: per-page access from the CPU entry; fault: the caller's mask for every page
-        let access = accessMask;
-        if (!fault) access = ODP_READ_ALLOWED_BIT | (list.test(i, HMM_PFN_WRITE) ? ODP_WRITE_ALLOWED_BIT : 0);
-        err = ibUmemOdpMapDmaSinglePage(umem, dmaIndex, hmmPfnToPhys(list, i), access);
-        if (err < 0) break;
-      }
-    }
-    if (err !== 0) {
-      mutexUnlock(umem.umemMutex);
-      return err;
-    }
-    return dmaIndex - startIdx;
+    const mapped = ibUmemOdpMapFaultedPages(umem, range, accessMask, fault);
+    if (mapped < 0) mutexUnlock(umem.umemMutex);
+    return mapped;
   }
+}
+
+/**
+ * The opening checks of `ib_umem_odp_map_dma_and_lock`: an implicit or released umem is a caller
+ * bug (throws); a range outside the umem is -EFAULT, a process that has exited -EINVAL (the
+ * kernel's failed `mmget_not_zero`). Returns 0 when the map may go on.
+ */
+function ibUmemOdpCheckMapRange(umem: IbUmemOdp, userVirt: number, bcnt: number): number {
+  if (umem.isImplicitOdp || umem.released) {
+    throw new OdpError('ib_umem_odp_map_dma_and_lock: not an explicit live umem', {
+      rule: 'ib_umem_odp_map_dma_and_lock: bad umem',
+    });
+  }
+  if (userVirt < umem.start || userVirt + bcnt > umem.end || !(bcnt > 0)) return -Errno.EFAULT;
+  if (umem.owningMm.mmUsers <= 0) return -Errno.EINVAL;
+  return 0;
+}
+
+/**
+ * The `struct hmm_range` that `ib_umem_odp_map_dma_and_lock` fills before faulting: the range
+ * widened to whole umem pages, the umem's pfn list at the range's offset, and the default flags
+ * (fault, and write when the access mask asks for it; none for a snapshot).
+ */
+function ibUmemOdpHmmRange(
+  umem: IbUmemOdp,
+  userVirt: number,
+  bcnt: number,
+  accessMask: number,
+  fault: boolean,
+): HmmRange {
+  const pageSize = 1 << umem.pageShift;
+  const start = alignDown(userVirt, pageSize);
+  const write =
+    umem.mode === 'legacy' ? (accessMask & ODP_WRITE_ALLOWED_BIT) !== 0 : (accessMask & HMM_PFN_WRITE) !== 0;
+  return {
+    notifier: umem.notifier,
+    notifierSeq: 0,
+    start,
+    end: alignUp(userVirt + bcnt, pageSize),
+    hmmPfns: umem.pfnList,
+    pfnOffset: (start - umem.start) / PAGE_SIZE,
+    defaultFlags: fault ? (HMM_PFN_REQ_FAULT | (write ? HMM_PFN_REQ_WRITE : 0)) >>> 0 : 0,
+    pfnFlagsMask: 0,
+  };
+}
+
+/**
+ * The loop of `ib_umem_odp_map_dma_and_lock` after a fault that no invalidation overtook
+ * (`umem_mutex` held): walks the range one umem page at a time; a faulting walk must have left
+ * every pfn valid (throws otherwise, lock released); a pfn mapped with a smaller order than the
+ * umem page is -EINVAL; legacy mode DMA-maps each valid page (snapshot: with the access its CPU
+ * entry allows), hmm mode maps nothing here. Returns the number of umem pages walked, or -errno.
+ */
+function ibUmemOdpMapFaultedPages(
+  umem: IbUmemOdp,
+  range: HmmRange,
+  accessMask: number,
+  fault: boolean,
+): number {
+  const list = umem.pfnList;
+  const legacy = umem.mode === 'legacy';
+  const numPfns = (range.end - range.start) / PAGE_SIZE;
+  const step = 1 << (umem.pageShift - PAGE_SHIFT);
+  const startIdx = (range.start - umem.start) / (1 << umem.pageShift);
+  let dmaIndex = startIdx;
+  for (let p = 0; p < numPfns; p += step, dmaIndex++) {
+    const i = range.pfnOffset + p;
+    const valid = list.test(i, HMM_PFN_VALID);
+    if (fault && (list.test(i, HMM_PFN_ERROR) || !valid)) {
+      mutexUnlock(umem.umemMutex);
+      throw new OdpError(`ib_umem_odp_map_dma_and_lock: page ${i} not valid after a successful fault`, {
+        rule: 'ib_umem_odp_map_dma_and_lock: fault left an invalid pfn',
+      });
+    }
+    if (!valid) continue;
+    if (!legacy && list.test(i, HMM_PFN_DMA_MAPPED)) continue;
+    if (hmmPfnToMapOrder(list, i) + PAGE_SHIFT < umem.pageShift) return -Errno.EINVAL;
+    if (legacy) {
+      // snapshot: per-page access from the CPU entry; fault: the caller's mask for every page
+      let access = accessMask;
+      if (!fault) access = ODP_READ_ALLOWED_BIT | (list.test(i, HMM_PFN_WRITE) ? ODP_WRITE_ALLOWED_BIT : 0);
+      const err = ibUmemOdpMapDmaSinglePage(umem, dmaIndex, hmmPfnToPhys(list, i), access);
+      if (err < 0) return err;
+    }
+  }
+  return dmaIndex - startIdx;
 }
 
 /**

@@ -9,8 +9,8 @@ import { type Row, renderCsv, renderTable } from '../format.js';
 import { compareRounds, fmtComparison, fmtRatio } from '../measure.js';
 import { type DmaPath, modeledTopCategories } from '../results.js';
 import { type IommuMode, loadIommuHw } from '../rig.js';
-import { type BlockCase, blockWarmupIos, openBlockPath } from '../workloads/block.js';
-import { ROUNDS, runPaths } from '../workloads/both-paths.js';
+import { type BlockCase, type BlockRunStats, blockWarmupIos, openBlockPath } from '../workloads/block.js';
+import { type PathRun, ROUNDS, runPaths } from '../workloads/both-paths.js';
 import type { WorkloadContext } from '../workloads/types.js';
 
 /** Options of `bench block`. */
@@ -78,35 +78,7 @@ export async function benchBlock(o: BenchBlockOptions): Promise<string> {
         warmup: c,
         warmupUnits: blockWarmupIos(c, o.ios),
       });
-      const sg = runs.get('sg')?.result;
-      const iova = runs.get('iova')?.result;
-      const sim =
-        sg !== undefined && iova !== undefined
-          ? compareRounds(sg.simNsPerOpRounds, iova.simNsPerOpRounds)
-          : undefined;
-      for (const path of paths) {
-        const r = runs.get(path)!.result;
-        const twoStepRow = path === 'iova' && sim !== undefined && sg !== undefined;
-        rows.push({
-          size: `${size / 1024} KiB`,
-          qd,
-          path,
-          'IOPS (sim)': Math.round(1e9 / r.simNsPerOp),
-          'sim ns/io median': r.simNsPerOp,
-          'sim ns/io min–max': `${Math.round(Math.min(...r.simNsPerOpRounds))}–${Math.round(Math.max(...r.simNsPerOpRounds))}`,
-          'sim two-step/legacy': twoStepRow ? fmtComparison(sim) : '',
-          'modeled ns/io': Number(r.modeledNsPerOp.toPrecision(4)),
-          'modeled two-step/legacy': twoStepRow ? fmtRatio(r.modeledNsPerOp / sg.modeledNsPerOp) : '',
-          'modeled: where it goes': modeledTopCategories(r),
-          'sg B/io': Number(r.sgBytesPerOp.toPrecision(4)),
-          'meta B/io': Number(r.metaBytesPerOp.toPrecision(4)),
-          'allocs/io': Number(r.allocsPerOp.toPrecision(3)),
-          'IOVA allocs/io': Number(r.iovaAllocsPerOp.toPrecision(3)),
-          'PTE writes/io': Number(r.pteWritesPerOp.toPrecision(4)),
-          'IOTLB inval/io': Number(r.iotlbInvalidationsPerOp.toPrecision(3)),
-          'inval cmds/io': Number(r.invalidationCmdsPerOp.toPrecision(3)),
-        });
-      }
+      rows.push(...pointRows(runs, paths, size, qd));
     }
   }
   if (o.json)
@@ -132,4 +104,47 @@ export async function benchBlock(o: BenchBlockOptions): Promise<string> {
     `preparation and checks excluded), median of ${Math.min(ROUNDS, o.ios)} rounds, paths interleaved (two-step/legacy:`,
     `median ratio and 95% interval, "≈" when it includes 1). modeled ns/io: counts × cost model ${model.name} on ${hw.name}.`,
   ].join('\n');
+}
+
+/**
+ * The rows of one sweep point (request `size`, queue depth `qd`), one a path; the two-step row
+ * carries the ratios to the legacy row when both ran.
+ */
+function pointRows(
+  runs: ReadonlyMap<DmaPath, PathRun<BlockRunStats>>,
+  paths: readonly DmaPath[],
+  size: number,
+  qd: number,
+): Row[] {
+  const out: Row[] = [];
+  const sg = runs.get('sg')?.result;
+  const iova = runs.get('iova')?.result;
+  const sim =
+    sg !== undefined && iova !== undefined
+      ? compareRounds(sg.simNsPerOpRounds, iova.simNsPerOpRounds)
+      : undefined;
+  for (const path of paths) {
+    const r = runs.get(path)!.result;
+    const twoStepRow = path === 'iova' && sim !== undefined && sg !== undefined;
+    out.push({
+      size: `${size / 1024} KiB`,
+      qd,
+      path,
+      'IOPS (sim)': Math.round(1e9 / r.simNsPerOp),
+      'sim ns/io median': r.simNsPerOp,
+      'sim ns/io min–max': `${Math.round(Math.min(...r.simNsPerOpRounds))}–${Math.round(Math.max(...r.simNsPerOpRounds))}`,
+      'sim two-step/legacy': twoStepRow ? fmtComparison(sim) : '',
+      'modeled ns/io': Number(r.modeledNsPerOp.toPrecision(4)),
+      'modeled two-step/legacy': twoStepRow ? fmtRatio(r.modeledNsPerOp / sg.modeledNsPerOp) : '',
+      'modeled: where it goes': modeledTopCategories(r),
+      'sg B/io': Number(r.sgBytesPerOp.toPrecision(4)),
+      'meta B/io': Number(r.metaBytesPerOp.toPrecision(4)),
+      'allocs/io': Number(r.allocsPerOp.toPrecision(3)),
+      'IOVA allocs/io': Number(r.iovaAllocsPerOp.toPrecision(3)),
+      'PTE writes/io': Number(r.pteWritesPerOp.toPrecision(4)),
+      'IOTLB inval/io': Number(r.iotlbInvalidationsPerOp.toPrecision(3)),
+      'inval cmds/io': Number(r.invalidationCmdsPerOp.toPrecision(3)),
+    });
+  }
+  return out;
 }

@@ -27,7 +27,7 @@ import {
   dmaSetMask,
   dmaUnmapPage,
 } from '@iovalink/dma-api';
-import { type CounterSnapshot, diffCounters } from '@iovalink/iommu';
+import { type CounterSnapshot, diffCounters, type Machine } from '@iovalink/iommu';
 import {
   COST_CATEGORIES,
   type CostCategory,
@@ -206,7 +206,31 @@ function runMode(o: BenchMapOptions, mode: 'single' | 'link', model: CostModel):
   const ops = makeOps(dev, mode, buf, size, dir);
   const cpuOf = (i: number) => (i % o.threads) % machine.cpus;
 
-  // Modeled: the kernel tool's loop (map, transfer delay, unmap), counted event by event.
+  const { mapCounts, unmapCounts } = countModeledPairs(machine, ops, cpuOf, o.delay);
+  const batch = sampleBatch(ops);
+  const { mapSamples, unmapSamples, loops } = timeSamples(machine, ops, cpuOf, o, batch);
+  machine.setCpu(0);
+  machine.pages.freePages(buf, order);
+  return {
+    mode,
+    granule: o.granule,
+    bytes: size,
+    loops,
+    modeled: { map: perOp(model, mapCounts, MODEL_PAIRS), unmap: perOp(model, unmapCounts, MODEL_PAIRS) },
+    sim: { map: stats(mapSamples, batch), unmap: stats(unmapSamples, batch) },
+  };
+}
+
+/**
+ * Modeled: the kernel tool's loop (map, transfer delay, unmap), counted event by event; the
+ * counts of `MODEL_PAIRS` pairs after `MODEL_WARMUP` unrecorded ones.
+ */
+function countModeledPairs(
+  machine: Machine,
+  ops: Op,
+  cpuOf: (i: number) => number,
+  delay: number,
+): { mapCounts: CounterSnapshot; unmapCounts: CounterSnapshot } {
   let mapCounts: CounterSnapshot | undefined;
   let unmapCounts: CounterSnapshot | undefined;
   for (let i = 0; i < MODEL_WARMUP + MODEL_PAIRS; i++) {
@@ -214,7 +238,7 @@ function runMode(o: BenchMapOptions, mode: 'single' | 'link', model: CostModel):
     const s0 = machine.counters.snapshot();
     ops.map(0);
     const s1 = machine.counters.snapshot();
-    if (o.delay > 0) machine.clock.advance(o.delay);
+    if (delay > 0) machine.clock.advance(delay);
     ops.unmap(0);
     const s2 = machine.counters.snapshot();
     if (i >= MODEL_WARMUP) {
@@ -222,8 +246,14 @@ function runMode(o: BenchMapOptions, mode: 'single' | 'link', model: CostModel):
       unmapCounts = addTo(unmapCounts, diffCounters(s1, s2));
     }
   }
+  return { mapCounts: mapCounts!, unmapCounts: unmapCounts! };
+}
 
-  // Simulator time: one op per sample if it is long enough for the clock, else batches.
+/**
+ * Ops per simulator-time sample: one if a map + unmap pair is long enough for the clock to
+ * resolve, else a batch long enough (`MIN_SAMPLE_CLOCK_READS` clock reads), at most `MAX_BATCH`.
+ */
+function sampleBatch(ops: Op): number {
   const clock = clockReadNs();
   const probe: number[] = [];
   for (let i = 0; i < 32; i++) {
@@ -234,10 +264,20 @@ function runMode(o: BenchMapOptions, mode: 'single' | 'link', model: CostModel):
   }
   probe.sort((x, y) => x - y);
   const pairNs = probe[16]!;
-  const batch = Math.min(
+  return Math.min(
     MAX_BATCH,
     Math.max(1, Math.ceil((MIN_SAMPLE_CLOCK_READS * clock) / Math.max(pairNs / 2, 1))),
   );
+}
+
+/** Simulator time: per-op map and unmap samples, `batch` ops a sample, for `o.loops` ops or `o.seconds`. */
+function timeSamples(
+  machine: Machine,
+  ops: Op,
+  cpuOf: (i: number) => number,
+  o: BenchMapOptions,
+  batch: number,
+): { mapSamples: number[]; unmapSamples: number[]; loops: number } {
   const mapSamples: number[] = [];
   const unmapSamples: number[] = [];
   const deadline = performance.now() + o.seconds * 1000;
@@ -262,16 +302,7 @@ function runMode(o: BenchMapOptions, mode: 'single' | 'link', model: CostModel):
     unmapSamples.push(((u1 - u0) * 1e6) / n);
     loops += n;
   }
-  machine.setCpu(0);
-  machine.pages.freePages(buf, order);
-  return {
-    mode,
-    granule: o.granule,
-    bytes: size,
-    loops,
-    modeled: { map: perOp(model, mapCounts!, MODEL_PAIRS), unmap: perOp(model, unmapCounts!, MODEL_PAIRS) },
-    sim: { map: stats(mapSamples, batch), unmap: stats(unmapSamples, batch) },
-  };
+  return { mapSamples, unmapSamples, loops };
 }
 
 const us = (ns: number): string => (ns / 1000).toFixed(2);

@@ -188,113 +188,133 @@ function parseEventLine(raw: string, line: number): KernelEvent | undefined {
   return { line, ts, cpu, kind, args, text: '', dom };
 }
 
+/** What the header lines of a trace said, gathered line by line. */
+interface HeaderFields {
+  mode: string | undefined;
+  kernelRelease: string;
+  qemu: string;
+  cmdline: string;
+  hostAddressWidth: number | undefined;
+  device: string | undefined;
+  kprobeMisses: number;
+  swiotlbAreas: number | undefined;
+  ringOverruns: number;
+  groupOf: Map<string, string>;
+  reservedByGroup: Map<string, ReservedRegion[]>;
+  pciWindows: { start: number; end: number }[];
+}
+
+const at = (m: RegExpExecArray, i: number): string => m[i] as string;
+
+/** One rule per header line kind, first match wins. */
+const HEADER_RULES: ReadonlyArray<[RegExp, (h: HeaderFields, m: RegExpExecArray, line: number) => void]> = [
+  [
+    /^mode (\S+)$/,
+    (h, m) => {
+      h.mode = at(m, 1);
+    },
+  ],
+  [
+    /^kernel-release (\S+)$/,
+    (h, m) => {
+      h.kernelRelease = at(m, 1);
+    },
+  ],
+  [
+    /^qemu (.*)$/,
+    (h, m) => {
+      h.qemu = at(m, 1);
+    },
+  ],
+  [
+    /^cmdline (.*)$/,
+    (h, m) => {
+      h.cmdline = at(m, 1);
+    },
+  ],
+  [/^group (\S+) device (\S+)$/, (h, m) => void h.groupOf.set(at(m, 2), at(m, 1))],
+  [
+    /^reserved (\S+) (0x[0-9a-f]+) (0x[0-9a-f]+) (\S+)$/i,
+    (h, m, line) => {
+      const list = h.reservedByGroup.get(at(m, 1)) ?? [];
+      list.push({
+        start: num(at(m, 2), 'reserved start', line),
+        end: num(at(m, 3), 'reserved end', line),
+        type: at(m, 4),
+      });
+      h.reservedByGroup.set(at(m, 1), list);
+    },
+  ],
+  [
+    /^iomem ([0-9a-f]+)-([0-9a-f]+) : PCI Bus/i,
+    (h, m, line) =>
+      void h.pciWindows.push({
+        start: num(`0x${at(m, 1)}`, 'iomem start', line),
+        end: num(`0x${at(m, 2)}`, 'iomem end', line),
+      }),
+  ],
+  [
+    /DMAR: Host address width (\d+)/,
+    (h, m) => {
+      h.hostAddressWidth = Number(at(m, 1));
+    },
+  ],
+  [
+    /nvme nvme\d+: pci function (\S+)/,
+    (h, m) => {
+      h.device = at(m, 1);
+    },
+  ],
+  [
+    /software IO TLB: area num (\d+)/,
+    (h, m) => {
+      h.swiotlbAreas = Number(at(m, 1));
+    },
+  ],
+  [
+    /^kprobe-profile \S+ (\d+) (\d+)$/,
+    (h, m) => {
+      h.kprobeMisses += Number(at(m, 2));
+    },
+  ],
+  [
+    /^ring \S+ overrun: (\d+)$/,
+    (h, m) => {
+      h.ringOverruns += Number(at(m, 1));
+    },
+  ],
+];
+
 /**
  * Parses a trace file's text. Throws `KernelTraceError` for a missing or unknown mode, a header
  * line it cannot read, or an event line of a known kind without its arguments.
  */
 export function parseKernelTrace(text: string): KernelTrace {
   const lines = text.split('\n');
-  let mode: string | undefined;
-  let kernelRelease = '';
-  let qemu = '';
-  let cmdline = '';
-  let hostAddressWidth: number | undefined;
-  let device: string | undefined;
-  let kprobeMisses = 0;
-  let swiotlbAreas: number | undefined;
-  let ringOverruns = 0;
-  const groupOf = new Map<string, string>();
-  const reservedByGroup = new Map<string, ReservedRegion[]>();
-  const pciWindows: { start: number; end: number }[] = [];
+  const h: HeaderFields = {
+    mode: undefined,
+    kernelRelease: '',
+    qemu: '',
+    cmdline: '',
+    hostAddressWidth: undefined,
+    device: undefined,
+    kprobeMisses: 0,
+    swiotlbAreas: undefined,
+    ringOverruns: 0,
+    groupOf: new Map(),
+    reservedByGroup: new Map(),
+    pciWindows: [],
+  };
   const events: KernelEvent[] = [];
-  const at = (m: RegExpExecArray, i: number): string => m[i] as string;
-  // one rule per header line kind, first match wins
-  const headerRules: Array<[RegExp, (m: RegExpExecArray, line: number) => void]> = [
-    [
-      /^mode (\S+)$/,
-      (m) => {
-        mode = at(m, 1);
-      },
-    ],
-    [
-      /^kernel-release (\S+)$/,
-      (m) => {
-        kernelRelease = at(m, 1);
-      },
-    ],
-    [
-      /^qemu (.*)$/,
-      (m) => {
-        qemu = at(m, 1);
-      },
-    ],
-    [
-      /^cmdline (.*)$/,
-      (m) => {
-        cmdline = at(m, 1);
-      },
-    ],
-    [/^group (\S+) device (\S+)$/, (m) => void groupOf.set(at(m, 2), at(m, 1))],
-    [
-      /^reserved (\S+) (0x[0-9a-f]+) (0x[0-9a-f]+) (\S+)$/i,
-      (m, line) => {
-        const list = reservedByGroup.get(at(m, 1)) ?? [];
-        list.push({
-          start: num(at(m, 2), 'reserved start', line),
-          end: num(at(m, 3), 'reserved end', line),
-          type: at(m, 4),
-        });
-        reservedByGroup.set(at(m, 1), list);
-      },
-    ],
-    [
-      /^iomem ([0-9a-f]+)-([0-9a-f]+) : PCI Bus/i,
-      (m, line) =>
-        void pciWindows.push({
-          start: num(`0x${at(m, 1)}`, 'iomem start', line),
-          end: num(`0x${at(m, 2)}`, 'iomem end', line),
-        }),
-    ],
-    [
-      /DMAR: Host address width (\d+)/,
-      (m) => {
-        hostAddressWidth = Number(at(m, 1));
-      },
-    ],
-    [
-      /nvme nvme\d+: pci function (\S+)/,
-      (m) => {
-        device = at(m, 1);
-      },
-    ],
-    [
-      /software IO TLB: area num (\d+)/,
-      (m) => {
-        swiotlbAreas = Number(at(m, 1));
-      },
-    ],
-    [
-      /^kprobe-profile \S+ (\d+) (\d+)$/,
-      (m) => {
-        kprobeMisses += Number(at(m, 2));
-      },
-    ],
-    [
-      /^ring \S+ overrun: (\d+)$/,
-      (m) => {
-        ringOverruns += Number(at(m, 1));
-      },
-    ],
-  ];
   for (let i = 0; i < lines.length; i++) {
     const raw = (lines[i] as string).replace(/\r$/, '');
     const line = i + 1;
     if (raw.startsWith('#')) {
-      const h = raw.slice(1).trim();
-      for (const [re, apply] of headerRules) {
-        const m = re.exec(h);
+      const headerLine = raw.slice(1).trim();
+      for (const [re, apply] of HEADER_RULES) {
+        const m = re.exec(headerLine);
         if (m !== null) {
-          apply(m, line);
+          apply(h, m, line);
           break;
         }
       }
@@ -304,31 +324,34 @@ export function parseKernelTrace(text: string): KernelTrace {
     const ev = parseEventLine(raw, line);
     if (ev !== undefined) events.push(ev);
   }
+  return { header: traceHeader(h), events };
+}
+
+/** The trace header from the fields its lines gave; throws `KernelTraceError` for a missing or unknown mode. */
+function traceHeader(h: HeaderFields): KernelTraceHeader {
+  const mode = h.mode;
   if (mode === undefined) {
     throw new KernelTraceError("trace has no '# mode <strict|lazy|forcedac|swiotlb>' header line");
   }
   if (!MODES.has(mode)) {
     throw new KernelTraceError(`trace mode '${mode}' is not one of strict, lazy, forcedac, swiotlb`);
   }
-  const vm = /^(\d+)\.(\d+)/.exec(kernelRelease);
+  const vm = /^(\d+)\.(\d+)/.exec(h.kernelRelease);
   const kernelVersion: [number, number] = vm ? [Number(vm[1]), Number(vm[2])] : [0, 0];
-  const group = device !== undefined ? groupOf.get(device) : undefined;
-  const reserved = group !== undefined ? (reservedByGroup.get(group) ?? []) : [];
+  const group = h.device !== undefined ? h.groupOf.get(h.device) : undefined;
+  const reserved = group !== undefined ? (h.reservedByGroup.get(group) ?? []) : [];
   return {
-    header: {
-      mode: mode as KernelDmaMode,
-      kernelRelease,
-      kernelVersion,
-      qemu,
-      cmdline,
-      reserved,
-      pciWindows,
-      hostAddressWidth,
-      device,
-      swiotlbAreas,
-      kprobeMisses,
-      ringOverruns,
-    },
-    events,
+    mode: mode as KernelDmaMode,
+    kernelRelease: h.kernelRelease,
+    kernelVersion,
+    qemu: h.qemu,
+    cmdline: h.cmdline,
+    reserved,
+    pciWindows: h.pciWindows,
+    hostAddressWidth: h.hostAddressWidth,
+    device: h.device,
+    swiotlbAreas: h.swiotlbAreas,
+    kprobeMisses: h.kprobeMisses,
+    ringOverruns: h.ringOverruns,
   };
 }

@@ -29,6 +29,7 @@ import {
   type DmaDataDirection,
   DmaError,
   IOVA_DEFAULT_FQ_TIMEOUT,
+  type IommuDmaCookie,
   iommuDmaCookie,
   iommuDmaMapPhys,
   iommuDmaMapSg,
@@ -40,7 +41,7 @@ import {
   sgInitTable,
   sgSetPage,
 } from '@iovalink/dma-api';
-import { IommuError, type IovaDomain, type TraceArgs, type Tracer } from '@iovalink/iommu';
+import { IommuError, type IovaDomain, type Machine, type TraceArgs, type Tracer } from '@iovalink/iommu';
 import { countCompared, type Divergence, DivergenceFound, hx, type ReplayResult } from './divergence.js';
 import { KERNEL_IOVA_GRANULE, kernelDevice, replayMachine } from './kernel-domain.js';
 import type { KernelEvent, KernelTrace } from './kernel-trace.js';
@@ -205,42 +206,137 @@ function maxPhys(trace: KernelTrace): number {
  * compared by kind and the first divergence; the replay stops there.
  */
 export function replayDmaIommu(trace: KernelTrace): ReplayResult {
-  const { header } = trace;
-  const compared: Record<string, number> = {};
-  const notes: string[] = [];
-  const lazy = header.mode === 'lazy';
-  const machine = replayMachine(maxPhys(trace), traceCpus(trace));
-  const tracer = new StepTracer();
-  machine.tracer = tracer;
-  const dev: Device = kernelDevice(machine, header, { lazy });
-  const domain = dev.domain;
-  if (domain === undefined) throw new Error('replayDmaIommu: device without a domain');
-  const cookie = iommuDmaCookie(domain);
-  const steps = tracer.steps;
-  recordAllocator(cookie.iovad, steps);
-  const [major, minor] = header.kernelVersion;
-  const rearmSac = header.mode !== 'forcedac' && (major < 6 || (major === 6 && minor < 4));
-  if (header.mode === 'forcedac') dev.pci32bitWorkaround = false;
-  notes.push(
-    header.mode === 'forcedac'
-      ? 'iommu.forcedac=1: no 32-bit-first attempt (model: pci32bitWorkaround off)'
-      : rearmSac
-        ? `kernel ${header.kernelRelease} < 6.4: 32-bit-first attempt on every allocation (model flag re-armed per call)`
-        : 'kernel >= 6.4: sticky pci_32bit_workaround, as the model does',
-  );
+  const replay = new DmaIommuReplay(trace);
+  const divergence = replay.run();
+  return { replay: 'dma-iommu', compared: replay.compared, divergence, notes: replay.notes };
+}
 
-  const live = new Map<number, LiveMapping>();
-  const { segments, stray } = segmentsOf(trace.events);
-  const t0 = trace.events[0]?.ts ?? 0;
-  let deadline = -1; // model flush-queue timer deadline (virtual ns), -1 when not armed
-  let batches = 0;
-  let maxLateNs = 0;
-  let divergence: Divergence | undefined;
+/** Reports a divergence: throws it, so the replay stops at the first one. */
+function diverge(line: number, kind: string, what: string, kernel: string, model: string): never {
+  throw new DivergenceFound({ replay: 'dma-iommu', line, kind, what, kernel, model });
+}
 
-  const diverge = (line: number, kind: string, what: string, kernel: string, model: string): never => {
-    throw new DivergenceFound({ replay: 'dma-iommu', line, kind, what, kernel, model });
-  };
-  const modelCall = (seg: Segment, fn: () => void): void => {
+/**
+ * One replay of an IOMMU trace on a fresh model machine: a segment at a time, the recorded call is
+ * rebuilt and made on the model, then the model's allocator and page-table steps are compared with
+ * the kernel's. In lazy mode the virtual clock follows the trace and the flush-queue timer fires
+ * only at a recorded expiry.
+ */
+class DmaIommuReplay {
+  readonly compared: Record<string, number> = {};
+  readonly notes: string[] = [];
+  readonly #trace: KernelTrace;
+  readonly #lazy: boolean;
+  readonly #machine: Machine;
+  readonly #dev: Device;
+  readonly #cookie: IommuDmaCookie;
+  readonly #steps: Step[];
+  /** Kernels before 6.4 try a 32-bit IOVA first on every allocation. */
+  readonly #rearmSac: boolean;
+  readonly #live = new Map<number, LiveMapping>();
+  readonly #t0: number;
+  /** Model flush-queue timer deadline (virtual ns), -1 when not armed. */
+  #deadline = -1;
+  #batches = 0;
+  #maxLateNs = 0;
+
+  constructor(trace: KernelTrace) {
+    const { header } = trace;
+    this.#trace = trace;
+    this.#lazy = header.mode === 'lazy';
+    this.#machine = replayMachine(maxPhys(trace), traceCpus(trace));
+    const tracer = new StepTracer();
+    this.#machine.tracer = tracer;
+    this.#dev = kernelDevice(this.#machine, header, { lazy: this.#lazy });
+    const domain = this.#dev.domain;
+    if (domain === undefined) throw new Error('replayDmaIommu: device without a domain');
+    this.#cookie = iommuDmaCookie(domain);
+    this.#steps = tracer.steps;
+    recordAllocator(this.#cookie.iovad, this.#steps);
+    const [major, minor] = header.kernelVersion;
+    this.#rearmSac = header.mode !== 'forcedac' && (major < 6 || (major === 6 && minor < 4));
+    if (header.mode === 'forcedac') this.#dev.pci32bitWorkaround = false;
+    this.notes.push(
+      header.mode === 'forcedac'
+        ? 'iommu.forcedac=1: no 32-bit-first attempt (model: pci32bitWorkaround off)'
+        : this.#rearmSac
+          ? `kernel ${header.kernelRelease} < 6.4: 32-bit-first attempt on every allocation (model flag re-armed per call)`
+          : 'kernel >= 6.4: sticky pci_32bit_workaround, as the model does',
+    );
+    this.#t0 = trace.events[0]?.ts ?? 0;
+  }
+
+  /** Replays every segment; returns the first divergence, if any. */
+  run(): Divergence | undefined {
+    let divergence: Divergence | undefined;
+    try {
+      const { segments, stray } = segmentsOf(this.#trace.events);
+      if (stray !== undefined) {
+        diverge(
+          stray.line,
+          stray.kind,
+          'allocator or map event before any recorded DMA API call',
+          'a DMA API call',
+          'none',
+        );
+      }
+      for (const seg of segments) this.#segment(seg);
+    } catch (err) {
+      if (!(err instanceof DivergenceFound)) throw err;
+      divergence = err.divergence;
+    }
+    if (this.#lazy) {
+      this.notes.push(
+        `${this.#batches} flush-queue timer batches; kernel expiry at most ${(this.#maxLateNs / 1e6).toFixed(3)} ms after the model's 10 ms deadline (jiffy tick + softirq thread)`,
+      );
+    }
+    return divergence;
+  }
+
+  /** One recorded call: clock, the call on the model, the timer, then the step comparison. */
+  #segment(seg: Segment): void {
+    const op = seg.op;
+    const rel = op.ts - this.#t0;
+    this.#machine.setCpu(op.cpu);
+    // the virtual clock follows the trace, but the model's flush timer fires only at a recorded expiry
+    if (this.#lazy && op.kind !== 'fq_timeout') {
+      const target = this.#deadline >= 0 && this.#deadline <= rel ? this.#deadline - 1 : rel;
+      if (target > this.#machine.clock.nowNs) this.#machine.clock.advance(target - this.#machine.clock.nowNs);
+    }
+    const first = this.#steps.length;
+    const armedBefore = this.#cookie.fq?.timerArmed ?? false;
+    switch (op.kind) {
+      case 'map_page':
+        this.#mapPage(seg);
+        break;
+      case 'dma_alloc':
+      case 'map_sg':
+        this.#mapPages(seg);
+        break;
+      case 'unmap_page':
+        this.#unmapPage(seg);
+        break;
+      case 'unmap_sg':
+      case 'dma_free':
+        this.#unmapMapping(seg);
+        break;
+      case 'fq_timeout':
+        this.#fqTimeout(seg, rel);
+        break;
+      default:
+        break;
+    }
+    const fq = this.#cookie.fq;
+    if (this.#lazy && fq !== undefined) {
+      if (!fq.timerArmed) this.#deadline = -1;
+      else if (!armedBefore || op.kind === 'fq_timeout')
+        this.#deadline = this.#machine.clock.nowNs + IOVA_DEFAULT_FQ_TIMEOUT * 1e6;
+    }
+    compareSteps(seg, this.#steps.slice(first), this.compared, diverge);
+  }
+
+  /** Runs a model call; a refusal by the model is a divergence. */
+  #modelCall(seg: Segment, fn: () => void): void {
     try {
       fn();
     } catch (err) {
@@ -255,147 +351,116 @@ export function replayDmaIommu(trace: KernelTrace): ReplayResult {
       }
       throw err;
     }
-  };
+  }
 
-  try {
-    if (stray !== undefined) {
+  /** `map_page`: the physical address comes from the map event that follows. */
+  #mapPage(seg: Segment): void {
+    const { op } = seg;
+    const a = op.args;
+    const m = firstOf(seg, 'map');
+    if (m === undefined)
+      diverge(op.line, op.kind, 'no map event follows: cannot rebuild the request', 'map', 'none');
+    const phys = (m?.args.paddr ?? 0) + ((a.off ?? 0) % KERNEL_IOVA_GRANULE);
+    if (this.#rearmSac) this.#dev.pci32bitWorkaround = true;
+    this.#modelCall(seg, () => {
+      const dma = iommuDmaMapPhys(this.#dev, phys, a.size ?? 0, asDir(a.dir), 0);
+      this.#live.set(dma, { kind: 'phys', size: a.size ?? 0 });
+    });
+  }
+
+  /** `map_sg` and `dma_alloc`: the pages come from the map events that follow. */
+  #mapPages(seg: Segment): void {
+    const { op } = seg;
+    const a = op.args;
+    const pages = recordedPages(seg);
+    if (pages.length === 0)
+      diverge(op.line, op.kind, 'no map event follows: cannot rebuild the request', 'map', 'none');
+    if (this.#rearmSac) this.#dev.pci32bitWorkaround = true;
+    const dir = op.kind === 'dma_alloc' ? DMA_BIDIRECTIONAL : asDir(a.dir);
+    if (op.kind === 'dma_alloc' && seg.events.filter((e) => e.kind === 'map').length === 1) {
+      // one contiguous run: iommu_dma_alloc -> __iommu_dma_map of the pages
+      this.#modelCall(seg, () => {
+        const dma = iommuDmaMapPhys(this.#dev, pages[0] as number, a.size ?? 0, dir, 0);
+        this.#live.set(dma, { kind: 'phys', size: a.size ?? 0 });
+      });
+      return;
+    }
+    this.#modelCall(seg, () => {
+      const sgl = pageList(pages);
+      const n = iommuDmaMapSg(this.#dev, sgl, pages.length, dir, 0);
+      if (n > 0) this.#live.set(sgDmaAddress(sgl), { kind: 'sg', sgl, nents: pages.length, dir });
+    });
+  }
+
+  /** `unmap_page` at the recorded address. */
+  #unmapPage(seg: Segment): void {
+    const a = seg.op.args;
+    this.#modelCall(seg, () => {
+      iommuDmaUnmapPhys(this.#dev, a.addr ?? 0, a.size ?? 0, asDir(a.dir), 0);
+      this.#live.delete(a.addr ?? 0);
+    });
+  }
+
+  /** `unmap_sg` and `dma_free`: the mapping the model made at the IOVA of the unmap event that follows. */
+  #unmapMapping(seg: Segment): void {
+    const { op } = seg;
+    const a = op.args;
+    const u = firstOf(seg, 'unmap');
+    if (u === undefined)
+      diverge(op.line, op.kind, 'no unmap event follows: cannot tell which mapping', 'unmap', 'none');
+    const iova = u?.args.iova ?? 0;
+    const live = this.#live;
+    const m =
+      live.get(iova) ?? [...live.entries()].find(([k]) => k - (k % KERNEL_IOVA_GRANULE) === iova)?.[1];
+    if (m === undefined)
       diverge(
-        stray.line,
-        stray.kind,
-        'allocator or map event before any recorded DMA API call',
-        'a DMA API call',
-        'none',
+        op.line,
+        op.kind,
+        'the model has nothing mapped at the recorded address',
+        hx(iova),
+        'no mapping',
+      );
+    this.#modelCall(seg, () => {
+      if (m?.kind === 'sg') iommuDmaUnmapSg(this.#dev, m.sgl, m.nents, m.dir, 0);
+      else
+        iommuDmaUnmapPhys(
+          this.#dev,
+          iova,
+          op.kind === 'dma_free' ? (a.size ?? 0) : (m?.size ?? 0),
+          asDir(a.dir),
+          0,
+        );
+    });
+    for (const k of live.keys()) if (k - (k % KERNEL_IOVA_GRANULE) === iova) live.delete(k);
+  }
+
+  /** `fq_timeout`: the kernel's flush-queue timer fired; the model's must be armed and due. */
+  #fqTimeout(seg: Segment, rel: number): void {
+    const { op } = seg;
+    const fq = this.#cookie.fq;
+    if (fq === undefined || !fq.timerArmed || this.#deadline < 0) {
+      diverge(
+        op.line,
+        op.kind,
+        'the kernel flush-queue timer fired but the model has none armed',
+        'timer expiry',
+        'no timer',
       );
     }
-    for (const seg of segments) {
-      const op = seg.op;
-      const a = op.args;
-      const rel = op.ts - t0;
-      machine.setCpu(op.cpu);
-      // the virtual clock follows the trace, but the model's flush timer fires only at a recorded expiry
-      if (lazy && op.kind !== 'fq_timeout') {
-        const target = deadline >= 0 && deadline <= rel ? deadline - 1 : rel;
-        if (target > machine.clock.nowNs) machine.clock.advance(target - machine.clock.nowNs);
-      }
-      const first = steps.length;
-      const armedBefore = cookie.fq?.timerArmed ?? false;
-      switch (op.kind) {
-        case 'map_page': {
-          const m = firstOf(seg, 'map');
-          if (m === undefined)
-            diverge(op.line, op.kind, 'no map event follows: cannot rebuild the request', 'map', 'none');
-          const phys = (m?.args.paddr ?? 0) + ((a.off ?? 0) % KERNEL_IOVA_GRANULE);
-          if (rearmSac) dev.pci32bitWorkaround = true;
-          modelCall(seg, () => {
-            const dma = iommuDmaMapPhys(dev, phys, a.size ?? 0, asDir(a.dir), 0);
-            live.set(dma, { kind: 'phys', size: a.size ?? 0 });
-          });
-          break;
-        }
-        case 'dma_alloc':
-        case 'map_sg': {
-          const pages = recordedPages(seg);
-          if (pages.length === 0)
-            diverge(op.line, op.kind, 'no map event follows: cannot rebuild the request', 'map', 'none');
-          if (rearmSac) dev.pci32bitWorkaround = true;
-          const dir = op.kind === 'dma_alloc' ? DMA_BIDIRECTIONAL : asDir(a.dir);
-          if (op.kind === 'dma_alloc' && seg.events.filter((e) => e.kind === 'map').length === 1) {
-            // one contiguous run: iommu_dma_alloc -> __iommu_dma_map of the pages
-            modelCall(seg, () => {
-              const dma = iommuDmaMapPhys(dev, pages[0] as number, a.size ?? 0, dir, 0);
-              live.set(dma, { kind: 'phys', size: a.size ?? 0 });
-            });
-          } else {
-            modelCall(seg, () => {
-              const sgl = pageList(pages);
-              const n = iommuDmaMapSg(dev, sgl, pages.length, dir, 0);
-              if (n > 0) live.set(sgDmaAddress(sgl), { kind: 'sg', sgl, nents: pages.length, dir });
-            });
-          }
-          break;
-        }
-        case 'unmap_page':
-          modelCall(seg, () => {
-            iommuDmaUnmapPhys(dev, a.addr ?? 0, a.size ?? 0, asDir(a.dir), 0);
-            live.delete(a.addr ?? 0);
-          });
-          break;
-        case 'unmap_sg':
-        case 'dma_free': {
-          const u = firstOf(seg, 'unmap');
-          if (u === undefined)
-            diverge(op.line, op.kind, 'no unmap event follows: cannot tell which mapping', 'unmap', 'none');
-          const iova = u?.args.iova ?? 0;
-          const m =
-            live.get(iova) ?? [...live.entries()].find(([k]) => k - (k % KERNEL_IOVA_GRANULE) === iova)?.[1];
-          if (m === undefined)
-            diverge(
-              op.line,
-              op.kind,
-              'the model has nothing mapped at the recorded address',
-              hx(iova),
-              'no mapping',
-            );
-          modelCall(seg, () => {
-            if (m?.kind === 'sg') iommuDmaUnmapSg(dev, m.sgl, m.nents, m.dir, 0);
-            else
-              iommuDmaUnmapPhys(
-                dev,
-                iova,
-                op.kind === 'dma_free' ? (a.size ?? 0) : (m?.size ?? 0),
-                asDir(a.dir),
-                0,
-              );
-          });
-          for (const k of live.keys()) if (k - (k % KERNEL_IOVA_GRANULE) === iova) live.delete(k);
-          break;
-        }
-        case 'fq_timeout': {
-          const fq = cookie.fq;
-          if (fq === undefined || !fq.timerArmed || deadline < 0) {
-            diverge(
-              op.line,
-              op.kind,
-              'the kernel flush-queue timer fired but the model has none armed',
-              'timer expiry',
-              'no timer',
-            );
-          }
-          if (deadline > rel) {
-            diverge(
-              op.line,
-              op.kind,
-              'the kernel flushed before the model timer was due',
-              `${rel} ns`,
-              `due at ${deadline} ns`,
-            );
-          }
-          maxLateNs = Math.max(maxLateNs, rel - deadline);
-          machine.clock.advance(deadline - machine.clock.nowNs);
-          batches++;
-          countCompared(compared, 'fq_batch');
-          break;
-        }
-        default:
-          break;
-      }
-      if (lazy && cookie.fq !== undefined) {
-        if (!cookie.fq.timerArmed) deadline = -1;
-        else if (!armedBefore || op.kind === 'fq_timeout')
-          deadline = machine.clock.nowNs + IOVA_DEFAULT_FQ_TIMEOUT * 1e6;
-      }
-      compareSteps(seg, steps.slice(first), compared, diverge);
+    if (this.#deadline > rel) {
+      diverge(
+        op.line,
+        op.kind,
+        'the kernel flushed before the model timer was due',
+        `${rel} ns`,
+        `due at ${this.#deadline} ns`,
+      );
     }
-  } catch (err) {
-    if (!(err instanceof DivergenceFound)) throw err;
-    divergence = err.divergence;
+    this.#maxLateNs = Math.max(this.#maxLateNs, rel - this.#deadline);
+    this.#machine.clock.advance(this.#deadline - this.#machine.clock.nowNs);
+    this.#batches++;
+    countCompared(this.compared, 'fq_batch');
   }
-  if (lazy) {
-    notes.push(
-      `${batches} flush-queue timer batches; kernel expiry at most ${(maxLateNs / 1e6).toFixed(3)} ms after the model's 10 ms deadline (jiffy tick + softirq thread)`,
-    );
-  }
-  return { replay: 'dma-iommu', compared, divergence, notes };
 }
 
 /** Compares one segment's kernel steps with the model's, in order. */

@@ -59,17 +59,6 @@ export function replayIovaAllocator(trace: KernelTrace): ReplayResult {
     }
     return d;
   };
-  const diverge = (e: KernelEvent, what: string, kernel: string, model: string): never => {
-    const divergence: Divergence = {
-      replay: 'iova-allocator',
-      line: e.line,
-      kind: e.kind,
-      what,
-      kernel,
-      model,
-    };
-    throw new DivergenceFound(divergence);
-  };
   let divergence: Divergence | undefined;
   // the kretprobe fires on the same CPU right after its entry probe; pending calls per CPU
   const pending = new Map<number, KernelEvent>();
@@ -83,34 +72,12 @@ export function replayIovaAllocator(trace: KernelTrace): ReplayResult {
         pending.delete(e.cpu);
         const iovad = domainOf(call);
         machine.setCpu(e.cpu);
-        const { size = 0, limit = 0, flush = 0 } = call.args;
-        const pfn = iovad.allocIovaFast(size, limit, flush !== 0);
-        countCompared(compared, 'alloc_iova');
-        if (pfn !== e.args.pfn) {
-          diverge(
-            e,
-            `alloc_iova_fast(size ${size}, limit ${hx(limit)}, flush ${flush}) returned another pfn`,
-            hx(e.args.pfn ?? 0),
-            hx(pfn),
-          );
-        }
+        replayAllocIova(iovad, call, e, compared);
         noteRcache(iovad, hw);
       } else if (e.kind === 'free_iova') {
         const iovad = domainOf(e);
         machine.setCpu(e.cpu);
-        const { pfn = 0, size = 0 } = e.args;
-        try {
-          iovad.freeIovaFast(pfn, size);
-        } catch (err) {
-          if (!(err instanceof IommuError)) throw err;
-          diverge(
-            e,
-            'the model refuses this free_iova_fast',
-            `free pfn ${hx(pfn)} size ${size}`,
-            err.message,
-          );
-        }
-        countCompared(compared, 'free_iova');
+        replayFreeIova(iovad, e, compared);
         noteRcache(iovad, hw);
       }
     }
@@ -118,15 +85,53 @@ export function replayIovaAllocator(trace: KernelTrace): ReplayResult {
     if (!(err instanceof DivergenceFound)) throw err;
     divergence = err.divergence;
   }
-  if (domains.size > 0) {
-    notes.push(
-      `${domains.size} IOVA domain(s), granule 4096, start pfn 1, reserved: PCI windows ${trace.header.pciWindows.length}, regions ${trace.header.reserved.length}`,
-    );
-    notes.push(
-      hw.depot === 0
-        ? `rcache depot never used (fullest magazine ${hw.magazine} of 127): the 6.1 fixed depot and the v6.7+ trimmed depot cannot differ here`
-        : `rcache depot reached ${hw.depot} magazines: 6.1 caps it at 32 and never trims it, v6.7+ trims it every 100 ms (not advanced here)`,
+  if (domains.size > 0) notes.push(...iovaReplayNotes(domains.size, trace, hw));
+  return { replay: 'iova-allocator', compared, divergence, notes };
+}
+
+/** Reports a divergence: throws it, so the replay stops at the first one. */
+function diverge(e: KernelEvent, what: string, kernel: string, model: string): never {
+  throw new DivergenceFound({ replay: 'iova-allocator', line: e.line, kind: e.kind, what, kernel, model });
+}
+
+/** A recorded `alloc_iova_fast` (`call`) and its return: the model must return the same pfn. */
+function replayAllocIova(
+  iovad: IovaDomain,
+  call: KernelEvent,
+  ret: KernelEvent,
+  compared: Record<string, number>,
+): void {
+  const { size = 0, limit = 0, flush = 0 } = call.args;
+  const pfn = iovad.allocIovaFast(size, limit, flush !== 0);
+  countCompared(compared, 'alloc_iova');
+  if (pfn !== ret.args.pfn) {
+    diverge(
+      ret,
+      `alloc_iova_fast(size ${size}, limit ${hx(limit)}, flush ${flush}) returned another pfn`,
+      hx(ret.args.pfn ?? 0),
+      hx(pfn),
     );
   }
-  return { replay: 'iova-allocator', compared, divergence, notes };
+}
+
+/** A recorded `free_iova_fast`: the model must accept it. */
+function replayFreeIova(iovad: IovaDomain, e: KernelEvent, compared: Record<string, number>): void {
+  const { pfn = 0, size = 0 } = e.args;
+  try {
+    iovad.freeIovaFast(pfn, size);
+  } catch (err) {
+    if (!(err instanceof IommuError)) throw err;
+    diverge(e, 'the model refuses this free_iova_fast', `free pfn ${hx(pfn)} size ${size}`, err.message);
+  }
+  countCompared(compared, 'free_iova');
+}
+
+/** The replay's notes: the domains it built, and whether the rcache depot rules could matter. */
+function iovaReplayNotes(domains: number, trace: KernelTrace, hw: RcacheHighWater): string[] {
+  return [
+    `${domains} IOVA domain(s), granule 4096, start pfn 1, reserved: PCI windows ${trace.header.pciWindows.length}, regions ${trace.header.reserved.length}`,
+    hw.depot === 0
+      ? `rcache depot never used (fullest magazine ${hw.magazine} of 127): the 6.1 fixed depot and the v6.7+ trimmed depot cannot differ here`
+      : `rcache depot reached ${hw.depot} magazines: 6.1 caps it at 32 and never trims it, v6.7+ trims it every 100 ms (not advanced here)`,
+  ];
 }

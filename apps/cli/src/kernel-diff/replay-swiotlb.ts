@@ -23,6 +23,7 @@ import {
   swiotlbTblMapSingle,
   swiotlbTblUnmapSingle,
 } from '@iovalink/dma-api';
+import type { Machine } from '@iovalink/iommu';
 import { countCompared, type Divergence, DivergenceFound, hx, type ReplayResult } from './divergence.js';
 import { replayMachine } from './kernel-domain.js';
 import type { KernelEvent, KernelTrace } from './kernel-trace.js';
@@ -47,44 +48,9 @@ export function replaySwiotlb(trace: KernelTrace): ReplayResult {
   const maps = trace.events.filter((e) => e.kind === 'tbl_map');
   const firstMap = maps[0];
   if (firstMap === undefined) return { replay: 'swiotlb', compared, divergence: undefined, notes };
-  const poolStart = firstMap.args.pool;
-  const nslabs = firstMap.args.nslabs;
   let divergence: Divergence | undefined;
-  const diverge = (e: KernelEvent, what: string, kernel: string, model: string): never => {
-    throw new DivergenceFound({ replay: 'swiotlb', line: e.line, kind: e.kind, what, kernel, model });
-  };
   try {
-    if (poolStart === undefined || nslabs === undefined) {
-      diverge(
-        firstMap,
-        'tbl_map events lack pool= and nslabs= (record with tools/kernel-record/probes.txt)',
-        'pool start',
-        'unknown',
-      );
-    }
-    let maxOrig = 0;
-    for (const e of maps) maxOrig = Math.max(maxOrig, (e.args.orig ?? 0) + (e.args.mapsize ?? 0));
-    const cpus = traceCpus(trace);
-    const machine = replayMachine(maxOrig + (nslabs ?? 0) * IO_TLB_SIZE, cpus);
-    // areas: as the kernel printed them, else one per CPU (`swiotlb_adjust_nareas`)
-    const nareas = trace.header.swiotlbAreas ?? cpus;
-    const slotSearch = swiotlbRulesFor(trace.header.kernelVersion);
-    const mem = IoTlbMem.create(machine, { size: (nslabs ?? 0) * IO_TLB_SIZE, nareas, slotSearch });
-    if (mem === undefined) throw new Error('replaySwiotlb: the replay machine could not hold the pool');
-    notes.push(
-      `pool of ${nslabs} slots (${((nslabs ?? 0) * IO_TLB_SIZE) / 2 ** 20} MiB), ${mem.nareas} area(s), min_align_mask ${hx(NVME_MIN_ALIGN_MASK)}, slot-search rules ${slotSearch}`,
-    );
-    const [major, minor] = trace.header.kernelVersion;
-    if (major === 6 && minor > 1 && minor < 9) {
-      notes.push(
-        `kernel ${major}.${minor}: its swiotlb slot-search rules lie between v6.1 and v6.9 and are not modeled; a slot divergence may be that difference`,
-      );
-    }
-    const modelAddrOf = (kernelTlb: number): number => {
-      const rel = kernelTlb - (poolStart ?? 0);
-      const index = Math.floor(rel / IO_TLB_SIZE);
-      return mem.slotAddr(index) + (rel - index * IO_TLB_SIZE);
-    };
+    const pool = swiotlbReplayPool(trace, firstMap, maps, notes);
     const pending = new Map<number, KernelEvent>();
     for (const e of trace.events) {
       if (e.kind === 'tbl_map') {
@@ -93,68 +59,9 @@ export function replaySwiotlb(trace: KernelTrace): ReplayResult {
         const call = pending.get(e.cpu);
         if (call === undefined) continue;
         pending.delete(e.cpu);
-        machine.setCpu(Math.min(e.cpu, machine.cpus - 1));
-        const { orig = 0, mapsize = 0, allocsize = 0, align = 0, dir = 0 } = call.args;
-        if (allocsize !== mapsize) {
-          diverge(
-            call,
-            'alloc_size differs from mapping_size: the model (v6.10+) has no separate alloc_size',
-            `${allocsize}`,
-            `${mapsize}`,
-          );
-        }
-        let tlb: number;
-        try {
-          tlb = swiotlbTblMapSingle(
-            mem,
-            orig,
-            mapsize,
-            align,
-            NVME_MIN_ALIGN_MASK,
-            dir as DmaDataDirection,
-            0,
-          );
-        } catch (err) {
-          if (!(err instanceof DmaError)) throw err;
-          tlb = diverge(
-            call,
-            'the model refused the recorded bounce',
-            `orig ${hx(orig)} size ${mapsize}`,
-            err.message,
-          );
-        }
-        const kernelTlb = e.args.tlb ?? -1;
-        countCompared(compared, 'tbl_map');
-        const kernelFailed = kernelTlb === -1;
-        const modelFailed = tlb === DMA_MAPPING_ERROR;
-        if (kernelFailed || modelFailed) {
-          if (kernelFailed !== modelFailed) {
-            diverge(
-              e,
-              'one side found no free slots',
-              kernelFailed ? 'no slots' : hx(kernelTlb),
-              modelFailed ? 'no slots' : hx(tlb),
-            );
-          }
-          continue;
-        }
-        const want = modelAddrOf(kernelTlb);
-        if (tlb !== want) {
-          const slot = (addr: number): string => {
-            const i = mem.slotIndex(addr);
-            return `slot ${i} + ${hx(addr - mem.slotAddr(i))}`;
-          };
-          diverge(e, `bounce of orig ${hx(orig)} size ${mapsize} landed elsewhere`, slot(want), slot(tlb));
-        }
+        replayTblMap(pool, call, e, compared);
       } else if (e.kind === 'tbl_unmap') {
-        const { tlb = 0, size = 0, dir = 0 } = e.args;
-        machine.setCpu(Math.min(e.cpu, machine.cpus - 1));
-        try {
-          swiotlbTblUnmapSingle(mem, modelAddrOf(tlb), size, dir as DmaDataDirection, 0);
-        } catch (err) {
-          if (!(err instanceof DmaError)) throw err;
-          diverge(e, 'the model has no bounce mapping at the recorded slot', hx(tlb), err.message);
-        }
+        replayTblUnmap(pool, e);
         countCompared(compared, 'tbl_unmap');
       }
     }
@@ -163,4 +70,136 @@ export function replaySwiotlb(trace: KernelTrace): ReplayResult {
     divergence = err.divergence;
   }
   return { replay: 'swiotlb', compared, divergence, notes };
+}
+
+/** Reports a divergence: throws it, so the replay stops at the first one. */
+function diverge(e: KernelEvent, what: string, kernel: string, model: string): never {
+  throw new DivergenceFound({ replay: 'swiotlb', line: e.line, kind: e.kind, what, kernel, model });
+}
+
+/** The model pool beside the kernel's: where the kernel's pool starts, to translate its slot addresses. */
+interface SwiotlbReplayPool {
+  machine: Machine;
+  mem: IoTlbMem;
+  /** Physical address of the kernel's pool (from the first `tbl_map`'s `pool=`). */
+  kernelStart: number;
+}
+
+/**
+ * A model pool of the kernel's size (from the first `tbl_map`'s `nslabs=`), with the areas the kernel
+ * printed (else one per CPU, `swiotlb_adjust_nareas`) and the slot-search rules of the trace's
+ * kernel, on a machine large enough for every recorded original.
+ */
+function swiotlbReplayPool(
+  trace: KernelTrace,
+  firstMap: KernelEvent,
+  maps: readonly KernelEvent[],
+  notes: string[],
+): SwiotlbReplayPool {
+  const poolStart = firstMap.args.pool;
+  const nslabs = firstMap.args.nslabs;
+  if (poolStart === undefined || nslabs === undefined) {
+    return diverge(
+      firstMap,
+      'tbl_map events lack pool= and nslabs= (record with tools/kernel-record/probes.txt)',
+      'pool start',
+      'unknown',
+    );
+  }
+  let maxOrig = 0;
+  for (const e of maps) maxOrig = Math.max(maxOrig, (e.args.orig ?? 0) + (e.args.mapsize ?? 0));
+  const cpus = traceCpus(trace);
+  const machine = replayMachine(maxOrig + nslabs * IO_TLB_SIZE, cpus);
+  const nareas = trace.header.swiotlbAreas ?? cpus;
+  const slotSearch = swiotlbRulesFor(trace.header.kernelVersion);
+  const mem = IoTlbMem.create(machine, { size: nslabs * IO_TLB_SIZE, nareas, slotSearch });
+  if (mem === undefined) throw new Error('replaySwiotlb: the replay machine could not hold the pool');
+  notes.push(
+    `pool of ${nslabs} slots (${(nslabs * IO_TLB_SIZE) / 2 ** 20} MiB), ${mem.nareas} area(s), min_align_mask ${hx(NVME_MIN_ALIGN_MASK)}, slot-search rules ${slotSearch}`,
+  );
+  const [major, minor] = trace.header.kernelVersion;
+  if (major === 6 && minor > 1 && minor < 9) {
+    notes.push(
+      `kernel ${major}.${minor}: its swiotlb slot-search rules lie between v6.1 and v6.9 and are not modeled; a slot divergence may be that difference`,
+    );
+  }
+  return { machine, mem, kernelStart: poolStart };
+}
+
+/** The model's address of the byte the kernel's bounce address names (same slot, same offset). */
+function modelAddrOf(pool: SwiotlbReplayPool, kernelTlb: number): number {
+  const rel = kernelTlb - pool.kernelStart;
+  const index = Math.floor(rel / IO_TLB_SIZE);
+  return pool.mem.slotAddr(index) + (rel - index * IO_TLB_SIZE);
+}
+
+/**
+ * A recorded `swiotlb_tbl_map_single` (`call`) and its return (`ret`): the model bounces the same
+ * original and must land in the same slot at the same offset, or fail where the kernel failed
+ * (counted as compared once the model has made the call).
+ */
+function replayTblMap(
+  pool: SwiotlbReplayPool,
+  call: KernelEvent,
+  ret: KernelEvent,
+  compared: Record<string, number>,
+): void {
+  const { machine, mem } = pool;
+  machine.setCpu(Math.min(ret.cpu, machine.cpus - 1));
+  const { orig = 0, mapsize = 0, allocsize = 0, align = 0, dir = 0 } = call.args;
+  if (allocsize !== mapsize) {
+    diverge(
+      call,
+      'alloc_size differs from mapping_size: the model (v6.10+) has no separate alloc_size',
+      `${allocsize}`,
+      `${mapsize}`,
+    );
+  }
+  let tlb: number;
+  try {
+    tlb = swiotlbTblMapSingle(mem, orig, mapsize, align, NVME_MIN_ALIGN_MASK, dir as DmaDataDirection, 0);
+  } catch (err) {
+    if (!(err instanceof DmaError)) throw err;
+    tlb = diverge(
+      call,
+      'the model refused the recorded bounce',
+      `orig ${hx(orig)} size ${mapsize}`,
+      err.message,
+    );
+  }
+  const kernelTlb = ret.args.tlb ?? -1;
+  countCompared(compared, 'tbl_map');
+  const kernelFailed = kernelTlb === -1;
+  const modelFailed = tlb === DMA_MAPPING_ERROR;
+  if (kernelFailed || modelFailed) {
+    if (kernelFailed !== modelFailed) {
+      diverge(
+        ret,
+        'one side found no free slots',
+        kernelFailed ? 'no slots' : hx(kernelTlb),
+        modelFailed ? 'no slots' : hx(tlb),
+      );
+    }
+    return;
+  }
+  const want = modelAddrOf(pool, kernelTlb);
+  if (tlb !== want) {
+    const slot = (addr: number): string => {
+      const i = mem.slotIndex(addr);
+      return `slot ${i} + ${hx(addr - mem.slotAddr(i))}`;
+    };
+    diverge(ret, `bounce of orig ${hx(orig)} size ${mapsize} landed elsewhere`, slot(want), slot(tlb));
+  }
+}
+
+/** A recorded `swiotlb_tbl_unmap_single`: the model must have a bounce mapping at the same slot. */
+function replayTblUnmap(pool: SwiotlbReplayPool, e: KernelEvent): void {
+  const { tlb = 0, size = 0, dir = 0 } = e.args;
+  pool.machine.setCpu(Math.min(e.cpu, pool.machine.cpus - 1));
+  try {
+    swiotlbTblUnmapSingle(pool.mem, modelAddrOf(pool, tlb), size, dir as DmaDataDirection, 0);
+  } catch (err) {
+    if (!(err instanceof DmaError)) throw err;
+    diverge(e, 'the model has no bounce mapping at the recorded slot', hx(tlb), err.message);
+  }
 }

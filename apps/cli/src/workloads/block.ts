@@ -21,15 +21,23 @@ import {
   type BlkIoResult,
   BlockDevice,
   blkStatusToStr,
+  type NvmeDev,
   nvmeProbe,
   nvmeRemove,
 } from '@iovalink/blk-mq';
 import { type AllocatedBuffer, allocIoBuffer } from '@iovalink/blk-mq/testing';
-import { dmaDebugDeviceTeardown, IOVA_DEFAULT_FQ_TIMEOUT } from '@iovalink/dma-api';
-import { diffCounters, type Machine, PAGE_SIZE, Prng } from '@iovalink/iommu';
+import { type Device, dmaDebugDeviceTeardown, IOVA_DEFAULT_FQ_TIMEOUT } from '@iovalink/dma-api';
+import { type CounterSnapshot, diffCounters, type Machine, PAGE_SIZE, Prng } from '@iovalink/iommu';
 import { type DmaPath, mappingMeta, type WorkloadResult } from '../results.js';
-import { createRig } from '../rig.js';
-import { type ChunkTime, fnv1a, type PathSession, runBothPaths, seededBytes } from './both-paths.js';
+import {
+  type ChunkTime,
+  createPathRig,
+  fnv1a,
+  type PathOutcome,
+  type PathSession,
+  runBothPaths,
+  seededBytes,
+} from './both-paths.js';
 import type { Workload, WorkloadContext } from './types.js';
 
 /** One block case: what fio would call a job. */
@@ -121,6 +129,13 @@ function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
   return Buffer.from(a.buffer, a.byteOffset, a.length).equals(b);
 }
 
+/** One I/O of the seeded sequence: its op, its block, and for a write the pool offset of its payload. */
+interface BlockIo {
+  op: BlkIoOp;
+  block: number;
+  at: number;
+}
+
 /**
  * Opens one block case on one path on a fresh machine (the default rig, 2 GiB, an NVMe-style
  * device probed with `mapping: path`, a block device of `queueDepth`, default 16). Throws from
@@ -132,142 +147,182 @@ export function openBlockPath(
   ctx: WorkloadContext,
   queueDepth = 16,
 ): PathSession<BlockRunStats> {
-  const rig = createRig({
-    iommu: ctx.iommu,
-    ...(ctx.hw === undefined ? {} : { hw: ctx.hw }),
-    seed: ctx.seed,
-    debug: ctx.debug,
-    memSize: 2 * 2 ** 30,
-  });
-  ctx.onMachine?.(rig.machine, path);
-  const machine = rig.machine;
-  const dev = rig.device(`nvme-${path}`);
-  const nvme = nvmeProbe(dev, { mapping: path });
-  const bdev = new BlockDevice(nvme.disk, { queueDepth });
-  const bs = c.blockSize;
-  const ioSectors = bs / 512;
-  const blocks = Math.floor(Math.max(64 << 11, (bs * 64) / 512) / ioSectors);
-  const pool = seededBytes(ctx.seed, poolBytes(bs));
-  const free: Slot[] = [];
-  for (let i = 0; i < queueDepth; i++) {
-    free.push({ ...allocIoBuffer(machine, bs, c.buffers), scratch: new Uint8Array(bs) });
-  }
-  const slots = [...free];
+  return new BlockPathSession(c, path, ctx, queueDepth);
+}
+
+/**
+ * One path's block job: a seeded sequence of reads and writes over `blocks` I/O-sized blocks, at
+ * most one I/O a block in flight, every read checked against the block's last write (or zeros),
+ * and at the end every written block read back and digested.
+ */
+class BlockPathSession implements PathSession<BlockRunStats> {
+  readonly #c: BlockCase;
+  readonly #path: DmaPath;
+  readonly #machine: Machine;
+  readonly #dev: Device;
+  readonly #nvme: NvmeDev;
+  readonly #bdev: BlockDevice;
+  readonly #ioSectors: number;
+  readonly #blocks: number;
+  readonly #pool: Uint8Array;
+  readonly #slots: Slot[] = [];
+  readonly #free: Slot[] = [];
   /** Pool offset of each block's last completed write, -1 if never written (reads as zeros). */
-  const written = new Int32Array(blocks).fill(-1);
-  const busy = new Uint8Array(blocks);
-  const zeros = new Uint8Array(bs);
-  const rng = new Prng(ctx.seed ^ 0xb10c);
-  const problems: string[] = [];
-  const stats: BlockRunStats = { reads: 0, writes: 0, blocksVerified: 0, digest: '' };
-  let cursor = 0;
-  let ops = 0;
-  let harnessNs = 0;
+  readonly #written: Int32Array;
+  readonly #busy: Uint8Array;
+  readonly #zeros: Uint8Array;
+  readonly #rng: Prng;
+  readonly #problems: string[] = [];
+  readonly #stats: BlockRunStats = { reads: 0, writes: 0, blocksVerified: 0, digest: '' };
+  readonly #before: CounterSnapshot;
+  #cursor = 0;
+  #ops = 0;
+  #harnessNs = 0;
   /** The next I/O of the seeded sequence, drawn once and kept until its block is free. */
-  let next: { op: BlkIoOp; block: number; at: number } | undefined;
+  #next: BlockIo | undefined;
 
-  const draw = () => {
-    const block = c.pattern === 'sequential' ? cursor++ % blocks : rng.int(0, blocks - 1);
-    const op: BlkIoOp = rng.float() < c.readMix ? 'read' : 'write';
-    const at = op === 'write' ? rng.int(0, (pool.length - bs) >> 9) << 9 : -1;
-    return { op, block, at };
-  };
-
-  const complete = (slot: Slot, io: { op: BlkIoOp; block: number; at: number }, r: BlkIoResult) => {
-    busy[io.block] = 0;
-    ops++;
-    if (r.status !== BLK_STS_OK) {
-      problems.push(`${io.op} of block ${io.block}: ${blkStatusToStr(r.status)}`);
-    } else if (io.op === 'write') {
-      stats.writes++;
-      written[io.block] = io.at;
-    } else {
-      stats.reads++;
-      const t = performance.now();
-      const at = written[io.block]!;
-      const want = at < 0 ? zeros : pool.subarray(at, at + bs);
-      if (!sameBytes(readInto(machine, slot), want)) problems.push(`read of block ${io.block}: wrong bytes`);
-      harnessNs += (performance.now() - t) * 1e6;
+  constructor(c: BlockCase, path: DmaPath, ctx: WorkloadContext, queueDepth: number) {
+    const rig = createPathRig(ctx, path, 2 * 2 ** 30);
+    this.#c = c;
+    this.#path = path;
+    this.#machine = rig.machine;
+    this.#dev = rig.device(`nvme-${path}`);
+    this.#nvme = nvmeProbe(this.#dev, { mapping: path });
+    this.#bdev = new BlockDevice(this.#nvme.disk, { queueDepth });
+    const bs = c.blockSize;
+    this.#ioSectors = bs / 512;
+    this.#blocks = Math.floor(Math.max(64 << 11, (bs * 64) / 512) / this.#ioSectors);
+    this.#pool = seededBytes(ctx.seed, poolBytes(bs));
+    for (let i = 0; i < queueDepth; i++) {
+      this.#slots.push({ ...allocIoBuffer(this.#machine, bs, c.buffers), scratch: new Uint8Array(bs) });
     }
-    free.push(slot);
-  };
+    this.#free.push(...this.#slots);
+    this.#written = new Int32Array(this.#blocks).fill(-1);
+    this.#busy = new Uint8Array(this.#blocks);
+    this.#zeros = new Uint8Array(bs);
+    this.#rng = new Prng(ctx.seed ^ 0xb10c);
+    this.#before = this.#machine.counters.snapshot();
+  }
+
+  step(units: number): ChunkTime {
+    const issue = { left: units };
+    const ops0 = this.#ops;
+    this.#harnessNs = 0;
+    const t0 = performance.now();
+    this.#pump(issue);
+    // run until the chunk's I/Os are issued and as many have completed: about as many stay in
+    // flight as when the chunk began, so the queue stays full across chunks (finish drains them)
+    while (issue.left > 0 || (this.#ops - ops0 < units && this.#bdev.pending > 0)) {
+      if (!this.#bdev.step()) this.#pump(issue);
+    }
+    const total = (performance.now() - t0) * 1e6;
+    return { ops: this.#ops - ops0, modelNs: total - this.#harnessNs, harnessNs: this.#harnessNs };
+  }
+
+  finish(): PathOutcome<BlockRunStats> {
+    const machine = this.#machine;
+    this.#bdev.drain();
+    machine.clock.advance(IOVA_DEFAULT_FQ_TIMEOUT * 1e6); // lazy domains: the flush-queue timer fires
+    const counters = diffCounters(this.#before, machine.counters.snapshot());
+    // outside the counter window: read back every written block and digest the contents
+    this.#stats.digest = this.#readBack().toString(16).padStart(8, '0');
+    for (const s of this.#slots) s.free();
+    nvmeRemove(this.#nvme);
+    dmaDebugDeviceTeardown(this.#dev); // a no-op unless dma-debug is on
+    const problems = this.#problems;
+    if (problems.length > 0) {
+      throw new Error(
+        `${this.#c.name} (${this.#path}): ${problems.length} problem(s); first: ${problems[0]}`,
+      );
+    }
+    return {
+      ops: this.#ops,
+      counters,
+      pages: (this.#ops * this.#c.blockSize) / PAGE_SIZE,
+      keptMetaBytes: mappingMeta(counters).bytes,
+      verified: true,
+      stats: this.#stats,
+    };
+  }
+
+  /** The next I/O of the seeded sequence. */
+  #draw(): BlockIo {
+    const c = this.#c;
+    const block =
+      c.pattern === 'sequential' ? this.#cursor++ % this.#blocks : this.#rng.int(0, this.#blocks - 1);
+    const op: BlkIoOp = this.#rng.float() < c.readMix ? 'read' : 'write';
+    const at = op === 'write' ? this.#rng.int(0, (this.#pool.length - c.blockSize) >> 9) << 9 : -1;
+    return { op, block, at };
+  }
 
   /** Issues I/Os of the sequence until `issue.left` is 0, a slot is missing or the next block is busy. */
-  const pump = (issue: { left: number }) => {
-    while (issue.left > 0 && free.length > 0) {
-      next ??= draw();
-      if (busy[next.block] === 1) return;
-      const io = next;
-      next = undefined;
-      const slot = free.pop()!;
-      busy[io.block] = 1;
+  #pump(issue: { left: number }): void {
+    const bs = this.#c.blockSize;
+    while (issue.left > 0 && this.#free.length > 0) {
+      this.#next ??= this.#draw();
+      if (this.#busy[this.#next.block] === 1) return;
+      const io = this.#next;
+      this.#next = undefined;
+      const slot = this.#free.pop()!;
+      this.#busy[io.block] = 1;
       if (io.op === 'write') {
         const t = performance.now();
-        slot.buf.write(machine, pool.subarray(io.at, io.at + bs));
-        harnessNs += (performance.now() - t) * 1e6;
+        slot.buf.write(this.#machine, this.#pool.subarray(io.at, io.at + bs));
+        this.#harnessNs += (performance.now() - t) * 1e6;
       }
       issue.left--;
-      bdev.submit(io.op, io.block * ioSectors, slot.buf, (r) => {
-        complete(slot, io, r);
-        pump(issue);
+      this.#bdev.submit(io.op, io.block * this.#ioSectors, slot.buf, (r) => {
+        this.#complete(slot, io, r);
+        this.#pump(issue);
       });
     }
-  };
+  }
 
-  const before = machine.counters.snapshot();
-  return {
-    step(units: number): ChunkTime {
-      const issue = { left: units };
-      const ops0 = ops;
-      harnessNs = 0;
-      const t0 = performance.now();
-      pump(issue);
-      // run until the chunk's I/Os are issued and as many have completed: about as many stay in
-      // flight as when the chunk began, so the queue stays full across chunks (finish drains them)
-      while (issue.left > 0 || (ops - ops0 < units && bdev.pending > 0)) {
-        if (!bdev.step()) pump(issue);
+  /** One I/O done: a write records its payload, a read is checked against the block's last write. */
+  #complete(slot: Slot, io: BlockIo, r: BlkIoResult): void {
+    this.#busy[io.block] = 0;
+    this.#ops++;
+    if (r.status !== BLK_STS_OK) {
+      this.#problems.push(`${io.op} of block ${io.block}: ${blkStatusToStr(r.status)}`);
+    } else if (io.op === 'write') {
+      this.#stats.writes++;
+      this.#written[io.block] = io.at;
+    } else {
+      this.#stats.reads++;
+      const t = performance.now();
+      const at = this.#written[io.block]!;
+      const want = at < 0 ? this.#zeros : this.#pool.subarray(at, at + this.#c.blockSize);
+      if (!sameBytes(readInto(this.#machine, slot), want))
+        this.#problems.push(`read of block ${io.block}: wrong bytes`);
+      this.#harnessNs += (performance.now() - t) * 1e6;
+    }
+    this.#free.push(slot);
+  }
+
+  /** Reads back every written block, checks it, and returns the FNV-1a digest of them in block order. */
+  #readBack(): number {
+    const bs = this.#c.blockSize;
+    let digest = 2166136261;
+    const slot = this.#slots[0]!;
+    for (let b = 0; b < this.#blocks; b++) {
+      const at = this.#written[b]!;
+      if (at < 0) continue;
+      let status = -1;
+      this.#bdev.submit('read', b * this.#ioSectors, slot.buf, (r) => {
+        status = r.status;
+      });
+      this.#bdev.drain();
+      const got = readInto(this.#machine, slot);
+      if (status !== BLK_STS_OK || !sameBytes(got, this.#pool.subarray(at, at + bs))) {
+        this.#problems.push(
+          `final read-back of block ${b}: ${status === BLK_STS_OK ? 'wrong bytes' : 'failed'}`,
+        );
       }
-      const total = (performance.now() - t0) * 1e6;
-      return { ops: ops - ops0, modelNs: total - harnessNs, harnessNs };
-    },
-    finish() {
-      bdev.drain();
-      machine.clock.advance(IOVA_DEFAULT_FQ_TIMEOUT * 1e6); // lazy domains: the flush-queue timer fires
-      const counters = diffCounters(before, machine.counters.snapshot());
-      // outside the counter window: read back every written block and digest the contents
-      let digest = 2166136261;
-      const slot = slots[0]!;
-      for (let b = 0; b < blocks; b++) {
-        if (written[b]! < 0) continue;
-        let status = -1;
-        bdev.submit('read', b * ioSectors, slot.buf, (r) => {
-          status = r.status;
-        });
-        bdev.drain();
-        const got = readInto(machine, slot);
-        if (status !== BLK_STS_OK || !sameBytes(got, pool.subarray(written[b]!, written[b]! + bs))) {
-          problems.push(`final read-back of block ${b}: ${status === BLK_STS_OK ? 'wrong bytes' : 'failed'}`);
-        }
-        digest = fnv1a(got, digest);
-        stats.blocksVerified++;
-      }
-      stats.digest = digest.toString(16).padStart(8, '0');
-      for (const s of slots) s.free();
-      nvmeRemove(nvme);
-      dmaDebugDeviceTeardown(dev); // a no-op unless dma-debug is on
-      if (problems.length > 0) {
-        throw new Error(`${c.name} (${path}): ${problems.length} problem(s); first: ${problems[0]}`);
-      }
-      return {
-        ops,
-        counters,
-        pages: (ops * bs) / PAGE_SIZE,
-        keptMetaBytes: mappingMeta(counters).bytes,
-        verified: true,
-        stats,
-      };
-    },
-  };
+      digest = fnv1a(got, digest);
+      this.#stats.blocksVerified++;
+    }
+    return digest;
+  }
 }
 
 /** Bytes each untimed warm-up run moves (per path, twice): enough I/Os for the JIT to settle. */

@@ -9,6 +9,7 @@ import type { CounterSnapshot } from '@iovalink/iommu';
 import { compareRounds, roundOrder, type SimComparison, splitUnits } from '../measure.js';
 import { yieldToEventLoop } from '../progress.js';
 import { type DmaPath, type PathResult, pathResult } from '../results.js';
+import { createRig, type Rig } from '../rig.js';
 import type { WorkloadContext } from './types.js';
 
 /** FNV-1a over `b`, continuing from `h` (the offset basis by default). */
@@ -173,4 +174,20 @@ export async function runBothPaths<Z, S extends { digest: string }>(
   }
   const sim = compareRounds(sg.result.simNsPerOpRounds, iova.result.simNsPerOpRounds);
   return { sg, iova, sim };
+}
+
+/**
+ * The fresh rig one path of a workload runs on: the context's IOMMU mode, hardware, seed and
+ * dma-debug, `memSize` bytes of RAM; the context's `onMachine` hook sees the machine first.
+ */
+export function createPathRig(ctx: WorkloadContext, path: DmaPath, memSize: number): Rig {
+  const rig = createRig({
+    iommu: ctx.iommu,
+    ...(ctx.hw === undefined ? {} : { hw: ctx.hw }),
+    seed: ctx.seed,
+    debug: ctx.debug,
+    memSize,
+  });
+  ctx.onMachine?.(rig.machine, path);
+  return rig;
 }

@@ -45,8 +45,14 @@ import {
 } from '@iovalink/rdma-odp';
 import { ODP_ACCESS_RW, odpMetaLiveBytes } from '@iovalink/rdma-odp/testing';
 import type { DmaPath, WorkloadResult } from '../results.js';
-import { createRig } from '../rig.js';
-import { type ChunkTime, fnv1a, type PathSession, runBothPaths, seededBytes } from './both-paths.js';
+import {
+  type ChunkTime,
+  createPathRig,
+  fnv1a,
+  type PathSession,
+  runBothPaths,
+  seededBytes,
+} from './both-paths.js';
 import type { Workload, WorkloadContext } from './types.js';
 
 /** The umem mode each demo path runs (see the file header). */
@@ -128,14 +134,7 @@ interface OdpRun {
  * caller's, so it can fall inside the counter window.
  */
 function odpSetup(path: DmaPath, ctx: WorkloadContext, size: OdpWorkloadSize): Omit<OdpRun, 'mr'> {
-  const rig = createRig({
-    iommu: ctx.iommu,
-    ...(ctx.hw === undefined ? {} : { hw: ctx.hw }),
-    seed: ctx.seed,
-    debug: ctx.debug,
-    memSize: 1 << 30,
-  });
-  ctx.onMachine?.(rig.machine, path);
+  const rig = createPathRig(ctx, path, 1 << 30);
   const dev = rig.device(`mlx5-${path}`);
   const ibdev = mlx5IbAdd(dev, { mode: ODP_MODE_OF_PATH[path] });
   const mm = new Mm(rig.machine, { name: 'odp-app' });

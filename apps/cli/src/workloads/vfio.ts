@@ -30,7 +30,7 @@
  * mapped — and `pages` the pages of those buffers (record-header buffers included).
  */
 import { dmaDebugDeviceTeardown, IOVA_DEFAULT_FQ_TIMEOUT } from '@iovalink/dma-api';
-import { COUNTER_NAMES, type CounterSnapshot, diffCounters, PAGE_SIZE } from '@iovalink/iommu';
+import { alignUp, COUNTER_NAMES, type CounterSnapshot, diffCounters, PAGE_SIZE } from '@iovalink/iommu';
 import {
   MLX5_META_KINDS,
   type Mlx5VfMigrationFile,
@@ -42,8 +42,7 @@ import {
 } from '@iovalink/vfio-migration';
 import { fragmentMemory } from '@iovalink/vfio-migration/testing';
 import type { DmaPath, WorkloadResult } from '../results.js';
-import { createRig } from '../rig.js';
-import { type ChunkTime, fnv1a, type PathSession, runBothPaths } from './both-paths.js';
+import { type ChunkTime, createPathRig, fnv1a, type PathSession, runBothPaths } from './both-paths.js';
 import type { Workload, WorkloadContext } from './types.js';
 
 /** Metadata kinds of the data buffers on both paths (what `keptMetaBytes` sums). */
@@ -123,14 +122,7 @@ interface VfioMigration {
  */
 function vfioMigrateOnce(path: DmaPath, ctx: WorkloadContext, size: VfioWorkloadSize): VfioMigration {
   const statePages = Math.ceil(size.stateBytes / PAGE_SIZE);
-  const rig = createRig({
-    iommu: ctx.iommu,
-    ...(ctx.hw === undefined ? {} : { hw: ctx.hw }),
-    seed: ctx.seed,
-    debug: ctx.debug,
-    memSize: 4 * 2 ** 30,
-  });
-  ctx.onMachine?.(rig.machine, path);
+  const rig = createPathRig(ctx, path, 4 * 2 ** 30);
   const machine = rig.machine;
   // enough isolated free pages for every buffer of the run (source pre-copy and stop-copy,
   // target resume buffers, each a little over the state size), as the package's benchmark does
@@ -282,7 +274,7 @@ export function vfioWorkload(
       return {
         name,
         subsystem: 'vfio',
-        bytesPerOp: Math.ceil(size.stateBytes / PAGE_SIZE) * PAGE_SIZE,
+        bytesPerOp: alignUp(size.stateBytes, PAGE_SIZE),
         paths: [sg.result, iova.result],
         sim,
       };
