@@ -569,20 +569,31 @@ export class IoPgtable {
   /**
    * Unmaps one 4 KiB leaf at `iova` (the commonest unmap: a single-page `dma_unmap_page` or
    * `dma_iova_unlink`): same rules and results as `unmapPages(iova, SZ_4K, 1, gather)`, which it
-   * falls back to when the walk cache does not hold the level-0 table for `iova`. A one-page range
+   * falls back to for bad arguments, a hole above level 0 or a larger leaf. A one-page range
    * never covers a table's span, so no table is freed here. Returns the bytes unmapped.
    */
   unmapOne4K(iova: number, gather: IommuIotlbGather): number {
-    const cached = this.#cacheTable[0];
     if (
       this.#destroyed ||
-      cached === undefined ||
-      this.#cacheKey[0] !== Math.floor(iova * INV_2M) ||
       (this.cfg.pgsizeBitmap & SZ_4K) === 0 ||
       !(Number.isSafeInteger(iova) && iova >= 0 && isAlignedPow2(iova, SZ_4K)) ||
       iova + SZ_4K > this.#iasLimit
     ) {
       return this.unmapPages(iova, SZ_4K, 1, gather);
+    }
+    const key0 = Math.floor(iova * INV_2M);
+    let cached = this.#cacheTable[0];
+    if (cached === undefined || this.#cacheKey[0] !== key0) {
+      // walk from the root through table links only; a hole or a larger leaf is unmapPages' case
+      let t = this.#root;
+      for (let lvl = TOP_LEVEL; lvl > 0; lvl--) {
+        const idx = Math.floor(iova * LEVEL_INV[lvl]!) & PTE_IDX_MASK;
+        if ((t.words[idx << 1]! & LEAF_MASK) !== IOPTE_VALID) return this.unmapPages(iova, SZ_4K, 1, gather);
+        t = this.#child(t, idx);
+      }
+      this.#cacheKey[0] = key0;
+      this.#cacheTable[0] = t;
+      cached = t;
     }
     const w = cached.words;
     const i2 = (Math.floor(iova * LEVEL_INV[0]!) & PTE_IDX_MASK) << 1;
