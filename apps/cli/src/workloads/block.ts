@@ -140,6 +140,7 @@ export function openBlockPath(
     memSize: 2 * 2 ** 30,
   });
   ctx.onMachine?.(rig.machine, path);
+  const now = ctx.clock ?? (() => performance.now());
   const machine = rig.machine;
   const dev = rig.device(`nvme-${path}`);
   const nvme = nvmeProbe(dev, { mapping: path });
@@ -183,11 +184,11 @@ export function openBlockPath(
       written[io.block] = io.at;
     } else {
       stats.reads++;
-      const t = performance.now();
+      const t = now();
       const at = written[io.block]!;
       const want = at < 0 ? zeros : pool.subarray(at, at + bs);
       if (!sameBytes(readInto(machine, slot), want)) problems.push(`read of block ${io.block}: wrong bytes`);
-      harnessNs += (performance.now() - t) * 1e6;
+      harnessNs += (now() - t) * 1e6;
     }
     free.push(slot);
   };
@@ -202,9 +203,9 @@ export function openBlockPath(
       const slot = free.pop()!;
       busy[io.block] = 1;
       if (io.op === 'write') {
-        const t = performance.now();
+        const t = now();
         slot.buf.write(machine, pool.subarray(io.at, io.at + bs));
-        harnessNs += (performance.now() - t) * 1e6;
+        harnessNs += (now() - t) * 1e6;
       }
       issue.left--;
       bdev.submit(io.op, io.block * ioSectors, slot.buf, (r) => {
@@ -220,14 +221,14 @@ export function openBlockPath(
       const issue = { left: units };
       const ops0 = ops;
       harnessNs = 0;
-      const t0 = performance.now();
+      const t0 = now();
       pump(issue);
       // run until the chunk's I/Os are issued and as many have completed: about as many stay in
       // flight as when the chunk began, so the queue stays full across chunks (finish drains them)
       while (issue.left > 0 || (ops - ops0 < units && bdev.pending > 0)) {
         if (!bdev.step()) pump(issue);
       }
-      const total = (performance.now() - t0) * 1e6;
+      const total = (now() - t0) * 1e6;
       return { ops: ops - ops0, modelNs: total - harnessNs, harnessNs };
     },
     finish() {
