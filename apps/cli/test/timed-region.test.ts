@@ -7,8 +7,8 @@
 import { describe, expect, it } from 'vitest';
 import { loadPreset } from '../src/cost-model.js';
 import { type BlockCase, openBlockPath } from '../src/workloads/block.js';
-import { openVfioPath } from '../src/workloads/vfio.js';
 import type { WorkloadContext } from '../src/workloads/types.js';
+import { openVfioPath } from '../src/workloads/vfio.js';
 
 /** A context whose simulator clock advances 1 ms per read. */
 function tickingContext(seed: number): WorkloadContext {

@@ -118,23 +118,38 @@ export async function runDmaMapBench() {
       'sim ns/op': +((t.latency.p50! * 1e6) / LINKS).toFixed(1),
     });
   }
-  // 2) 32-page (128 KiB) scattered buffer: legacy sg vs two-step, strict and lazy, interleaved in
-  //    one bench, OPS operations per sample
+  // 2) 32-page (128 KiB) scattered buffer: legacy sg vs two-step, strict and lazy: four short
+  //    benches alternating which path goes first, OPS operations per sample, the fastest median
+  //    of each path (so neither gains from its position, nor from a quiet moment of a shared host)
   const OPS = 16;
   const results: Record<string, ReturnType<typeof countsPerOp> & { ns: number }> = {};
   for (const mode of ['strict', 'lazy'] as const) {
     const rl = rig(mode);
     const ri = rig(mode);
-    const bench = new Bench({ time: 800, warmup: true });
-    bench.add(`legacy ${mode}`, () => {
-      for (let i = 0; i < OPS; i++) legacyOp(rl);
-    });
-    bench.add(`two-step ${mode}`, () => {
-      for (let i = 0; i < OPS; i++) twoStepOp(ri);
-    });
-    await bench.run();
+    const fns = [
+      () => {
+        for (let i = 0; i < OPS; i++) legacyOp(rl);
+      },
+      () => {
+        for (let i = 0; i < OPS; i++) twoStepOp(ri);
+      },
+    ];
+    const best = [Number.POSITIVE_INFINITY, Number.POSITIVE_INFINITY];
+    for (const order of [
+      [0, 1],
+      [1, 0],
+      [0, 1],
+      [1, 0],
+    ]) {
+      const bench = new Bench({ time: 200, warmup: true });
+      for (const k of order) bench.add(`f${k}`, fns[k]!);
+      await bench.run();
+      order.forEach((k, i) => {
+        best[k] = Math.min(best[k]!, (bench.tasks[i]!.result!.latency.p50! * 1e6) / OPS);
+      });
+    }
     for (const [i, path] of (['legacy', 'two-step'] as const).entries()) {
-      const ns = (bench.tasks[i]!.result!.latency.p50! * 1e6) / OPS;
+      const ns = best[i]!;
       results[`${path} ${mode}`] = {
         ns,
         ...countsPerOp(path === 'legacy' ? rl : ri, path === 'legacy' ? legacyOp : twoStepOp),

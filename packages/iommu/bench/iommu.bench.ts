@@ -164,7 +164,9 @@ export async function runIommuCoreBench(
   console.table(rows);
   const by = new Map(rows.map((r) => [r.task, r]));
   const get = (name: string) => by.get(name)!;
-  console.log(`simulator time, median of samples of ${BATCH} (1 page) or ${BIG_BATCH} (256+ pages) operations (not modeled kernel time):`);
+  console.log(
+    `simulator time, median of samples of ${BATCH} (1 page) or ${BIG_BATCH} (256+ pages) operations (not modeled kernel time):`,
+  );
   console.log(`  1×4K iommuMap: ${get('iommuMap 1×4K (map only)').nsPerOp} ns (kernel ~55)`);
   console.log(
     `  1×4K iommuUnmap (incl. iotlb_sync): ${get('iommuUnmap 1×4K (unmap only)').nsPerOp} ns, scattered ${get('iommuUnmap 1×4K (unmap only, scattered)').nsPerOp} ns (target ≤ 140; kernel ~70)`,
