@@ -55,6 +55,9 @@
  *   empty by a failed map are freed immediately: they never held a translation.
  * - A software walk cache (the last table used per leaf level) spares map/unmap the walk from the
  *   root; the hardware walk (`lookup`, `iovaToPhys`) always starts at the root and reads PTEs.
+ *   Every walk reads each link PTE and takes the child from the table's `kids` (the kernel turns
+ *   the PTE's address into a pointer with `__va`); a link whose PTE no longer holds that child's
+ *   address throws.
  *
  * Size: about 800 lines in one file because it mirrors one kernel file, io-pgtable-arm.c (about
  * 1,300 lines in v6.17): the format, its walkers and its ops belong together. `IoPgtable` (about
