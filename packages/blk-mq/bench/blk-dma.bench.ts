@@ -1,6 +1,9 @@
 // Map + build descriptors + unmap for NVMe requests, legacy scatterlist driver (v6.16) against
 // the two-step driver (v6.17), in one process so ratios are same-run figures. Times are
-// simulator time (how fast this model runs on this host), never modeled kernel time. Counts per
+// simulator time (how fast this model runs on this host), never modeled kernel time, and cover
+// only nvme_map_data + nvme_unmap_data (IOVA allocation, map, PRP/SGL build, unmap, IOTLB sync),
+// not a request's submission, completion or data movement (`iovalink bench block` times those).
+// Each sample times a batch of I/Os, so the clock read (~100–120 ns here) does not dominate. Counts per
 // request are what the kernel would spend: scatterlist bytes, sg/mempool allocations, descriptor
 // blocks, IOVA allocations, PTE writes, IOTLB invalidations.
 import { diffCounters } from '@iovalink/iommu';
@@ -98,11 +101,35 @@ function countsPerRequest(rig: NvmeRig, rqs: Request[], n: number) {
   };
 }
 
+/** A timed sample should last at least this long: ~200 clock reads (one costs ~100–120 ns here). */
+const MIN_SAMPLE_NS = 20_000;
+
 /**
- * Simulator ns per call of each function: four tinybench runs alternating which goes first, the
- * fastest mean of each, so neither path gains from its position (JIT warmth, GC debt).
+ * Operations per timed sample for `fn`: enough that one sample lasts MIN_SAMPLE_NS, estimated from
+ * an untimed-for-the-result warm run of 64 calls, so the clock read does not dominate a 4 KiB I/O.
+ */
+function batchFor(fn: () => void): number {
+  for (let i = 0; i < 64; i++) fn();
+  const t0 = performance.now();
+  for (let i = 0; i < 64; i++) fn();
+  const perOpNs = ((performance.now() - t0) * 1e6) / 64;
+  return Math.max(1, Math.min(4096, Math.ceil(MIN_SAMPLE_NS / Math.max(perOpNs, 1))));
+}
+
+/**
+ * Simulator ns per call of each function: four tinybench runs alternating which goes first, each
+ * sample timing a batch of calls (see `batchFor`) and divided by it, the median sample of each
+ * run, then the fastest run of each, so neither path gains from its position (JIT warmth, GC debt).
  */
 async function timePair(a: () => void, b: () => void): Promise<[number, number]> {
+  const fns = [a, b];
+  const batches = fns.map(batchFor);
+  const batched = fns.map((f, k) => {
+    const n = batches[k]!;
+    return () => {
+      for (let i = 0; i < n; i++) f();
+    };
+  });
   const best = [Number.POSITIVE_INFINITY, Number.POSITIVE_INFINITY];
   for (const order of [
     [0, 1],
@@ -111,11 +138,11 @@ async function timePair(a: () => void, b: () => void): Promise<[number, number]>
     [1, 0],
   ]) {
     const bench = new Bench({ time: 120, warmup: true });
-    const fns = [a, b];
-    for (const k of order) bench.add(`f${k}`, fns[k]!);
+    for (const k of order) bench.add(`f${k}`, batched[k]!);
     await bench.run();
     order.forEach((k, i) => {
-      best[k] = Math.min(best[k]!, bench.tasks[i]!.result!.latency.mean * 1e6);
+      const perOp = (bench.tasks[i]!.result!.latency.p50! * 1e6) / batches[k]!;
+      best[k] = Math.min(best[k]!, perOp);
     });
   }
   return [best[0]!, best[1]!];

@@ -1,5 +1,6 @@
 // Benchmarks of the DMA mapping paths, in one process so the ratios are same-run figures.
-// Times are simulator time (how fast this model runs here), never modeled kernel time; counts
+// Times are simulator time (how fast this model runs here), never modeled kernel time, medians of
+// samples that each time a batch of operations (a clock read costs ~100–120 ns here); counts
 // per op (allocations, metadata bytes, IOVA allocations, invalidations) are what the kernel
 // would spend.
 import { diffCounters, SZ_4K } from '@iovalink/iommu';
@@ -81,42 +82,74 @@ function countsPerOp(r: ReturnType<typeof rig>, op: (r: ReturnType<typeof rig>) 
 
 export async function runDmaMapBench() {
   const rows: Array<Record<string, string | number>> = [];
-  // 1) dma_iova_link per 4 KiB page into an allocated state (link + the page-table write)
+  // 1) dma_iova_link per 4 KiB page into an allocated state (link + the page-table write), LINKS
+  //    links per sample; the state is destroyed and re-allocated untimed when it is full
   {
     const r = rig('strict');
     const big = new DmaIovaState();
     const N = 4096;
+    const LINKS = 256;
     if (!dmaIovaTryAlloc(r.dev, big, 0, N * SZ_4K)) throw new Error('try_alloc');
     const bench = new Bench({ time: 400, warmup: true });
     let off = 0;
-    bench.add('dmaIovaLink 1×4K into an allocated state', () => {
-      if (off === N) {
-        dmaIovaDestroy(r.dev, big, N * SZ_4K, DMA_TO_DEVICE);
-        dmaIovaTryAlloc(r.dev, big, 0, N * SZ_4K);
-        off = 0;
-      }
-      dmaIovaLink(r.dev, big, r.buf[off % PAGES]!, off * SZ_4K, SZ_4K, DMA_TO_DEVICE);
-      off++;
-    });
+    bench.add(
+      'dmaIovaLink 1×4K into an allocated state',
+      () => {
+        for (let i = 0; i < LINKS; i++, off++) {
+          if (dmaIovaLink(r.dev, big, r.buf[off % PAGES]!, off * SZ_4K, SZ_4K, DMA_TO_DEVICE) !== 0) {
+            throw new Error('link');
+          }
+        }
+      },
+      {
+        beforeEach: () => {
+          if (off + LINKS <= N) return;
+          dmaIovaDestroy(r.dev, big, off * SZ_4K, DMA_TO_DEVICE);
+          if (!dmaIovaTryAlloc(r.dev, big, 0, N * SZ_4K)) throw new Error('try_alloc');
+          off = 0;
+        },
+      },
+    );
     await bench.run();
     const t = bench.tasks[0]!.result!;
     rows.push({
       case: 'link per 4K page',
       path: 'two-step',
-      'sim ns/op': +(t.latency.mean * 1e6).toFixed(1),
+      'sim ns/op': +((t.latency.p50! * 1e6) / LINKS).toFixed(1),
     });
   }
-  // 2) 32-page (128 KiB) scattered buffer: legacy sg vs two-step, strict and lazy, interleaved in one bench
+  // 2) 32-page (128 KiB) scattered buffer: legacy sg vs two-step, strict and lazy: four short
+  //    benches alternating which path goes first, OPS operations per sample, the fastest median
+  //    of each path (so neither gains from its position, nor from a quiet moment of a shared host)
+  const OPS = 16;
   const results: Record<string, ReturnType<typeof countsPerOp> & { ns: number }> = {};
   for (const mode of ['strict', 'lazy'] as const) {
     const rl = rig(mode);
     const ri = rig(mode);
-    const bench = new Bench({ time: 800, warmup: true });
-    bench.add(`legacy ${mode}`, () => legacyOp(rl));
-    bench.add(`two-step ${mode}`, () => twoStepOp(ri));
-    await bench.run();
+    const fns = [
+      () => {
+        for (let i = 0; i < OPS; i++) legacyOp(rl);
+      },
+      () => {
+        for (let i = 0; i < OPS; i++) twoStepOp(ri);
+      },
+    ];
+    const best = [Number.POSITIVE_INFINITY, Number.POSITIVE_INFINITY];
+    for (const order of [
+      [0, 1],
+      [1, 0],
+      [0, 1],
+      [1, 0],
+    ]) {
+      const bench = new Bench({ time: 200, warmup: true });
+      for (const k of order) bench.add(`f${k}`, fns[k]!);
+      await bench.run();
+      order.forEach((k, i) => {
+        best[k] = Math.min(best[k]!, (bench.tasks[i]!.result!.latency.p50! * 1e6) / OPS);
+      });
+    }
     for (const [i, path] of (['legacy', 'two-step'] as const).entries()) {
-      const ns = bench.tasks[i]!.result!.latency.mean * 1e6;
+      const ns = best[i]!;
       results[`${path} ${mode}`] = {
         ns,
         ...countsPerOp(path === 'legacy' ? rl : ri, path === 'legacy' ? legacyOp : twoStepOp),
@@ -148,7 +181,7 @@ export async function runDmaMapBench() {
     const res = dmaMapBenchmark(r.dev, { mode, loops: 200_000, dmaBits: 64, granule: 1 });
     bm[mode] = res;
     console.log(
-      `dma_map_benchmark mode=${mode}: map ${res.mapNs.toFixed(0)} ns, unmap ${res.unmapNs.toFixed(0)} ns (simulator)`,
+      `dma_map_benchmark mode=${mode}: map ${res.mapNs.toFixed(0)} ns, unmap ${res.unmapNs.toFixed(0)} ns (simulator; each call timed alone as the kernel tool does, so a clock read of ~100–120 ns is included; \`iovalink bench map\` times batches)`,
     );
   }
   return { rows, results, mapBenchmark: bm };

@@ -25,7 +25,7 @@ const BATCH = 256;
 /** One benchmark row. */
 export interface PgtableBenchRow {
   name: string;
-  /** Mean wall time of one operation (one map+unmap pair), nanoseconds. */
+  /** Wall time of one operation (one map+unmap pair), nanoseconds: the median sample of BATCH operations, divided. */
   nsPerOp: number;
   /** 4 KiB pages covered by one operation. */
   pages: number;
@@ -163,8 +163,8 @@ export async function runPgtableBench(
   await bench.run();
 
   const rows: PgtableBenchRow[] = bench.tasks.map((t) => {
-    const meanMs = t.result?.latency.mean ?? Number.NaN;
-    const nsPerOp = (meanMs * 1e6) / BATCH;
+    const medianMs = t.result?.latency.p50 ?? Number.NaN;
+    const nsPerOp = (medianMs * 1e6) / BATCH;
     const n = pages.get(t.name) ?? 1;
     const k = perOp.get(t.name);
     return {

@@ -55,6 +55,9 @@
  *   empty by a failed map are freed immediately: they never held a translation.
  * - A software walk cache (the last table used per leaf level) spares map/unmap the walk from the
  *   root; the hardware walk (`lookup`, `iovaToPhys`) always starts at the root and reads PTEs.
+ *   Every walk reads each link PTE and takes the child from the table's `kids` (the kernel turns
+ *   the PTE's address into a pointer with `__va`); a link whose PTE no longer holds that child's
+ *   address throws.
  *
  * Size: about 800 lines in one file because it mirrors one kernel file, io-pgtable-arm.c (about
  * 1,300 lines in v6.17): the format, its walkers and its ops belong together. `IoPgtable` (about
@@ -137,6 +140,13 @@ export interface IoPgtableTlbOps {
    * typically calls `iommu_iotlb_gather_add_page`, which may sync (and empty) the gather first.
    */
   addPage(gather: IommuIotlbGather, iova: number, size: number): void;
+  /**
+   * Optional: `count` contiguous leaves of `size` bytes from `iova` were cleared, with the same
+   * effect on the gather as `addPage` called for each in order. A driver provides it when it can
+   * take the run at once (its per-leaf rule can only act on the first leaf of a contiguous run);
+   * without it the table calls `addPage` per leaf.
+   */
+  addRun?(gather: IommuIotlbGather, iova: number, count: number, size: number): void;
 }
 
 /** What the hardware walk found for an IOVA (kernel: the leaf PTE a walk ends on, decoded). */
@@ -166,12 +176,19 @@ class PtTable {
   parent: PtTable | undefined;
   /** Index of this table's link in the parent. */
   parentIdx = 0;
+  /**
+   * The tables linked from this one, by entry index (levels 1–3; empty at level 0): the software
+   * side of each link PTE, so a walk follows a link without a lookup by address. A link is only
+   * followed when its PTE still holds this child's address.
+   */
+  readonly kids: (PtTable | undefined)[];
 
   constructor(phys: number, level: number, words: Uint32Array) {
     this.phys = phys;
     this.pfn = phys / PAGE_SIZE;
     this.level = level;
     this.words = words;
+    this.kids = level === 0 ? [] : new Array<PtTable | undefined>(IO_PGTABLE_PTES_PER_TABLE).fill(undefined);
   }
 }
 
@@ -498,7 +515,7 @@ export class IoPgtable {
       const w = t.words;
       const idx = Math.floor(pos * LEVEL_INV[lvl]!) & PTE_IDX_MASK;
       let max = IO_PGTABLE_PTES_PER_TABLE - idx;
-      const left = Math.ceil((end - pos) / size);
+      const left = Math.ceil((end - pos) * LEVEL_INV[lvl]!); // exact: a power-of-two reciprocal
       if (left < max) max = left;
       // The run of leaves to clear in this table: up to a hole, a table link, or the range end.
       let n = 0;
@@ -515,12 +532,18 @@ export class IoPgtable {
         }
       }
       if (n === 0) break; // a hole (only possible through the walk cache)
-      w.fill(0, idx << 1, i2);
+      if (n <= 8) {
+        for (let k = idx << 1; k < i2; k++) w[k] = 0;
+      } else {
+        w.fill(0, idx << 1, i2);
+      }
       if (notify) {
-        if (tlb !== undefined) {
-          for (let k = 0, a = pos; k < n; k++, a += size) tlb.addPage(gather, a, size);
-        } else {
+        if (tlb === undefined) {
           defaultAddRun(gather, pos, n * size, size);
+        } else if (tlb.addRun !== undefined) {
+          tlb.addRun(gather, pos, n, size);
+        } else {
+          for (let k = 0, a = pos; k < n; k++, a += size) tlb.addPage(gather, a, size);
         }
       }
       const runStart = pos;
@@ -544,6 +567,52 @@ export class IoPgtable {
     this.#leaves -= cleared;
     this.#machine.counters.pteClears += cleared;
     return unmapped;
+  }
+
+  /**
+   * Unmaps one 4 KiB leaf at `iova` (the commonest unmap: a single-page `dma_unmap_page` or
+   * `dma_iova_unlink`): same rules and results as `unmapPages(iova, SZ_4K, 1, gather)`, which it
+   * falls back to for bad arguments, a hole above level 0 or a larger leaf. A one-page range
+   * never covers a table's span, so no table is freed here. Returns the bytes unmapped.
+   */
+  unmapOne4K(iova: number, gather: IommuIotlbGather): number {
+    if (
+      this.#destroyed ||
+      (this.cfg.pgsizeBitmap & SZ_4K) === 0 ||
+      !(Number.isSafeInteger(iova) && iova >= 0 && isAlignedPow2(iova, SZ_4K)) ||
+      iova + SZ_4K > this.#iasLimit
+    ) {
+      return this.unmapPages(iova, SZ_4K, 1, gather);
+    }
+    const key0 = Math.floor(iova * INV_2M);
+    let cached = this.#cacheTable[0];
+    if (cached === undefined || this.#cacheKey[0] !== key0) {
+      // walk from the root through table links only; a hole or a larger leaf is unmapPages' case
+      let t = this.#root;
+      for (let lvl = TOP_LEVEL; lvl > 0; lvl--) {
+        const idx = Math.floor(iova * LEVEL_INV[lvl]!) & PTE_IDX_MASK;
+        if ((t.words[idx << 1]! & LEAF_MASK) !== IOPTE_VALID) return this.unmapPages(iova, SZ_4K, 1, gather);
+        t = this.#child(t, idx);
+      }
+      this.#cacheKey[0] = key0;
+      this.#cacheTable[0] = t;
+      cached = t;
+    }
+    const w = cached.words;
+    const i2 = (Math.floor(iova * LEVEL_INV[0]!) & PTE_IDX_MASK) << 1;
+    if ((w[i2]! & IOPTE_VALID) === 0) return 0;
+    w[i2] = 0;
+    w[i2 + 1] = 0;
+    if (!gather.queued) {
+      const tlb = this.#tlb;
+      if (tlb === undefined) defaultAddRun(gather, iova, SZ_4K, SZ_4K);
+      else if (tlb.addRun !== undefined) tlb.addRun(gather, iova, 1, SZ_4K);
+      else tlb.addPage(gather, iova, SZ_4K);
+    }
+    cached.live--;
+    this.#leaves--;
+    this.#machine.counters.pteClears++;
+    return SZ_4K;
   }
 
   /**
@@ -684,6 +753,7 @@ export class IoPgtable {
     t.parent = parent;
     t.parentIdx = idx;
     this.#tables.set(t.pfn, t);
+    parent.kids[idx] = t;
     const lo = lo32(phys);
     parent.words[idx << 1] = lo + IOPTE_VALID;
     parent.words[(idx << 1) + 1] = (phys - lo) / TWO32;
@@ -699,6 +769,7 @@ export class IoPgtable {
     p.words[i2] = 0;
     p.words[i2 + 1] = 0;
     p.live--;
+    p.kids[t.parentIdx] = undefined;
     this.#machine.counters.pteClears++;
     this.#tables.delete(t.pfn);
     t.parent = undefined;
@@ -757,13 +828,16 @@ export class IoPgtable {
     }
   }
 
-  /** The table a link PTE at `t[idx]` points to. */
+  /**
+   * The table a link PTE at `t[idx]` points to, taken from the parent's `kids` and checked against
+   * the address in the PTE; throws when the PTE no longer holds that table's address.
+   */
   #child(t: PtTable, idx: number): PtTable {
     const w = t.words;
     const lo = w[idx << 1];
     const hi = w[(idx << 1) + 1];
-    const c = this.#tables.get((lo >>> 12) + hi * 1048576);
-    if (c === undefined) {
+    const c = t.kids[idx];
+    if (c === undefined || c.pfn !== (lo >>> 12) + hi * 1048576) {
       throw new IommuError(
         `io-pgtable: level-${t.level} entry ${idx} links to ${hex(pteAddr(lo, hi))}, not a page table`,
         { rule: 'io-pgtable: corrupt table link' },

@@ -128,7 +128,10 @@ export class IommuDevice {
       pgtbl = IoPgtable.create(
         this.machine,
         { pgsizeBitmap: this.pgsizeBitmap, ias: this.ias, oas: this.oas },
-        { addPage: (g, iova, size) => this.#gatherAddPage(domain, g, iova, size) },
+        {
+          addPage: (g, iova, size) => this.#gatherAddPage(domain, g, iova, size),
+          addRun: (g, iova, count, size) => this.#gatherAddRun(domain, g, iova, count, size),
+        },
       );
       if (pgtbl === undefined) return undefined;
     }
@@ -167,7 +170,8 @@ export class IommuDevice {
     } else if (gather.freelist.length > 0) {
       this.flushIotlbAll(domain);
     }
-    for (const pa of gather.freelist) freeTablePage(this.machine, pa);
+    const freelist = gather.freelist;
+    for (let i = 0; i < freelist.length; i++) freeTablePage(this.machine, freelist[i]!);
     iommuIotlbGatherReset(gather);
   }
 
@@ -254,6 +258,16 @@ export class IommuDevice {
       if (g.pgsize === 0 || size < g.pgsize) g.pgsize = size;
     }
     iommuIotlbGatherAddRange(g, iova, size);
+  }
+
+  /**
+   * `count` contiguous leaves of `size` from `iova`, with the result of `#gatherAddPage` per leaf:
+   * only the first leaf can trigger a sync (every later one has the gathered size and touches the
+   * gathered range, so it is neither a size change nor disjoint), the rest only widen the range.
+   */
+  #gatherAddRun(domain: IommuDomain, g: IommuIotlbGather, iova: number, count: number, size: number): void {
+    this.#gatherAddPage(domain, g, iova, size);
+    if (count > 1) iommuIotlbGatherAddRange(g, iova + size, (count - 1) * size);
   }
 
   /**

@@ -25,12 +25,16 @@ export function iommuIotlbGatherInit(queued = false): IommuIotlbGather {
   return { start: Number.MAX_SAFE_INTEGER, end: 0, pgsize: 0, freelist: [], queued };
 }
 
-/** Re-initialises a gather in place after a sync, keeping `queued` (kernel: `iommu_iotlb_gather_init`). */
+/**
+ * Re-initialises a gather in place after a sync, keeping `queued` (kernel: `iommu_iotlb_gather_init`).
+ * A non-empty freelist is replaced by a new array (whoever took the old one keeps its pages); an
+ * empty one is kept, so a sync that freed nothing allocates nothing.
+ */
 export function iommuIotlbGatherReset(g: IommuIotlbGather): void {
   g.start = Number.MAX_SAFE_INTEGER;
   g.end = 0;
   g.pgsize = 0;
-  g.freelist = [];
+  if (g.freelist.length !== 0) g.freelist = [];
 }
 
 /** True when nothing has been gathered. */

@@ -14,7 +14,7 @@ import {
   type IommuDomainType,
   type IommuFaultHandler,
 } from './iommu-domain.js';
-import { type IommuIotlbGather, iommuIotlbGatherInit } from './iommu-gather.js';
+import { type IommuIotlbGather, iommuIotlbGatherInit, iommuIotlbGatherReset } from './iommu-gather.js';
 
 const TWO_31 = 2 ** 31;
 
@@ -186,6 +186,8 @@ function iommuUnmapInner(domain: IommuDomain, iova: number, size: number, gather
   const machine = domain.iommu.machine;
   machine.counters.iommuUnmapCalls++;
   const tr = machine.tracer;
+  // one page of the smallest size: the page-size choice is trivial (iommu_pgsize gives 4 KiB × 1)
+  if (size === 4096 && min === 4096 && tr === undefined) return pgtbl.unmapOne4K(iova, gather);
   tr?.begin('iommu_unmap', 'iommu', { iova, size });
   let unmapped = 0;
   while (unmapped < size) {
@@ -204,11 +206,24 @@ function iommuUnmapInner(domain: IommuDomain, iova: number, size: number, gather
  * emptied by the unmap are freed after that invalidation. Returns bytes unmapped.
  */
 export function iommuUnmap(domain: IommuDomain, iova: number, size: number): number {
-  const gather = iommuIotlbGatherInit();
-  const ret = iommuUnmapInner(domain, iova, size, gather);
-  iommuIotlbSync(domain, gather);
-  return ret;
+  // The gather lives on the kernel's stack; here one is reused (a nested call, e.g. from a
+  // tracer, gets its own), and the sync leaves it reset.
+  let gather = unmapGather;
+  if (unmapGatherBusy) gather = iommuIotlbGatherInit();
+  else unmapGatherBusy = true;
+  try {
+    const ret = iommuUnmapInner(domain, iova, size, gather);
+    iommuIotlbSync(domain, gather);
+    return ret;
+  } finally {
+    if (gather === unmapGather) {
+      unmapGatherBusy = false;
+      iommuIotlbGatherReset(gather);
+    }
+  }
 }
+const unmapGather = iommuIotlbGatherInit();
+let unmapGatherBusy = false;
 
 /**
  * Unmaps into the caller's gather; the caller owns the IOTLB sync (kernel: `iommu_unmap_fast`).

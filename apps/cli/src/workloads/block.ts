@@ -180,11 +180,14 @@ class BlockPathSession implements PathSession<BlockRunStats> {
   #harnessNs = 0;
   /** The next I/O of the seeded sequence, drawn once and kept until its block is free. */
   #next: BlockIo | undefined;
+  /** The simulator-time clock (ms): the context's injected clock, else `performance.now`. */
+  readonly #now: () => number;
 
   constructor(c: BlockCase, path: DmaPath, ctx: WorkloadContext, queueDepth: number) {
     const rig = createPathRig(ctx, path, 2 * 2 ** 30);
     this.#c = c;
     this.#path = path;
+    this.#now = ctx.clock ?? (() => performance.now());
     this.#machine = rig.machine;
     this.#dev = rig.device(`nvme-${path}`);
     this.#nvme = nvmeProbe(this.#dev, { mapping: path });
@@ -208,14 +211,14 @@ class BlockPathSession implements PathSession<BlockRunStats> {
     const issue = { left: units };
     const ops0 = this.#ops;
     this.#harnessNs = 0;
-    const t0 = performance.now();
+    const t0 = this.#now();
     this.#pump(issue);
     // run until the chunk's I/Os are issued and as many have completed: about as many stay in
     // flight as when the chunk began, so the queue stays full across chunks (finish drains them)
     while (issue.left > 0 || (this.#ops - ops0 < units && this.#bdev.pending > 0)) {
       if (!this.#bdev.step()) this.#pump(issue);
     }
-    const total = (performance.now() - t0) * 1e6;
+    const total = (this.#now() - t0) * 1e6;
     return { ops: this.#ops - ops0, modelNs: total - this.#harnessNs, harnessNs: this.#harnessNs };
   }
 
@@ -266,9 +269,9 @@ class BlockPathSession implements PathSession<BlockRunStats> {
       const slot = this.#free.pop()!;
       this.#busy[io.block] = 1;
       if (io.op === 'write') {
-        const t = performance.now();
+        const t = this.#now();
         slot.buf.write(this.#machine, this.#pool.subarray(io.at, io.at + bs));
-        this.#harnessNs += (performance.now() - t) * 1e6;
+        this.#harnessNs += (this.#now() - t) * 1e6;
       }
       issue.left--;
       this.#bdev.submit(io.op, io.block * this.#ioSectors, slot.buf, (r) => {
@@ -289,12 +292,12 @@ class BlockPathSession implements PathSession<BlockRunStats> {
       this.#written[io.block] = io.at;
     } else {
       this.#stats.reads++;
-      const t = performance.now();
+      const t = this.#now();
       const at = this.#written[io.block]!;
       const want = at < 0 ? this.#zeros : this.#pool.subarray(at, at + this.#c.blockSize);
       if (!sameBytes(readInto(this.#machine, slot), want))
         this.#problems.push(`read of block ${io.block}: wrong bytes`);
-      this.#harnessNs += (performance.now() - t) * 1e6;
+      this.#harnessNs += (this.#now() - t) * 1e6;
     }
     this.#free.push(slot);
   }

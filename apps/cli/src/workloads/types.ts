@@ -30,6 +30,11 @@ export interface WorkloadContext {
    * installs its tracer here.
    */
   onMachine?: (machine: Machine, path: DmaPath) => void;
+  /**
+   * The simulator-time clock in ms (default `performance.now`). Tests inject a clock that ticks
+   * once per read to check what the timed regions hold; it never changes what the model does.
+   */
+  clock?: () => number;
 }
 
 /** A runnable workload. */
