@@ -412,7 +412,8 @@ export class NbdClient {
         } else if (type === NBD_REPLY_TYPE_BLOCK_STATUS) {
           const desc: number[] = [];
           for (let i = 4; i + 4 <= payload.length; i += 4) desc.push(readU32(payload, i));
-          (p.status ??= []).push({ id: readU32(payload, 0), desc });
+          p.status ??= [];
+          p.status.push({ id: readU32(payload, 0), desc });
         } else if ((type & NBD_REPLY_TYPE_ERROR_BIT) !== 0) {
           p.error = readU32(payload, 0);
           const ml = readU16(payload, 4);

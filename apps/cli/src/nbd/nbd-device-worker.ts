@@ -89,18 +89,21 @@ function main(d: DeviceWorkerData): void {
   });
 
   // Allocation queries (`RemoteNbdDevice.allocation`), answered in kind beside the rings.
-  parentPort!.on('message', (m: { t: string; id: number; offset: number; length: number; maxRuns: number }) => {
-    if (m.t !== 'extents') return;
-    let runs: number[] | null = null;
-    try {
-      dev.allocation(m.offset, m.length, m.maxRuns, (r) => {
-        runs = r;
-      });
-    } catch (e) {
-      dev.onInternalError(e);
-    }
-    post({ t: 'extents', id: m.id, runs });
-  });
+  parentPort!.on(
+    'message',
+    (m: { t: string; id: number; offset: number; length: number; maxRuns: number }) => {
+      if (m.t !== 'extents') return;
+      let runs: number[] | null = null;
+      try {
+        dev.allocation(m.offset, m.length, m.maxRuns, (r) => {
+          runs = r;
+        });
+      } catch (e) {
+        dev.onInternalError(e);
+      }
+      post({ t: 'extents', id: m.id, runs });
+    },
+  );
 
   const ready: DeviceReady = { t: 'ready', info: dev.info, poolBase, pool, memSize: d.options.memSize };
   post(ready);

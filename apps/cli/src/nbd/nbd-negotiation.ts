@@ -8,9 +8,10 @@
  *
  * Metadata context queries: `base:allocation` selects it; `base:` (and, for LIST, no query at all)
  * lists it; every other query, of any namespace, matches nothing and is ignored (§
- * `NBD_OPT_LIST_META_CONTEXT`: unknown namespaces MUST be ignored). Both options require structured
- * replies first (NBD_REP_ERR_INVALID otherwise, as qemu-nbd does; the protocol says MAY for LIST),
- * an unknown export is NBD_REP_ERR_UNKNOWN, and SET replaces the selection even when it fails.
+ * `NBD_OPT_LIST_META_CONTEXT`: unknown namespaces MUST be ignored). SET requires structured
+ * replies first (NBD_REP_ERR_INVALID otherwise); LIST is answered without them (the protocol lets a
+ * server refuse it; qemu-nbd 7.2 answers it too). An unknown export is NBD_REP_ERR_UNKNOWN, and SET
+ * replaces the selection even when it fails.
  *
  * Bad input: unknown options → NBD_REP_ERR_UNSUP; malformed known options → NBD_REP_ERR_INVALID;
  * metadata context data over 64 KiB → NBD_REP_ERR_TOO_BIG (read and dropped).
@@ -214,7 +215,7 @@ export class Negotiation {
       this.#error(NBD_REP_ERR_INVALID, `malformed ${nbdOptName(opt)} data`);
       return;
     }
-    if (!this.#out.structured) {
+    if (set && !this.#out.structured) {
       this.#error(NBD_REP_ERR_INVALID, `${nbdOptName(opt)} needs structured replies first`);
       return;
     }

@@ -51,9 +51,9 @@ import {
   NBD_EPERM,
   NBD_ESHUTDOWN,
   NBD_REQUEST_SIZE,
-  type NbdRequest,
   NBD_STATE_HOLE,
   NBD_STATE_ZERO,
+  type NbdRequest,
   nbdCmdName,
   U64_TOO_BIG,
 } from './nbd-proto.js';
@@ -212,7 +212,8 @@ export class Transmission {
     if (r.type !== NBD_CMD_TRIM && (r.offset % exp.minBlockSize !== 0 || r.length % exp.minBlockSize !== 0)) {
       return [NBD_EINVAL, `request not aligned to the ${exp.minBlockSize}-byte minimum block size`];
     }
-    const changesData = r.type === NBD_CMD_WRITE || r.type === NBD_CMD_TRIM || r.type === NBD_CMD_WRITE_ZEROES;
+    const changesData =
+      r.type === NBD_CMD_WRITE || r.type === NBD_CMD_TRIM || r.type === NBD_CMD_WRITE_ZEROES;
     if (this.#ctx.readOnly && changesData) return [NBD_EPERM, 'the export is read-only'];
     return undefined;
   }
