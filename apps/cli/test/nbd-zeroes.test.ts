@@ -354,6 +354,9 @@ describe.each([
     expect((await c.writeZeroes(0, 100)).error).toBe(NBD_EINVAL);
     expect((await c.writeZeroes(0, 512, NBD_CMD_FLAG_DF)).error).toBe(NBD_EINVAL);
     expect((await c.writeZeroes(0, 512, NBD_CMD_FLAG_REQ_ONE)).error).toBe(NBD_EINVAL);
+    // over the 32 MiB maximum block size: EINVAL, unless FAST_ZERO (then the maximum does not apply)
+    expect((await c.writeZeroes(0, 32 * MiB + 512)).error).toBe(NBD_EINVAL);
+    expect((await c.writeZeroes(0, 32 * MiB + 512, NBD_CMD_FLAG_NO_HOLE)).error).toBe(NBD_EINVAL);
     // length 0 is a successful no-op
     expect((await c.writeZeroes(0, 0, NBD_CMD_FLAG_NO_HOLE)).error).toBe(0);
     // BLOCK_STATUS: beyond the end, length 0, misaligned, flags of other commands → EINVAL
@@ -371,6 +374,34 @@ describe.each([
     expect(st.bytes.zeroed).toBe(before.bytes.zeroed);
     // and the connection still serves: the map is unchanged
     expect((await c.blockStatus(0, SIZE)).status).toEqual([{ id: 1, desc: map.descriptors() }]);
+  });
+});
+
+describe('the maximum block size and zero writes', () => {
+  it('applies to WRITE_ZEROES without FAST_ZERO only: a fast zero of any length deallocates', async () => {
+    const big = 64 * MiB;
+    const s = await startNbdServer({
+      socket: join(dir, `z${++sockN}.sock`),
+      size: big,
+      shutdownGraceMs: 200,
+    });
+    const { client: c } = await NbdClient.open(addr(s), { structured: true, meta: ['base:allocation'] });
+    expect((await c.write(0, fill(C, 1))).error).toBe(0);
+    expect((await c.write(big - C, fill(C, 2))).error).toBe(0);
+    const len = 48 * MiB; // over the 32 MiB maximum
+    expect((await c.writeZeroes(0, len)).error).toBe(NBD_EINVAL);
+    expect((await c.writeZeroes(0, len, NBD_CMD_FLAG_NO_HOLE)).error).toBe(NBD_EINVAL);
+    expect((await c.writeZeroes(0, len, NBD_CMD_FLAG_FAST_ZERO | NBD_CMD_FLAG_NO_HOLE)).error).toBe(
+      NBD_ENOTSUP,
+    );
+    expect((await c.blockStatus(0, big)).status).toEqual([{ id: 1, desc: [C, 0, big - 2 * C, HOLE, C, 0] }]);
+    expect((await c.writeZeroes(0, big, NBD_CMD_FLAG_FAST_ZERO)).error).toBe(0);
+    expect((await c.blockStatus(0, big)).status).toEqual([{ id: 1, desc: [big, HOLE] }]);
+    expect((await c.read(big - C, C)).data.equals(Buffer.alloc(C))).toBe(true);
+    await c.disconnect();
+    const st = await closeClean(s);
+    expect(st.zeroes.deallocated).toBe(big);
+    expect(st.zeroes.written).toBe(0);
   });
 });
 

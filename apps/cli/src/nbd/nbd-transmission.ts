@@ -16,7 +16,8 @@
  * where the reply stopped).
  *
  * Bad input: unknown commands or flags, misaligned requests, reads and block status queries beyond
- * the end, reads over the maximum block size, BLOCK_STATUS of length 0 or without a negotiated
+ * the end, reads and zero writes without FAST_ZERO over the maximum block size (§ "Block size
+ * constraints"; so a NO_HOLE zero write moves at most 32 MiB), BLOCK_STATUS of length 0 or without a negotiated
  * `base:allocation` context → NBD_EINVAL; writes and zero writes beyond the end → NBD_ENOSPC
  * (§ "Error values", § `NBD_CMD_WRITE_ZEROES`); on a read-only export WRITE, TRIM and WRITE_ZEROES
  * → NBD_EPERM; once the server shuts down every new request →
@@ -345,13 +346,19 @@ export class Transmission {
 
   #writeZeroes(r: NbdRequest): void {
     const ctx = this.#ctx;
+    const fast = (r.flags & NBD_CMD_FLAG_FAST_ZERO) !== 0;
+    if (r.length > ctx.exp.maxBlockSize && !fast) {
+      // § "Block size constraints": the maximum applies to WRITE_ZEROES unless FAST_ZERO is set
+      this.#out.error(r, NBD_EINVAL, `write zeroes of ${r.length} bytes over the maximum block size`);
+      return;
+    }
     const bad = this.#check(r, NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_NO_HOLE | NBD_CMD_FLAG_FAST_ZERO);
     if (bad !== undefined) {
       this.#out.error(r, bad[0], bad[1]);
       return;
     }
     const noHole = (r.flags & NBD_CMD_FLAG_NO_HOLE) !== 0;
-    if (noHole && (r.flags & NBD_CMD_FLAG_FAST_ZERO) !== 0) {
+    if (noHole && fast) {
       ctx.stats.zeroes.fastRefused++;
       this.#out.error(r, NBD_ENOTSUP, 'zeroes without a hole are written like NBD_CMD_WRITE: not fast');
       return;
