@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { STORE_CHUNK_SIZE } from '@iovalink/blk-mq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { NbdClient, type NbdClientAddress } from '../src/nbd/nbd-client.js';
+import { RemoteNbdDevice } from '../src/nbd/nbd-device-remote.js';
 import {
   decodeMetaContextRequest,
   encodeMetaContextRequest,
@@ -21,6 +22,7 @@ import {
   NBD_CMD_FLAG_NO_HOLE,
   NBD_CMD_FLAG_REQ_ONE,
   NBD_EINVAL,
+  NBD_EIO,
   NBD_ENOSPC,
   NBD_ENOTSUP,
   NBD_EPERM,
@@ -51,7 +53,7 @@ let sockN = 0;
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 function start(
-  o: { deviceThread?: boolean; readOnly?: boolean; path?: 'sg' | 'iova' } = {},
+  o: { deviceThread?: boolean; readOnly?: boolean; path?: 'sg' | 'iova'; debug?: boolean } = {},
 ): Promise<NbdServerHandle> {
   // dma-debug on: the zero page mapped many times over in one request must be a valid mapping
   return startNbdServer({
@@ -402,6 +404,30 @@ describe('the maximum block size and zero writes', () => {
     const st = await closeClean(s);
     expect(st.zeroes.deallocated).toBe(big);
     expect(st.zeroes.written).toBe(0);
+  });
+});
+
+describe('a device thread that drops off', () => {
+  it('fails block status queries and zero writes with EIO, queries in flight included', async () => {
+    const s = await start({ deviceThread: true, debug: false });
+    const { client: c } = await NbdClient.open(addr(s), { structured: true, meta: ['base:allocation'] });
+    expect((await c.blockStatus(0, SIZE)).error).toBe(0);
+    expect(s.export.device).toBeInstanceOf(RemoteNbdDevice);
+    const inFlight = c.blockStatus(0, SIZE); // sent before the device goes
+    await new Promise((r) => setImmediate(r));
+    (s.export.device as RemoteNbdDevice).surpriseRemove();
+    const [q, later, zw, zd] = await Promise.all([
+      inFlight,
+      c.blockStatus(0, C),
+      c.writeZeroes(0, C, NBD_CMD_FLAG_NO_HOLE),
+      c.writeZeroes(0, C),
+    ]);
+    // the query sent before may have been answered already; everything after fails with EIO
+    expect([0, NBD_EIO]).toContain(q.error);
+    expect([later.error, zw.error, zd.error]).toEqual([NBD_EIO, NBD_EIO, NBD_EIO]);
+    await c.disconnect();
+    const st = await s.close();
+    expect(st.device.internalErrors).toBe(0);
   });
 });
 
