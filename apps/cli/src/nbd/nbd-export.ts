@@ -14,6 +14,9 @@
  * thread maps them, moves the data and completes them, as a server thread and an NVMe controller
  * work side by side.
  *
+ * Zero writes either deallocate or write from one zero page (`zeroes`), and allocation queries read
+ * the device's media map (`allocation`); both are documented where they are defined.
+ *
  * Concurrency: requests from all connections are submitted as they are parsed and the device's
  * completions are delivered once per event-loop turn (`setImmediate`) or when the device thread
  * reports them, which batches the completions of every socket read in that turn.
@@ -557,18 +560,20 @@ export class NbdExport {
    * with `fua`. Two ways, as NBD_CMD_WRITE_ZEROES allows (§ `NBD_CMD_WRITE_ZEROES`):
    *
    * - `'deallocate'` (the client allows a hole): discards, as `trim` does. Our controller's
-   *   deallocate reads back as zeroes (the NVMe "deallocated blocks read as zeroes" behaviour,
-   *   `nvme-hw.ts` Dataset Management), and the range becomes a hole of the backing store.
-   *   Deliberate difference: Linux never zeroes through a discard (no "discard zeroes data" since
-   *   v4.12); a real server would call `fallocate(PUNCH_HOLE)`, i.e. `blkdev_issue_zeroout` with
-   *   `BLKDEV_ZERO_NOFALLBACK` (block/fops.c `blkdev_fallocate`), which needs a Write Zeroes command.
+   *   deallocate reads back as zeroes (`nvme-hw.ts` Dataset Management), and the range becomes a
+   *   hole of the backing store. The kernel does the same for controllers known to read
+   *   deallocated blocks as zeroes: `nvme_setup_write_zeroes` (drivers/nvme/host/core.c) turns the
+   *   write-zeroes request into `nvme_setup_discard` under `NVME_QUIRK_DEALLOCATE_ZEROES`.
+   *   Deliberate difference: the block layer itself never zeroes through a discard; a real server
+   *   would call `fallocate(PUNCH_HOLE)`, i.e. `blkdev_issue_zeroout` with `BLKDEV_ZERO_NOFALLBACK`
+   *   (block/fops.c `blkdev_fallocate`), which needs a write-zeroes capable queue.
    * - `'write'` (NBD_CMD_FLAG_NO_HOLE: the range must stay allocated): ordinary write block
    *   requests whose every segment is one page of zeroes, DMA-mapped like any write — what
    *   `blkdev_issue_zeroout(…, BLKDEV_ZERO_NOUNMAP)` falls back to (`__blkdev_issue_zero_pages`
    *   adding `ZERO_PAGE(0)` to bios, block/blk-lib.c) on a device without Write Zeroes. Our model
-   *   device has none (`max_write_zeroes_sectors` 0): the kernel's NVMe Write Zeroes
-   *   (`nvme_setup_write_zeroes`, drivers/nvme/host/core.c) carries no data and maps nothing, and
-   *   modelling it would show no DMA work at all. Pieces of `maxPiece` bytes, at most four in flight.
+   *   device has none (`max_write_zeroes_sectors` 0). Had it one, the NVMe Write Zeroes command
+   *   (`nvme_setup_write_zeroes`) sets only the LBA range, no data pointer: it would map nothing.
+   *   Pieces of `maxPiece` bytes, at most four in flight.
    *
    * `done(0)` or `done(error)` (the first failure; pieces already written stay written).
    */
