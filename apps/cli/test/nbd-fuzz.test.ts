@@ -1,11 +1,11 @@
 /**
  * Protocol fuzzing: a seeded, count-bounded campaign (fast-check, `numRuns`) of sessions of random,
- * truncated and malformed NBD messages — handshake and transmission mutations, disconnects at a
- * random byte offset — against both server modes (device on the socket thread, device on its own
- * thread) while a well-behaved client uses the server. The server must never crash, must answer a
- * fresh client afterwards, must never corrupt the well-behaved client's data (every acknowledged
- * write reads back), and must end with the buffer budget and the connection count back at zero
- * and no leaks.
+ * truncated and malformed NBD messages — handshake and transmission mutations (zero writes, block
+ * status and metadata contexts included), disconnects at a random byte offset — against both
+ * server modes (device on the socket thread, device on its own thread) while a well-behaved
+ * client uses the server. The server must never crash, must answer a fresh client afterwards, must
+ * never corrupt the well-behaved client's data (every acknowledged write reads back), and must end
+ * with the buffer budget and the connection count back at zero and no leaks.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { connect } from 'node:net';
@@ -16,20 +16,28 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { NbdClient } from '../src/nbd/nbd-client.js';
 import {
   encodeInfoRequest,
+  encodeMetaContextRequest,
   encodeOption,
   encodeRequest,
+  NBD_CMD_BLOCK_STATUS,
   NBD_CMD_DISC,
   NBD_CMD_FLAG_DF,
+  NBD_CMD_FLAG_FAST_ZERO,
   NBD_CMD_FLAG_FUA,
+  NBD_CMD_FLAG_NO_HOLE,
+  NBD_CMD_FLAG_REQ_ONE,
   NBD_CMD_FLUSH,
   NBD_CMD_READ,
   NBD_CMD_TRIM,
   NBD_CMD_WRITE,
+  NBD_CMD_WRITE_ZEROES,
   NBD_OPT_ABORT,
   NBD_OPT_EXPORT_NAME,
   NBD_OPT_GO,
   NBD_OPT_INFO,
   NBD_OPT_LIST,
+  NBD_OPT_LIST_META_CONTEXT,
+  NBD_OPT_SET_META_CONTEXT,
   NBD_OPT_STRUCTURED_REPLY,
   writeU32,
 } from '../src/nbd/nbd-proto.js';
@@ -54,12 +62,32 @@ const request = fc
   .record({
     magicOk: fc.integer({ min: 0, max: 19 }).map((x) => x !== 0),
     type: fc.oneof(
-      { weight: 8, arbitrary: fc.constantFrom(NBD_CMD_READ, NBD_CMD_WRITE, NBD_CMD_FLUSH, NBD_CMD_TRIM) },
+      {
+        weight: 8,
+        arbitrary: fc.constantFrom(
+          NBD_CMD_READ,
+          NBD_CMD_WRITE,
+          NBD_CMD_FLUSH,
+          NBD_CMD_TRIM,
+          NBD_CMD_WRITE_ZEROES,
+          NBD_CMD_BLOCK_STATUS,
+        ),
+      },
       { weight: 1, arbitrary: fc.integer({ min: 0, max: 0xffff }) },
     ),
     flags: fc.oneof(
       { weight: 6, arbitrary: fc.constant(0) },
-      { weight: 2, arbitrary: fc.constantFrom(NBD_CMD_FLAG_FUA, NBD_CMD_FLAG_DF) },
+      {
+        weight: 2,
+        arbitrary: fc.constantFrom(
+          NBD_CMD_FLAG_FUA,
+          NBD_CMD_FLAG_DF,
+          NBD_CMD_FLAG_NO_HOLE,
+          NBD_CMD_FLAG_FAST_ZERO,
+          NBD_CMD_FLAG_NO_HOLE | NBD_CMD_FLAG_FAST_ZERO,
+          NBD_CMD_FLAG_REQ_ONE,
+        ),
+      },
       { weight: 1, arbitrary: fc.integer({ min: 0, max: 0xffff }) },
     ),
     where: fc.oneof(
@@ -113,6 +141,10 @@ const option = fc.oneof(
       encodeOption(NBD_OPT_GO, new Uint8Array(2)),
       encodeOption(NBD_OPT_EXPORT_NAME, Buffer.from('wrong')),
       encodeOption(NBD_OPT_ABORT),
+      encodeOption(NBD_OPT_SET_META_CONTEXT, encodeMetaContextRequest('', ['base:allocation'])),
+      encodeOption(NBD_OPT_SET_META_CONTEXT, encodeMetaContextRequest('nope', ['base:allocation'])),
+      encodeOption(NBD_OPT_SET_META_CONTEXT, new Uint8Array([0, 0, 0, 0, 0, 0, 0, 3])),
+      encodeOption(NBD_OPT_LIST_META_CONTEXT, encodeMetaContextRequest('', [])),
     ),
   },
   {
@@ -271,6 +303,9 @@ describe('protocol fuzz', () => {
       expect(st.connections.protocolErrors).toBeGreaterThan(0);
       expect(st.connections.transmissions).toBeGreaterThan(st.connections.accepted / 4); // deep sessions, not just garbage
       expect((st.commands.NBD_CMD_WRITE ?? 0) + (st.commands.NBD_CMD_READ ?? 0)).toBeGreaterThan(500);
+      expect(st.commands.NBD_CMD_WRITE_ZEROES).toBeGreaterThan(0);
+      expect(st.commands.NBD_CMD_BLOCK_STATUS).toBeGreaterThan(0);
+      expect(st.blockStatus.replies).toBeGreaterThan(0); // some sessions selected base:allocation
     },
     120_000,
   );

@@ -10,12 +10,12 @@ import {
   decodeRequest,
   encodeInfoRequest,
   encodeRequest,
+  NBD_CMD_CACHE,
   NBD_CMD_FLAG_DF,
   NBD_CMD_FLAG_FUA,
   NBD_CMD_FLAG_NO_HOLE,
   NBD_CMD_READ,
   NBD_CMD_WRITE,
-  NBD_CMD_WRITE_ZEROES,
   NBD_EINVAL,
   NBD_EIO,
   NBD_ENOSPC,
@@ -27,18 +27,20 @@ import {
   NBD_FLAG_HAS_FLAGS,
   NBD_FLAG_NO_ZEROES,
   NBD_FLAG_SEND_DF,
+  NBD_FLAG_SEND_FAST_ZERO,
   NBD_FLAG_SEND_FLUSH,
   NBD_FLAG_SEND_FUA,
   NBD_FLAG_SEND_TRIM,
+  NBD_FLAG_SEND_WRITE_ZEROES,
   NBD_INFO_BLOCK_SIZE,
   NBD_INFO_DESCRIPTION,
   NBD_INFO_NAME,
   NBD_OPT_ABORT,
   NBD_OPT_EXPORT_NAME,
+  NBD_OPT_EXTENDED_HEADERS,
   NBD_OPT_GO,
   NBD_OPT_INFO,
   NBD_OPT_LIST,
-  NBD_OPT_SET_META_CONTEXT,
   NBD_OPT_STARTTLS,
   NBD_OPT_STRUCTURED_REPLY,
   NBD_REP_ACK,
@@ -168,7 +170,13 @@ describe('handshake', () => {
     expect(info.every((r) => r.option === NBD_OPT_INFO)).toBe(true);
     const parsed = parseInfoReplies(info);
     expect(parsed.size).toBe(SIZE);
-    const want = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_FUA | NBD_FLAG_SEND_TRIM;
+    const want =
+      NBD_FLAG_HAS_FLAGS |
+      NBD_FLAG_SEND_FLUSH |
+      NBD_FLAG_SEND_FUA |
+      NBD_FLAG_SEND_TRIM |
+      NBD_FLAG_SEND_WRITE_ZEROES |
+      NBD_FLAG_SEND_FAST_ZERO;
     expect(parsed.flags & want).toBe(want);
     expect(parsed.flags & NBD_FLAG_CAN_MULTI_CONN).toBe(NBD_FLAG_CAN_MULTI_CONN);
     expect(parsed.flags & NBD_FLAG_SEND_DF).toBe(0); // no structured replies negotiated
@@ -208,7 +216,7 @@ describe('handshake', () => {
 
   it('answers unknown and unsupported options NBD_REP_ERR_UNSUP and keeps negotiating', async () => {
     const { c } = await handshake(s);
-    for (const opt of [NBD_OPT_STARTTLS, NBD_OPT_SET_META_CONTEXT, 4242, 0x7fffffff]) {
+    for (const opt of [NBD_OPT_STARTTLS, NBD_OPT_EXTENDED_HEADERS, 4242, 0x7fffffff]) {
       const r = await c.option(opt, pattern(37, opt));
       expect(r.map((x) => x.type)).toEqual([NBD_REP_ERR_UNSUP]);
       expect(r[0]!.option).toBe(opt);
@@ -450,7 +458,7 @@ describe.each([false, true])('bad input in transmission, device thread %s', (dev
       const good = pattern(4096, 42);
       expect((await c.write(0, good)).error).toBe(0);
       expect((await c.request(99, 0, 0, 0)).error).toBe(NBD_EINVAL); // unknown command
-      expect((await c.request(NBD_CMD_WRITE_ZEROES, 0, 0, 4096)).error).toBe(NBD_EINVAL); // not advertised
+      expect((await c.request(NBD_CMD_CACHE, 0, 0, 4096)).error).toBe(NBD_EINVAL); // not advertised
       expect((await c.request(NBD_CMD_READ, 0x8000, 0, 4096)).error).toBe(NBD_EINVAL); // unknown flag
       expect((await c.request(NBD_CMD_READ, NBD_CMD_FLAG_NO_HOLE, 0, 4096)).error).toBe(NBD_EINVAL);
       const df = await c.read(0, 4096, NBD_CMD_FLAG_DF); // DF only with structured replies

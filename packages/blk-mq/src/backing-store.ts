@@ -3,7 +3,13 @@
  * write, so a large namespace costs only what is written; unwritten and discarded bytes read as
  * zeros. No kernel counterpart (null_blk's memory-backed mode keeps a radix tree of pages,
  * `struct nullb_page`, for the same purpose); the media of the device models.
+ *
+ * Allocation is tracked per chunk: `extents` reports which runs of a range hold a chunk (data)
+ * and which do not (holes, reading as zeros) — never-written chunks and chunks dropped whole by
+ * `zero`. A chunk zeroed only in part stays allocated (its bytes read as zeros, but it is data),
+ * as a file system keeps a block that was zeroed rather than punched.
  */
+import { BlkError } from './errors.js';
 
 /** Bytes of one chunk. */
 export const STORE_CHUNK_SIZE = 64 * 1024;
@@ -18,6 +24,42 @@ export class SparseStore {
   /** Chunks holding data. */
   get chunks(): number {
     return this.#chunks.size;
+  }
+
+  /**
+   * The allocation map of `[off, off + len)`: runs of chunks that hold data and runs that are holes,
+   * written to `out` (cleared first) as `(length, allocated)` pairs with `allocated` 1 or 0, adjacent
+   * chunks of one state merged into one run, and the runs clipped to the range. At most `maxRuns`
+   * runs are written (the last one then ends where its state changes); returns the bytes they
+   * cover (`len` unless cut short). Kernel counterpart: none for a block device; a file-backed server
+   * asks the file system (`lseek` with `SEEK_DATA`/`SEEK_HOLE`, `iomap_seek_data` in fs/iomap/seek.c).
+   * Throws `BlkError` for a negative or non-integer range or `maxRuns` below 1 (`out` untouched).
+   */
+  extents(off: number, len: number, out: number[], maxRuns = Number.MAX_SAFE_INTEGER): number {
+    if (!Number.isSafeInteger(off) || !Number.isSafeInteger(len) || off < 0 || len < 0) {
+      throw new BlkError(
+        `store extents of [${off}, +${len}): offset and length must be non-negative safe integers`,
+        { rule: 'backing store: extents range' },
+      );
+    }
+    if (!(maxRuns >= 1)) {
+      throw new BlkError(`store extents: maxRuns ${maxRuns} must be at least 1`, {
+        rule: 'backing store: extents maxRuns',
+      });
+    }
+    out.length = 0;
+    let covered = 0;
+    while (covered < len) {
+      const a = off + covered;
+      const n = chunkRun(a, len - covered);
+      const allocated = this.#chunks.has(Math.floor(a / CHUNK)) ? 1 : 0;
+      const last = out.length - 2;
+      if (last >= 0 && out[last + 1] === allocated) out[last]! += n;
+      else if (out.length / 2 >= maxRuns) break;
+      else out.push(n, allocated);
+      covered += n;
+    }
+    return covered;
   }
 
   /**

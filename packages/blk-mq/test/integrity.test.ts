@@ -112,6 +112,34 @@ describe('SparseStore', () => {
     // another hole still reads as zeros (the shared zero chunk was never written)
     expect(st.spanForRead(5 * STORE_CHUNK_SIZE, 16)).toEqual(new Uint8Array(16));
   });
+
+  it('reports its allocation: never-written and wholly zeroed chunks are holes, written chunks data', () => {
+    const C = STORE_CHUNK_SIZE;
+    const st = new SparseStore();
+    const out: number[] = [99];
+    expect(st.extents(0, 8 * C, out)).toBe(8 * C);
+    expect(out).toEqual([8 * C, 0]); // a fresh store is one hole
+    st.write(C + 100, new Uint8Array([1])); // chunk 1
+    st.write(3 * C, new Uint8Array(2 * C).fill(2)); // chunks 3 and 4
+    st.write(6 * C, new Uint8Array(C).fill(3)); // chunk 6
+    st.zero(6 * C, C); // dropped whole: a hole again
+    st.zero(3 * C + 512, 512); // zeroed in part: chunk 3 stays allocated
+    expect(st.extents(0, 8 * C, out)).toBe(8 * C);
+    expect(out).toEqual([C, 0, C, 1, C, 0, 2 * C, 1, 3 * C, 0]);
+    // an unaligned range is clipped at both ends
+    expect(st.extents(C + 4096, 3 * C, out)).toBe(3 * C);
+    expect(out).toEqual([C - 4096, 1, C, 0, C + 4096, 1]);
+    // at most maxRuns runs: the answer stops where the state changes, and says how far it got
+    expect(st.extents(0, 8 * C, out, 2)).toBe(2 * C);
+    expect(out).toEqual([C, 0, C, 1]);
+    expect(st.extents(5 * C, 0, out)).toBe(0);
+    expect(out).toEqual([]);
+    // bad input: a typed error, `out` untouched
+    out.push(7);
+    expect(() => st.extents(-1, C, out)).toThrow(/non-negative/);
+    expect(() => st.extents(0, C, out, 0)).toThrow(/maxRuns/);
+    expect(out).toEqual([7]);
+  });
 });
 
 describe('runWorkload verification', () => {

@@ -116,7 +116,10 @@ export function formatServeStats(s: NbdServerStats): string {
       `${c.maxConcurrent} at most at once`,
     `  options: ${kv(s.options)}`,
     `  commands: ${kv(s.commands)}`,
-    `  bytes: read ${mib(s.bytes.read)}, written ${mib(s.bytes.written)}, trimmed ${mib(s.bytes.trimmed)}`,
+    `  bytes: read ${mib(s.bytes.read)}, written ${mib(s.bytes.written)}, trimmed ${mib(s.bytes.trimmed)}, zeroed ${mib(s.bytes.zeroed)}`,
+    `  write zeroes: ${mib(s.zeroes.deallocated)} deallocated, ${mib(s.zeroes.written)} written from the zero page, ` +
+      `${s.zeroes.fastRefused} fast-zero requests refused; block status: ${s.blockStatus.replies} replies, ` +
+      `${s.blockStatus.descriptors} extents over ${mib(s.blockStatus.bytes)}`,
     `  error replies: ${kv(s.errors)}`,
     `  block requests (≤ ${d.maxRequestBytes / 1024} KiB): ${kv(d.blockRequests)}; errors: ${kv(d.blockErrors)}; ` +
       `${d.bios} bios; ${d.maxInFlight} in flight at most`,

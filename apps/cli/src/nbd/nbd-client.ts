@@ -1,32 +1,39 @@
 /**
  * A minimal NBD client over a Unix socket or TCP: the fixed newstyle handshake step by step (so a
  * test can send any option, well-formed or not) and pipelined transmission requests matched to
- * simple or structured replies by handle. For tests and tools; not a full client (no TLS, no
- * block status). Protocol: `doc/proto.md` of the NetworkBlockDevice project. Kernel counterpart:
+ * simple or structured replies by handle, block status included. For tests and tools; not a full
+ * client (no TLS). Protocol: `doc/proto.md` of the NetworkBlockDevice project. Kernel counterpart:
  * the client of `drivers/block/nbd.c` (its handshake lives in user space, `nbd-client`).
  */
 import { connect, type Socket } from 'node:net';
 import {
   decodeOptionReply,
   encodeInfoRequest,
+  encodeMetaContextRequest,
   encodeOption,
   encodeRequest,
+  NBD_CMD_BLOCK_STATUS,
   NBD_CMD_DISC,
   NBD_CMD_FLAG_FUA,
   NBD_CMD_FLUSH,
   NBD_CMD_READ,
   NBD_CMD_TRIM,
   NBD_CMD_WRITE,
+  NBD_CMD_WRITE_ZEROES,
   NBD_FLAG_C_FIXED_NEWSTYLE,
   NBD_FLAG_C_NO_ZEROES,
   NBD_INFO_BLOCK_SIZE,
   NBD_INFO_EXPORT,
   NBD_OPT_GO,
+  NBD_OPT_LIST_META_CONTEXT,
+  NBD_OPT_SET_META_CONTEXT,
   NBD_OPT_STRUCTURED_REPLY,
   NBD_REP_ACK,
   NBD_REP_FLAG_ERROR,
   NBD_REP_INFO,
+  NBD_REP_META_CONTEXT,
   NBD_REPLY_FLAG_DONE,
+  NBD_REPLY_TYPE_BLOCK_STATUS,
   NBD_REPLY_TYPE_ERROR_BIT,
   NBD_REPLY_TYPE_OFFSET_DATA,
   NBD_REPLY_TYPE_OFFSET_HOLE,
@@ -52,6 +59,14 @@ export interface NbdReply {
   chunks: number;
   /** Error message of a structured error chunk. */
   message?: string;
+  /** NBD_REPLY_TYPE_BLOCK_STATUS chunks: context id and `(length, flags)` descriptor pairs. */
+  status?: Array<{ id: number; desc: number[] }>;
+}
+
+/** A metadata context the server named in an NBD_REP_META_CONTEXT reply. */
+export interface NbdMetaContext {
+  id: number;
+  name: string;
 }
 
 /** What NBD_OPT_GO told about the export. */
@@ -72,6 +87,7 @@ interface Pending {
   chunks: number;
   error: number;
   message: string | undefined;
+  status: Array<{ id: number; desc: number[] }> | undefined;
   resolve: (r: NbdReply) => void;
   reject: (e: Error) => void;
 }
@@ -145,8 +161,8 @@ export class NbdClient {
   /** Connects, performs the handshake and NBD_OPT_GO (optionally structured replies first). */
   static async open(
     addr: NbdClientAddress,
-    o: { structured?: boolean; name?: string } = {},
-  ): Promise<{ client: NbdClient; info: NbdExportInfo }> {
+    o: { structured?: boolean; name?: string; meta?: readonly string[] } = {},
+  ): Promise<{ client: NbdClient; info: NbdExportInfo; contexts: NbdMetaContext[] }> {
     const c = await NbdClient.connect(addr);
     await c.greeting();
     c.sendClientFlags(NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES);
@@ -156,8 +172,9 @@ export class NbdClient {
         throw new NbdError('structured replies refused', { rule: 'nbd client' });
       c.setStructured(true);
     }
+    const contexts = o.meta === undefined ? [] : await c.setMetaContext(o.name ?? '', o.meta);
     const info = await c.go(o.name ?? '', [NBD_INFO_BLOCK_SIZE]);
-    return { client: c, info };
+    return { client: c, info, contexts };
   }
 
   #wake(): void {
@@ -225,6 +242,24 @@ export class NbdClient {
     }
   }
 
+  /**
+   * NBD_OPT_SET_META_CONTEXT (or, with `list`, NBD_OPT_LIST_META_CONTEXT): the contexts the server
+   * named; throws when the final reply is an error (its type is in the message).
+   */
+  async setMetaContext(name: string, queries: readonly string[], list = false): Promise<NbdMetaContext[]> {
+    const opt = list ? NBD_OPT_LIST_META_CONTEXT : NBD_OPT_SET_META_CONTEXT;
+    const replies = await this.option(opt, encodeMetaContextRequest(name, queries));
+    const last = replies.at(-1)!;
+    if (last.type !== NBD_REP_ACK) {
+      throw new NbdError(`meta context option failed: reply type 0x${last.type.toString(16)}`, {
+        rule: 'nbd client: meta context',
+      });
+    }
+    return replies
+      .filter((r) => r.type === NBD_REP_META_CONTEXT)
+      .map((r) => ({ id: readU32(r.data, 0), name: Buffer.from(r.data).toString('utf8', 4) }));
+  }
+
   /** NBD_OPT_GO; on success enters transmission and returns the export's size, flags and block sizes. */
   async go(name = '', infos: readonly number[] = []): Promise<NbdExportInfo> {
     const replies = await this.option(NBD_OPT_GO, encodeInfoRequest(name, infos));
@@ -269,6 +304,7 @@ export class NbdClient {
         chunks: 0,
         error: 0,
         message: undefined,
+        status: undefined,
         resolve,
         reject,
       });
@@ -298,6 +334,16 @@ export class NbdClient {
   /** NBD_CMD_TRIM. */
   trim(offset: number, length: number): Promise<NbdReply> {
     return this.request(NBD_CMD_TRIM, 0, offset, length);
+  }
+
+  /** NBD_CMD_WRITE_ZEROES with NBD_CMD_FLAG_* `flags` (NO_HOLE, FAST_ZERO, FUA). */
+  writeZeroes(offset: number, length: number, flags = 0): Promise<NbdReply> {
+    return this.request(NBD_CMD_WRITE_ZEROES, flags, offset, length);
+  }
+
+  /** NBD_CMD_BLOCK_STATUS (flags: NBD_CMD_FLAG_REQ_ONE); the descriptors are in `status`. */
+  blockStatus(offset: number, length: number, flags = 0): Promise<NbdReply> {
+    return this.request(NBD_CMD_BLOCK_STATUS, flags, offset, length);
   }
 
   /** NBD_CMD_DISC, then waits for the server to close. */
@@ -363,6 +409,11 @@ export class NbdClient {
           payload.copy(p.data, off - p.offset, 8);
         } else if (type === NBD_REPLY_TYPE_OFFSET_HOLE) {
           p.data ??= Buffer.alloc(p.length);
+        } else if (type === NBD_REPLY_TYPE_BLOCK_STATUS) {
+          const desc: number[] = [];
+          for (let i = 4; i + 4 <= payload.length; i += 4) desc.push(readU32(payload, i));
+          p.status ??= [];
+          p.status.push({ id: readU32(payload, 0), desc });
         } else if ((type & NBD_REPLY_TYPE_ERROR_BIT) !== 0) {
           p.error = readU32(payload, 0);
           const ml = readU16(payload, 4);
@@ -377,6 +428,7 @@ export class NbdClient {
             data,
             chunks: p.chunks,
             ...(p.message === undefined ? {} : { message: p.message }),
+            ...(p.status === undefined ? {} : { status: p.status }),
           });
         }
       } else {

@@ -36,8 +36,16 @@ export interface NbdServerStats {
   commands: Record<string, number>;
   /** Error replies sent, by NBD error name (option errors by NBD_REP_ERR name). */
   errors: Record<string, number>;
-  /** Payload bytes of successful commands. */
-  bytes: { read: number; written: number; trimmed: number };
+  /** Bytes of successful commands (payloads; the ranges of trims and zero writes). */
+  bytes: { read: number; written: number; trimmed: number; zeroed: number };
+  /**
+   * NBD_CMD_WRITE_ZEROES by how it was done: bytes deallocated (a hole was allowed), bytes
+   * written from the zero page (NBD_CMD_FLAG_NO_HOLE), and requests refused with NBD_ENOTSUP
+   * (NBD_CMD_FLAG_FAST_ZERO with NO_HOLE: writing zeroes is not faster than NBD_CMD_WRITE).
+   */
+  zeroes: { deallocated: number; written: number; fastRefused: number };
+  /** NBD_CMD_BLOCK_STATUS replies sent, the descriptors in them, and the bytes they described. */
+  blockStatus: { replies: number; descriptors: number; bytes: number };
   /** Most commands in flight on one connection. */
   maxInFlight: number;
   /** The device side. */

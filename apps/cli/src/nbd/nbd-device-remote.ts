@@ -14,6 +14,7 @@ import { BLK_STS_IOERR, type BlkIoOp, type IoSegment } from '@iovalink/blk-mq';
 import { Counters, FaultInjector, PAGE_SIZE, PageAllocator, PhysMem, Prng } from '@iovalink/iommu';
 import type {
   BufferPages,
+  NbdAllocationDone,
   NbdBlockDevice,
   NbdBlockDone,
   NbdDeviceInfo,
@@ -83,6 +84,9 @@ export class RemoteNbdDevice implements NbdBlockDevice {
   /** The final counters, set by `close`. */
   #final: NbdDeviceStats | undefined;
   #lostErrors = 0;
+  /** Allocation queries sent to the device thread and not answered yet, by id. */
+  readonly #queries = new Map<number, NbdAllocationDone>();
+  #nextQuery = 0;
 
   private constructor(worker: Worker, data: DeviceWorkerData, port: MessagePort, ready: DeviceReady) {
     this.#worker = worker;
@@ -100,8 +104,9 @@ export class RemoteNbdDevice implements NbdBlockDevice {
       { firstPfn: ready.poolBase / PAGE_SIZE },
     );
     for (let id = MAX_OUTSTANDING - 1; id >= 0; id--) this.#freeIds.push(id);
-    worker.on('message', (m: { t: string; message?: string }) => {
+    worker.on('message', (m: { t: string; message?: string; id?: number; runs?: number[] | null }) => {
       if (m.t === 'internal') this.onInternalError(new Error(`device thread: ${m.message}`));
+      else if (m.t === 'extents') this.#answer(m.id!, m.runs ?? null);
     });
     worker.on('error', (e) => this.#fail(`device thread failed: ${e.stack ?? e.message}`));
     worker.on('exit', (code) => {
@@ -163,6 +168,33 @@ export class RemoteNbdDevice implements NbdBlockDevice {
     }
   }
 
+  /**
+   * Sends the query to the device thread as a message beside the rings (`{ t: 'extents' }`, answered
+   * in kind): the thread has executed every request whose completion this thread has seen.
+   */
+  allocation(offset: number, length: number, maxRuns: number, done: NbdAllocationDone): void {
+    if (this.#dead !== undefined || this.#closed) {
+      queueMicrotask(() => done(null));
+      return;
+    }
+    const id = this.#nextQuery++;
+    this.#queries.set(id, done);
+    this.#worker.postMessage({ t: 'extents', id, offset, length, maxRuns });
+  }
+
+  #answer(id: number, runs: number[] | null): void {
+    const done = this.#queries.get(id);
+    if (done === undefined) return;
+    this.#queries.delete(id);
+    done(runs);
+  }
+
+  /** Fails every unanswered allocation query (the device thread is gone). */
+  #failQueries(): void {
+    const ids = [...this.#queries.keys()];
+    for (const id of ids) this.#answer(id, null);
+  }
+
   /** Writes a submission record; false when no id or no ring space is free. */
   #send(
     op: number,
@@ -209,6 +241,7 @@ export class RemoteNbdDevice implements NbdBlockDevice {
       this.#pending = 0;
       for (const d of lost) d?.(BLK_STS_IOERR);
       for (const w of waiting) w.done(BLK_STS_IOERR);
+      this.#failQueries();
       return;
     }
     this.#cq.consume(this.#onCompletion);
@@ -293,6 +326,7 @@ export class RemoteNbdDevice implements NbdBlockDevice {
       }
       this.#port.close();
       void this.#worker.terminate();
+      this.#failQueries();
     }
     return this.#final;
   }

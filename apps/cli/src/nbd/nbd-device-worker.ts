@@ -3,7 +3,8 @@
  * the device and its machine, sets aside the buffer pool (contiguous top-order blocks of the
  * machine's RAM, shared with the server thread), then takes block requests from the submission
  * ring, runs the device and the virtual clock, and returns completions on the completion ring.
- * Counters and teardown are answered on a message port (`stats`, `close`). Kernel counterpart:
+ * Counters and teardown are answered on a message port (`stats`, `close`), allocation queries on
+ * the worker's own port (`extents`). Kernel counterpart:
  * the NVMe controller working through its submission queue while the host thread goes on.
  */
 import { parentPort, workerData } from 'node:worker_threads';
@@ -86,6 +87,23 @@ function main(d: DeviceWorkerData): void {
     Atomics.notify(flag, 0);
     if (closed) d.port.close();
   });
+
+  // Allocation queries (`RemoteNbdDevice.allocation`), answered in kind beside the rings.
+  parentPort!.on(
+    'message',
+    (m: { t: string; id: number; offset: number; length: number; maxRuns: number }) => {
+      if (m.t !== 'extents') return;
+      let runs: number[] | null = null;
+      try {
+        dev.allocation(m.offset, m.length, m.maxRuns, (r) => {
+          runs = r;
+        });
+      } catch (e) {
+        dev.onInternalError(e);
+      }
+      post({ t: 'extents', id: m.id, runs });
+    },
+  );
 
   const ready: DeviceReady = { t: 'ready', info: dev.info, poolBase, pool, memSize: d.options.memSize };
   post(ready);

@@ -91,6 +91,12 @@ export interface BufferPages {
 /** A block request's completion: a `BLK_STS_*` status. */
 export type NbdBlockDone = (status: number) => void;
 
+/**
+ * The answer to an allocation query: `(length, allocated)` pairs as `SparseStore.extents` gives
+ * them, or `null` when the device could not answer (its thread is gone).
+ */
+export type NbdAllocationDone = (runs: number[] | null) => void;
+
 /** The device an export drives. */
 export interface NbdBlockDevice {
   readonly info: NbdDeviceInfo;
@@ -109,6 +115,13 @@ export interface NbdBlockDevice {
     segs: readonly IoSegment[] | null,
     done: NbdBlockDone,
   ): void;
+  /**
+   * Asks the device's media which runs of `[offset, offset + length)` are allocated (at most
+   * `maxRuns` runs; see `SparseStore.extents`). The answer reflects every block request completed
+   * before the call. `done` runs on this thread, at once (device on this thread) or when the device
+   * thread answers. No kernel counterpart (a file-backed server's `SEEK_DATA`/`SEEK_HOLE`).
+   */
+  allocation(offset: number, length: number, maxRuns: number, done: NbdAllocationDone): void;
   /** Delivers the completions that are ready. */
   run(): void;
   /** Called when completions become ready between runs (a device on another thread). */
@@ -175,6 +188,12 @@ export class LocalNbdDevice implements NbdBlockDevice {
     if (op === 'flush') this.bdev.submit('flush', 0, 0, cb);
     else if (segs === null) this.bdev.submit(op, offset / SECTOR_SIZE, length / SECTOR_SIZE, cb);
     else this.bdev.submit(op, offset / SECTOR_SIZE, new IoBuffer(segs), cb);
+  }
+
+  allocation(offset: number, length: number, maxRuns: number, done: NbdAllocationDone): void {
+    const runs: number[] = [];
+    this.nvme.hw.store.extents(offset, length, runs, maxRuns);
+    done(runs);
   }
 
   run(): void {

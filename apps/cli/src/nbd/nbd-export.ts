@@ -14,6 +14,9 @@
  * thread maps them, moves the data and completes them, as a server thread and an NVMe controller
  * work side by side.
  *
+ * Zero writes either deallocate or write from one zero page (`zeroes`), and allocation queries read
+ * the device's media map (`allocation`); both are documented where they are defined.
+ *
  * Concurrency: requests from all connections are submitted as they are parsed and the device's
  * completions are delivered once per event-loop turn (`setImmediate`) or when the device thread
  * reports them, which batches the completions of every socket read in that turn.
@@ -26,7 +29,7 @@ import {
   type IoSegment,
   SECTOR_SIZE,
 } from '@iovalink/blk-mq';
-import { PAGE_SIZE } from '@iovalink/iommu';
+import { alignDown, alignUp, PAGE_SIZE } from '@iovalink/iommu';
 import type { IommuMode } from '../rig.js';
 import {
   LocalNbdDevice,
@@ -209,6 +212,10 @@ export class NbdExport {
   #internalErrors = 0;
   /** Called with exceptions caught while running the device or a completion callback. */
   onInternalError: (e: unknown) => void = () => {};
+  /** The page of zeroes every zero write takes its data from (kernel: `ZERO_PAGE(0)`); 0 until first used. */
+  #zeroPage = 0;
+  /** Segments of a full zero-write piece, every one the zero page (built with the page). */
+  #zeroSegs: IoSegment[] = [];
 
   /**
    * An export whose device runs on this thread, or on the given `device` (from `open`).
@@ -353,7 +360,7 @@ export class NbdExport {
       this.#slabOff = 0;
     }
     const b = this.#slab.subarray(this.#slabOff, this.#slabOff + n);
-    this.#slabOff += (n + 7) & ~7;
+    this.#slabOff += alignUp(n, 8);
     return b;
   }
 
@@ -526,8 +533,8 @@ export class NbdExport {
    */
   trim(offset: number, length: number, fua: boolean, done: NbdDone): void {
     const lbs = this.minBlockSize;
-    const start = Math.ceil(offset / lbs) * lbs;
-    const end = Math.floor((offset + length) / lbs) * lbs;
+    const start = alignUp(offset, lbs);
+    const end = alignDown(offset + length, lbs);
     let err = 0;
     let refs = 1;
     const finish = () => {
@@ -546,6 +553,97 @@ export class NbdExport {
     }
     this.#kick();
     finish();
+  }
+
+  /**
+   * Zeroes `length` bytes at `offset` (whole logical blocks, validated by the caller), then flushes
+   * with `fua`. Two ways, as NBD_CMD_WRITE_ZEROES allows (§ `NBD_CMD_WRITE_ZEROES`):
+   *
+   * - `'deallocate'` (the client allows a hole): discards, as `trim` does. Our controller's
+   *   deallocate reads back as zeroes (`nvme-hw.ts` Dataset Management), and the range becomes a
+   *   hole of the backing store. The kernel does the same for controllers known to read
+   *   deallocated blocks as zeroes: `nvme_setup_write_zeroes` (drivers/nvme/host/core.c) turns the
+   *   write-zeroes request into `nvme_setup_discard` under `NVME_QUIRK_DEALLOCATE_ZEROES`.
+   *   Deliberate difference: the block layer itself never zeroes through a discard; a real server
+   *   would call `fallocate(PUNCH_HOLE)`, i.e. `blkdev_issue_zeroout` with `BLKDEV_ZERO_NOFALLBACK`
+   *   (block/fops.c `blkdev_fallocate`), which needs a write-zeroes capable queue.
+   * - `'write'` (NBD_CMD_FLAG_NO_HOLE: the range must stay allocated): ordinary write block
+   *   requests whose every segment is one page of zeroes, DMA-mapped like any write — what
+   *   `blkdev_issue_zeroout(…, BLKDEV_ZERO_NOUNMAP)` falls back to (`__blkdev_issue_zero_pages`
+   *   adding `ZERO_PAGE(0)` to bios, block/blk-lib.c) on a device without Write Zeroes. Our model
+   *   device has none (`max_write_zeroes_sectors` 0). Had it one, the NVMe Write Zeroes command
+   *   (`nvme_setup_write_zeroes`) sets only the LBA range, no data pointer: it would map nothing.
+   *   Pieces of `maxPiece` bytes, at most four in flight.
+   *
+   * `done(0)` or `done(error)` (the first failure; pieces already written stay written).
+   */
+  zeroes(offset: number, length: number, how: 'deallocate' | 'write', fua: boolean, done: NbdDone): void {
+    if (how === 'deallocate') {
+      this.trim(offset, length, fua, done);
+      return;
+    }
+    const segs = this.#zeroPieceSegs();
+    if (segs === undefined) {
+      this.#guard(() => done(NBD_ENOMEM));
+      return;
+    }
+    let next = 0;
+    let inFlight = 0;
+    let err = 0;
+    let finished = false;
+    const pump = (): void => {
+      while (err === 0 && inFlight < 4 && next < length) {
+        const at = next;
+        const n = Math.min(this.maxPiece, length - at);
+        next += n;
+        inFlight++;
+        const pieceSegs = n === this.maxPiece ? segs : zeroSegsFor(this.#zeroPage, n);
+        this.device.submit('write', offset + at, n, pieceSegs, (status) => {
+          inFlight--;
+          if (status !== BLK_STS_OK && err === 0) err = blkStatusToNbd(status);
+          pump();
+        });
+      }
+      if (inFlight > 0) {
+        this.#kick();
+        return;
+      }
+      if (finished) return;
+      finished = true;
+      if (err === 0 && fua) this.flush(done);
+      else this.#guard(() => done(err));
+    };
+    pump();
+  }
+
+  /** The segments of a full zero-write piece, allocating and clearing the zero page on first use. */
+  #zeroPieceSegs(): IoSegment[] | undefined {
+    if (this.#zeroPage === 0) {
+      const phys = this.device.pages.allocPages(0);
+      if (phys === 0) return undefined;
+      this.device.phys.span(phys, PAGE_SIZE).fill(0);
+      this.#zeroPage = phys;
+      this.#zeroSegs = zeroSegsFor(phys, this.maxPiece);
+    }
+    return this.#zeroSegs;
+  }
+
+  /**
+   * The allocation state of `[offset, offset + length)` (validated by the caller) from the
+   * device's backing store (`NbdBlockDevice.allocation`): `done(0, runs, covered)` with at most
+   * `maxRuns` `(length, allocated)` runs covering `covered` bytes from `offset`, or
+   * `done(NBD_EIO, null, 0)` when the device cannot answer. Delivered after the next clock run,
+   * like every other completion.
+   */
+  allocation(
+    offset: number,
+    length: number,
+    maxRuns: number,
+    done: (error: number, runs: number[] | null) => void,
+  ): void {
+    this.device.allocation(offset, length, maxRuns, (runs) => {
+      this.afterRun(() => done(runs === null ? NBD_EIO : 0, runs));
+    });
   }
 
   // -------------------------------------------------------------------------------------------
@@ -616,7 +714,18 @@ export class NbdExport {
    * with dma-debug that nothing stayed mapped; returns the final counters. Idempotent.
    */
   close(): NbdExportStats {
-    this.#final ??= this.device.close();
+    if (this.#final === undefined) {
+      this.#final = this.device.close();
+      if (this.#zeroPage !== 0) this.device.pages.freePages(this.#zeroPage, 0);
+      this.#zeroPage = 0;
+    }
     return this.stats();
   }
+}
+
+/** `bytes` of zeroes as segments that all point at the zero page `phys` (a page each, the last shorter). */
+function zeroSegsFor(phys: number, bytes: number): IoSegment[] {
+  const segs: IoSegment[] = [];
+  for (let at = 0; at < bytes; at += PAGE_SIZE) segs.push({ phys, len: Math.min(PAGE_SIZE, bytes - at) });
+  return segs;
 }

@@ -1,10 +1,20 @@
 /**
  * The handshake of an NBD connection: client flags, then options until one enters the
  * transmission phase (§ "Newstyle negotiation", § "Option types"): NBD_OPT_GO, INFO, LIST, ABORT,
- * EXPORT_NAME and STRUCTURED_REPLY; every other option is answered NBD_REP_ERR_UNSUP. No kernel
- * counterpart (the peer of the handshake `nbd-client` does before `NBD_SET_SOCK`).
+ * EXPORT_NAME, STRUCTURED_REPLY, and LIST_META_CONTEXT / SET_META_CONTEXT for the one metadata
+ * context offered, `base:allocation` (§ "Metadata contexts"); every other option is answered
+ * NBD_REP_ERR_UNSUP. No kernel counterpart (the peer of the handshake `nbd-client` does before
+ * `NBD_SET_SOCK`).
  *
- * Bad input: unknown options → NBD_REP_ERR_UNSUP; malformed known options → NBD_REP_ERR_INVALID.
+ * Metadata context queries: `base:allocation` selects it; `base:` (and, for LIST, no query at all)
+ * lists it; every other query, of any namespace, matches nothing and is ignored (§
+ * `NBD_OPT_LIST_META_CONTEXT`: unknown namespaces MUST be ignored). SET requires structured
+ * replies first (NBD_REP_ERR_INVALID otherwise); LIST is answered without them (the protocol lets a
+ * server refuse it; qemu-nbd 7.2 answers it too). An unknown export is NBD_REP_ERR_UNKNOWN, and SET
+ * replaces the selection even when it fails.
+ *
+ * Bad input: unknown options → NBD_REP_ERR_UNSUP; malformed known options → NBD_REP_ERR_INVALID;
+ * metadata context data over 64 KiB → NBD_REP_ERR_TOO_BIG (read and dropped).
  * Unknown client flags, a missing IHAVEOPT magic, an unknown export with NBD_OPT_EXPORT_NAME (which
  * has no error reply) and an option length over 32 MiB (qemu-nbd's `nbd_negotiate_options` rule:
  * no option needs more, and reading it would only feed a denial of service) disconnect.
@@ -14,12 +24,14 @@ import type { ServerCtx } from './nbd-context.js';
 import { printable } from './nbd-context.js';
 import {
   decodeInfoRequest,
+  decodeMetaContextRequest,
   decodeOptionHeader,
   decodeString,
   encodeExportNameReply,
   encodeInfoBlockSize,
   encodeInfoExport,
   encodeInfoString,
+  encodeRepMetaContext,
   encodeRepServer,
   NBD_CLIENT_FLAGS_SIZE,
   NBD_FLAG_C_FIXED_NEWSTYLE,
@@ -28,12 +40,15 @@ import {
   NBD_FLAG_HAS_FLAGS,
   NBD_FLAG_READ_ONLY,
   NBD_FLAG_SEND_DF,
+  NBD_FLAG_SEND_FAST_ZERO,
   NBD_FLAG_SEND_FLUSH,
   NBD_FLAG_SEND_FUA,
   NBD_FLAG_SEND_TRIM,
+  NBD_FLAG_SEND_WRITE_ZEROES,
   NBD_INFO_DESCRIPTION,
   NBD_INFO_NAME,
   NBD_MAX_STRING,
+  NBD_META_BASE_ALLOCATION,
   NBD_OPT_ABORT,
   NBD_OPT_EXPORT_NAME,
   NBD_OPT_EXTENDED_HEADERS,
@@ -41,13 +56,17 @@ import {
   NBD_OPT_HEADER_SIZE,
   NBD_OPT_INFO,
   NBD_OPT_LIST,
+  NBD_OPT_LIST_META_CONTEXT,
+  NBD_OPT_SET_META_CONTEXT,
   NBD_OPT_STRUCTURED_REPLY,
   NBD_REP_ACK,
   NBD_REP_ERR_INVALID,
   NBD_REP_ERR_SHUTDOWN,
+  NBD_REP_ERR_TOO_BIG,
   NBD_REP_ERR_UNKNOWN,
   NBD_REP_ERR_UNSUP,
   NBD_REP_INFO,
+  NBD_REP_META_CONTEXT,
   NBD_REP_SERVER,
   nbdOptName,
 } from './nbd-proto.js';
@@ -55,6 +74,10 @@ import type { ReplyWriter } from './nbd-replies.js';
 
 /** Longest NBD_OPT_INFO/GO data: name length, a 4096-byte name, count, 65535 info types. */
 const MAX_INFO_DATA = 4 + NBD_MAX_STRING + 2 + 2 * 0xffff;
+/** Longest NBD_OPT_LIST/SET_META_CONTEXT data received (longer is read, dropped, NBD_REP_ERR_TOO_BIG). */
+const MAX_META_DATA = 64 * 1024;
+/** The id `base:allocation` gets from NBD_OPT_SET_META_CONTEXT (any value is allowed; not 0, which LIST uses). */
+export const ALLOCATION_CONTEXT_ID = 1;
 /** Longest option data accepted at all (qemu-nbd's NBD_MAX_BUFFER_SIZE); longer disconnects. */
 export const MAX_OPTION_LENGTH = 32 * 2 ** 20;
 
@@ -140,8 +163,10 @@ export class Negotiation {
         this.#optionLength = h.length;
         this.#optionLeft = h.length;
         const isInfo = h.option === NBD_OPT_INFO || h.option === NBD_OPT_GO;
+        const isMeta = h.option === NBD_OPT_LIST_META_CONTEXT || h.option === NBD_OPT_SET_META_CONTEXT;
         const buffered =
           (isInfo && h.length <= MAX_INFO_DATA) ||
+          (isMeta && h.length <= MAX_META_DATA) ||
           (h.option === NBD_OPT_EXPORT_NAME && h.length <= NBD_MAX_STRING);
         this.#expect = buffered ? Expect.optionData : Expect.optionSkip;
         return true;
@@ -167,11 +192,44 @@ export class Negotiation {
   /** The transmission flags of the export (§ "Transmission flags"). */
   transmissionFlags(): number {
     // CAN_MULTI_CONN: one device and one cache behind every connection.
-    let f = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_FUA | NBD_FLAG_SEND_TRIM;
-    f |= NBD_FLAG_CAN_MULTI_CONN;
+    let f = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_FUA | NBD_FLAG_CAN_MULTI_CONN;
     if (this.#out.structured) f |= NBD_FLAG_SEND_DF;
+    // Read-only: the commands that change data are not advertised (as qemu-nbd -r does); a client
+    // that sends them anyway gets NBD_EPERM.
     if (this.#ctx.readOnly) f |= NBD_FLAG_READ_ONLY;
+    else f |= NBD_FLAG_SEND_TRIM | NBD_FLAG_SEND_WRITE_ZEROES | NBD_FLAG_SEND_FAST_ZERO;
     return f;
+  }
+
+  /** NBD_OPT_LIST_META_CONTEXT / NBD_OPT_SET_META_CONTEXT (`data` undefined: over MAX_META_DATA). */
+  #metaContext(opt: number, data: Buffer | undefined): void {
+    const set = opt === NBD_OPT_SET_META_CONTEXT;
+    // § NBD_OPT_SET_META_CONTEXT: the new selection replaces the old one, even when this fails
+    if (set) this.#out.allocationContext = 0;
+    if (data === undefined) {
+      this.#error(NBD_REP_ERR_TOO_BIG, `${nbdOptName(opt)} data over ${MAX_META_DATA} bytes`);
+      return;
+    }
+    const req = decodeMetaContextRequest(data);
+    if (req === undefined) {
+      this.#error(NBD_REP_ERR_INVALID, `malformed ${nbdOptName(opt)} data`);
+      return;
+    }
+    if (set && !this.#out.structured) {
+      this.#error(NBD_REP_ERR_INVALID, `${nbdOptName(opt)} needs structured replies first`);
+      return;
+    }
+    if (!this.#ctx.exp.matches(req.name)) {
+      this.#error(NBD_REP_ERR_UNKNOWN, `no export named "${req.name}"`);
+      return;
+    }
+    const matches = (q: string) => q === NBD_META_BASE_ALLOCATION || (!set && q === 'base:');
+    if (set ? req.queries.some(matches) : req.queries.length === 0 || req.queries.some(matches)) {
+      const id = set ? ALLOCATION_CONTEXT_ID : 0; // LIST: the id is reserved, SHOULD be zero
+      this.#reply(NBD_REP_META_CONTEXT, encodeRepMetaContext(id, NBD_META_BASE_ALLOCATION));
+      if (set) this.#out.allocationContext = ALLOCATION_CONTEXT_ID;
+    }
+    this.#reply(NBD_REP_ACK);
   }
 
   #reply(type: number, data?: Uint8Array): void {
@@ -256,8 +314,12 @@ export class Negotiation {
         this.#out.structured = true;
         this.#reply(NBD_REP_ACK);
         return;
+      case NBD_OPT_LIST_META_CONTEXT:
+      case NBD_OPT_SET_META_CONTEXT:
+        this.#metaContext(opt, data);
+        return;
       default:
-        // STARTTLS (NOTLS mode may answer UNSUP), metadata contexts, extended headers, unknown.
+        // STARTTLS (NOTLS mode may answer UNSUP), extended headers, unknown.
         this.#error(NBD_REP_ERR_UNSUP, `${nbdOptName(opt)} is not supported`);
         return;
     }

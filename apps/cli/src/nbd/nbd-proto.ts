@@ -223,6 +223,17 @@ export const NBD_REPLY_TYPE_ERROR = (1 << 15) + 1;
 export const NBD_REPLY_TYPE_ERROR_OFFSET = (1 << 15) + 2;
 
 // ---------------------------------------------------------------------------------------------
+// § "Metadata contexts": `base:allocation`
+// ---------------------------------------------------------------------------------------------
+
+/** The one metadata context this server offers: allocation state (§ "Metadata contexts"). */
+export const NBD_META_BASE_ALLOCATION = 'base:allocation';
+/** `base:allocation` flag bit 0: the extent is a hole (not allocated in the backing store). */
+export const NBD_STATE_HOLE = 1 << 0;
+/** `base:allocation` flag bit 1: the extent reads as all zeroes. */
+export const NBD_STATE_ZERO = 1 << 1;
+
+// ---------------------------------------------------------------------------------------------
 // § "Error values"
 // ---------------------------------------------------------------------------------------------
 
@@ -541,6 +552,68 @@ export function encodeInfoRequest(name: string, requests: readonly number[] = []
   b.set(n, 4);
   writeU16(b, 4 + n.length, requests.length);
   for (let i = 0; i < requests.length; i++) writeU16(b, 6 + n.length + 2 * i, requests[i]!);
+  return b;
+}
+
+/** The request data of NBD_OPT_LIST_META_CONTEXT / NBD_OPT_SET_META_CONTEXT. */
+export interface MetaContextRequest {
+  /** Export name ('' is the default export). */
+  name: string;
+  /** Queries, each starting with a namespace and a colon (not checked here). */
+  queries: string[];
+}
+
+/**
+ * Parses NBD_OPT_LIST_META_CONTEXT / NBD_OPT_SET_META_CONTEXT data: 32-bit export name length,
+ * name, 32-bit query count, then per query a 32-bit length and the query string, and nothing
+ * else (§ `NBD_OPT_LIST_META_CONTEXT`). `undefined` when malformed (a length that runs past the
+ * data, trailing bytes, or a string that is not valid UTF-8 without NUL): the server answers
+ * NBD_REP_ERR_INVALID.
+ */
+export function decodeMetaContextRequest(data: Uint8Array): MetaContextRequest | undefined {
+  if (data.length < 8) return undefined;
+  const nameLen = readU32(data, 0);
+  if (nameLen > data.length - 8) return undefined;
+  const name = decodeString(data.subarray(4, 4 + nameLen));
+  if (name === undefined) return undefined;
+  const n = readU32(data, 4 + nameLen);
+  let off = 8 + nameLen;
+  const queries: string[] = [];
+  for (let i = 0; i < n; i++) {
+    if (data.length - off < 4) return undefined;
+    const len = readU32(data, off);
+    if (len > data.length - off - 4) return undefined;
+    const q = decodeString(data.subarray(off + 4, off + 4 + len));
+    if (q === undefined) return undefined;
+    queries.push(q);
+    off += 4 + len;
+  }
+  return off === data.length ? { name, queries } : undefined;
+}
+
+/** Encodes NBD_OPT_LIST_META_CONTEXT / NBD_OPT_SET_META_CONTEXT data (client side). */
+export function encodeMetaContextRequest(name: string, queries: readonly string[]): Uint8Array {
+  const n = utf8.encode(name);
+  const qs = queries.map((q) => utf8.encode(q));
+  const b = new Uint8Array(8 + n.length + qs.reduce((t, q) => t + 4 + q.length, 0));
+  writeU32(b, 0, n.length);
+  b.set(n, 4);
+  writeU32(b, 4 + n.length, qs.length);
+  let off = 8 + n.length;
+  for (const q of qs) {
+    writeU32(b, off, q.length);
+    b.set(q, off + 4);
+    off += 4 + q.length;
+  }
+  return b;
+}
+
+/** Data of NBD_REP_META_CONTEXT: 32-bit context id, context name. */
+export function encodeRepMetaContext(id: number, name: string): Uint8Array {
+  const t = utf8.encode(name);
+  const b = new Uint8Array(4 + t.length);
+  writeU32(b, 0, id);
+  b.set(t, 4);
   return b;
 }
 

@@ -12,9 +12,11 @@ import {
   encodeOptionReply,
   NBD_REP_ERR_INVALID,
   NBD_REP_ERR_SHUTDOWN,
+  NBD_REP_ERR_TOO_BIG,
   NBD_REP_ERR_UNKNOWN,
   NBD_REP_ERR_UNSUP,
   NBD_REPLY_FLAG_DONE,
+  NBD_REPLY_TYPE_BLOCK_STATUS,
   NBD_REPLY_TYPE_NONE,
   NBD_REPLY_TYPE_OFFSET_DATA,
   NBD_SIMPLE_REPLY_SIZE,
@@ -23,6 +25,7 @@ import {
   nbdErrName,
   writeSimpleReply,
   writeStructuredReply,
+  writeU32,
   writeU64,
 } from './nbd-proto.js';
 
@@ -31,6 +34,7 @@ const REP_ERR_NAMES: Record<number, string> = {
   [NBD_REP_ERR_INVALID]: 'NBD_REP_ERR_INVALID',
   [NBD_REP_ERR_UNKNOWN]: 'NBD_REP_ERR_UNKNOWN',
   [NBD_REP_ERR_SHUTDOWN]: 'NBD_REP_ERR_SHUTDOWN',
+  [NBD_REP_ERR_TOO_BIG]: 'NBD_REP_ERR_TOO_BIG',
 };
 
 /** Writes one connection's replies to its socket (nothing once the socket can no longer be written). */
@@ -41,6 +45,8 @@ export class ReplyWriter {
   #batching = false;
   /** Structured replies were negotiated (NBD_OPT_STRUCTURED_REPLY). */
   structured = false;
+  /** Id of `base:allocation` when NBD_OPT_SET_META_CONTEXT selected it, else 0. */
+  allocationContext = 0;
   /** Called after every transmission reply, so flow control can see the output grow. */
   onQueued: () => void = () => {};
 
@@ -119,6 +125,20 @@ export class ReplyWriter {
     const b = Buffer.allocUnsafe(NBD_STRUCTURED_REPLY_SIZE + payload.length);
     writeStructuredReply(b, 0, NBD_REPLY_FLAG_DONE, type, r.handleHi, r.handleLo, payload.length);
     b.set(payload, NBD_STRUCTURED_REPLY_SIZE);
+    this.#queue(b);
+  }
+
+  /**
+   * A BLOCK_STATUS reply: one final NBD_REPLY_TYPE_BLOCK_STATUS chunk for context `id` with the
+   * descriptors `desc` as `(length, flags)` pairs (§ `NBD_REPLY_TYPE_BLOCK_STATUS`; structured
+   * replies only).
+   */
+  blockStatus(r: NbdRequest, id: number, desc: readonly number[]): void {
+    const len = 4 + 4 * desc.length;
+    const b = Buffer.allocUnsafe(NBD_STRUCTURED_REPLY_SIZE + len);
+    writeStructuredReply(b, 0, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_BLOCK_STATUS, r.handleHi, r.handleLo, len);
+    writeU32(b, NBD_STRUCTURED_REPLY_SIZE, id);
+    for (let i = 0; i < desc.length; i++) writeU32(b, NBD_STRUCTURED_REPLY_SIZE + 4 + 4 * i, desc[i]!);
     this.#queue(b);
   }
 

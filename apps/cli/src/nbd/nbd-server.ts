@@ -117,7 +117,9 @@ function emptyStats(device: NbdExportStats): NbdServerStats {
     options: {},
     commands: {},
     errors: {},
-    bytes: { read: 0, written: 0, trimmed: 0 },
+    bytes: { read: 0, written: 0, trimmed: 0, zeroed: 0 },
+    zeroes: { deallocated: 0, written: 0, fastRefused: 0 },
+    blockStatus: { replies: 0, descriptors: 0, bytes: 0 },
     maxInFlight: 0,
     device,
   };

@@ -1,13 +1,26 @@
 /**
  * The transmission phase of an NBD connection (§ "Transmission", § "Request types"): request
  * headers and write payloads parsed from the stream, each command started on the export and
- * answered when the device has completed it — READ, WRITE (FUA), FLUSH, TRIM and DISC. No kernel
+ * answered when the device has completed it — READ, WRITE (FUA), FLUSH, TRIM, WRITE_ZEROES
+ * (NO_HOLE, FAST_ZERO, FUA), BLOCK_STATUS (`base:allocation`, REQ_ONE) and DISC. No kernel
  * counterpart on the server side; the Linux client is `drivers/block/nbd.c` (`nbd_send_cmd`,
  * `nbd_handle_reply`).
  *
- * Bad input: unknown commands or flags, misaligned requests, reads beyond the end or over the
- * maximum block size → NBD_EINVAL; writes beyond the end → NBD_ENOSPC (§ "Error values"); on a
- * read-only export WRITE and TRIM → NBD_EPERM; once the server shuts down every new request →
+ * WRITE_ZEROES: without NO_HOLE the range is deallocated (a hole, reading as zeroes); with it,
+ * zeroes are written through the device like a WRITE (`NbdExport.zeroes`). FAST_ZERO with NO_HOLE
+ * is refused at once with NBD_ENOTSUP and changes nothing (§ `NBD_CMD_WRITE_ZEROES`: a zero write
+ * no faster than a WRITE MUST fail quickly); FAST_ZERO alone proceeds (a deallocation moves no data).
+ * BLOCK_STATUS: one final NBD_REPLY_TYPE_BLOCK_STATUS chunk whose descriptors cover at most the
+ * request (never beyond it), a hole being NBD_STATE_HOLE | NBD_STATE_ZERO and data 0; at most one
+ * descriptor with REQ_ONE, at most MAX_STATUS_DESCRIPTORS otherwise (the client asks again from
+ * where the reply stopped).
+ *
+ * Bad input: unknown commands or flags, misaligned requests, reads and block status queries beyond
+ * the end, reads and zero writes without FAST_ZERO over the maximum block size (§ "Block size
+ * constraints"; so a NO_HOLE zero write moves at most 32 MiB), BLOCK_STATUS of length 0 or without a negotiated
+ * `base:allocation` context → NBD_EINVAL; writes and zero writes beyond the end → NBD_ENOSPC
+ * (§ "Error values", § `NBD_CMD_WRITE_ZEROES`); on a read-only export WRITE, TRIM and WRITE_ZEROES
+ * → NBD_EPERM; once the server shuts down every new request →
  * NBD_ESHUTDOWN (§ "Terminating the transmission phase": the client then disconnects). A wrong
  * request magic or a write payload over 32 MiB (§ "Block size constraints": a denial of service)
  * is a violation: a hard disconnect after the commands in flight have been answered. A write's
@@ -20,19 +33,27 @@ import type { FlowControl } from './nbd-flow-control.js';
 import { Stall } from './nbd-flow-control.js';
 import {
   decodeRequest,
+  NBD_CMD_BLOCK_STATUS,
   NBD_CMD_DISC,
   NBD_CMD_FLAG_DF,
+  NBD_CMD_FLAG_FAST_ZERO,
   NBD_CMD_FLAG_FUA,
+  NBD_CMD_FLAG_NO_HOLE,
+  NBD_CMD_FLAG_REQ_ONE,
   NBD_CMD_FLUSH,
   NBD_CMD_READ,
   NBD_CMD_RESIZE,
   NBD_CMD_TRIM,
   NBD_CMD_WRITE,
+  NBD_CMD_WRITE_ZEROES,
   NBD_EINVAL,
   NBD_ENOSPC,
+  NBD_ENOTSUP,
   NBD_EPERM,
   NBD_ESHUTDOWN,
   NBD_REQUEST_SIZE,
+  NBD_STATE_HOLE,
+  NBD_STATE_ZERO,
   type NbdRequest,
   nbdCmdName,
   U64_TOO_BIG,
@@ -44,6 +65,12 @@ import type { ReplyWriter } from './nbd-replies.js';
  * request header after it is read on its own, so that no payload byte lands in the read buffer.
  */
 export const DIRECT_PAYLOAD_MIN = 16 * 1024;
+
+/**
+ * Most descriptors in one BLOCK_STATUS reply without REQ_ONE (a 1 MiB chunk). The protocol lets a
+ * server return fewer than the whole range needs, as long as it returns at least one.
+ */
+export const MAX_STATUS_DESCRIPTORS = 2 ** 17;
 
 /** What the connection does for the transmission phase. */
 export interface TransmissionHost {
@@ -180,12 +207,15 @@ export class Transmission {
     if ((r.flags & ~allowed) !== 0)
       return [NBD_EINVAL, `command flags 0x${r.flags.toString(16)} not valid here`];
     if (r.offset === U64_TOO_BIG || r.offset + r.length > exp.size) {
-      return [r.type === NBD_CMD_WRITE ? NBD_ENOSPC : NBD_EINVAL, 'request beyond the end of the export'];
+      const write = r.type === NBD_CMD_WRITE || r.type === NBD_CMD_WRITE_ZEROES;
+      return [write ? NBD_ENOSPC : NBD_EINVAL, 'request beyond the end of the export'];
     }
     if (r.type !== NBD_CMD_TRIM && (r.offset % exp.minBlockSize !== 0 || r.length % exp.minBlockSize !== 0)) {
       return [NBD_EINVAL, `request not aligned to the ${exp.minBlockSize}-byte minimum block size`];
     }
-    if (this.#ctx.readOnly && r.type !== NBD_CMD_READ) return [NBD_EPERM, 'the export is read-only'];
+    const changesData =
+      r.type === NBD_CMD_WRITE || r.type === NBD_CMD_TRIM || r.type === NBD_CMD_WRITE_ZEROES;
+    if (this.#ctx.readOnly && changesData) return [NBD_EPERM, 'the export is read-only'];
     return undefined;
   }
 
@@ -222,6 +252,12 @@ export class Transmission {
         return;
       case NBD_CMD_TRIM:
         this.#trim(r);
+        return;
+      case NBD_CMD_WRITE_ZEROES:
+        this.#writeZeroes(r);
+        return;
+      case NBD_CMD_BLOCK_STATUS:
+        this.#blockStatus(r);
         return;
       default:
         this.#out.error(r, NBD_EINVAL, `${nbdCmdName(r.type)} is not supported`);
@@ -303,6 +339,76 @@ export class Transmission {
       else {
         this.#ctx.stats.bytes.trimmed += r.length;
         this.#out.ok(r);
+      }
+      this.#end();
+    });
+  }
+
+  #writeZeroes(r: NbdRequest): void {
+    const ctx = this.#ctx;
+    const fast = (r.flags & NBD_CMD_FLAG_FAST_ZERO) !== 0;
+    if (r.length > ctx.exp.maxBlockSize && !fast) {
+      // § "Block size constraints": the maximum applies to WRITE_ZEROES unless FAST_ZERO is set
+      this.#out.error(r, NBD_EINVAL, `write zeroes of ${r.length} bytes over the maximum block size`);
+      return;
+    }
+    const bad = this.#check(r, NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_NO_HOLE | NBD_CMD_FLAG_FAST_ZERO);
+    if (bad !== undefined) {
+      this.#out.error(r, bad[0], bad[1]);
+      return;
+    }
+    const noHole = (r.flags & NBD_CMD_FLAG_NO_HOLE) !== 0;
+    if (noHole && fast) {
+      ctx.stats.zeroes.fastRefused++;
+      this.#out.error(r, NBD_ENOTSUP, 'zeroes without a hole are written like NBD_CMD_WRITE: not fast');
+      return;
+    }
+    this.#begin();
+    const how = noHole ? 'write' : 'deallocate';
+    ctx.exp.zeroes(r.offset, r.length, how, (r.flags & NBD_CMD_FLAG_FUA) !== 0, (err) => {
+      if (err !== 0) this.#out.error(r, err, 'write zeroes failed on the device');
+      else {
+        ctx.stats.bytes.zeroed += r.length;
+        if (noHole) ctx.stats.zeroes.written += r.length;
+        else ctx.stats.zeroes.deallocated += r.length;
+        this.#out.ok(r);
+      }
+      this.#end();
+    });
+  }
+
+  #blockStatus(r: NbdRequest): void {
+    const out = this.#out;
+    if (!out.structured || out.allocationContext === 0) {
+      this.#out.error(r, NBD_EINVAL, 'NBD_CMD_BLOCK_STATUS needs NBD_OPT_SET_META_CONTEXT (base:allocation)');
+      return;
+    }
+    const bad = this.#check(r, NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_REQ_ONE);
+    if (bad !== undefined) {
+      this.#out.error(r, bad[0], bad[1]);
+      return;
+    }
+    if (r.length === 0) {
+      // § NBD_CMD_BLOCK_STATUS: unspecified, but no descriptor can be empty
+      this.#out.error(r, NBD_EINVAL, 'NBD_CMD_BLOCK_STATUS of length 0');
+      return;
+    }
+    const id = out.allocationContext;
+    const max = (r.flags & NBD_CMD_FLAG_REQ_ONE) !== 0 ? 1 : MAX_STATUS_DESCRIPTORS;
+    const stats = this.#ctx.stats.blockStatus;
+    this.#begin();
+    this.#ctx.exp.allocation(r.offset, r.length, max, (err, runs) => {
+      if (err !== 0 || runs === null || runs.length === 0) {
+        this.#out.error(r, err !== 0 ? err : NBD_EINVAL, 'block status failed on the device');
+      } else {
+        // (length, allocated) runs → (length, base:allocation flags) descriptors, in place
+        for (let i = 1; i < runs.length; i += 2) {
+          stats.bytes += runs[i - 1]!;
+          runs[i] = runs[i] === 1 ? 0 : NBD_STATE_HOLE | NBD_STATE_ZERO;
+        }
+        stats.replies++;
+        stats.descriptors += runs.length / 2;
+        this.#out.blockStatus(r, id, runs);
       }
       this.#end();
     });
