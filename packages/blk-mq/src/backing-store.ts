@@ -21,6 +21,14 @@ const ZEROS = new Uint8Array(CHUNK);
 const SLAB_SLOTS = 1024;
 /** Chunks of the first slab (1 MiB); each next slab doubles, up to `SLAB_SLOTS`. */
 const FIRST_SLAB_SLOTS = 16;
+/**
+ * Where a slab's first chunk starts in its allocation. glibc hands out a large block as a fresh
+ * mapping with a 16-byte header before the data, so the data is 16 bytes past a host page; a
+ * chunk starting 4080 bytes in starts on a host page, and a 4 KiB write then touches one host page
+ * instead of two (measured: twice the resident memory for random 4 KiB writes without it). Other
+ * allocators only lose that saving.
+ */
+const SLAB_PAD = 4096 - 16;
 
 /** A sparse byte store: 64 KiB chunks allocated on first write; unwritten bytes read as zero. */
 export class SparseStore {
@@ -40,7 +48,7 @@ export class SparseStore {
   /** The bytes of slot `slot` from `o`, `n` long. */
   #view(slot: number, o: number, n: number): Uint8Array {
     const slab = this.#slabs[Math.floor(slot / SLAB_SLOTS)]!;
-    const at = (slot % SLAB_SLOTS) * CHUNK + o;
+    const at = SLAB_PAD + (slot % SLAB_SLOTS) * CHUNK + o;
     return slab.subarray(at, at + n);
   }
 
@@ -52,9 +60,9 @@ export class SparseStore {
       return reuse;
     }
     const last = this.#slabs.length - 1;
-    if (last < 0 || this.#lastUsed === this.#slabs[last]!.length / CHUNK) {
+    if (last < 0 || this.#lastUsed === (this.#slabs[last]!.length - 4096) / CHUNK) {
       const slots = Math.min(SLAB_SLOTS, FIRST_SLAB_SLOTS * 2 ** this.#slabs.length);
-      this.#slabs.push(new Uint8Array(slots * CHUNK));
+      this.#slabs.push(new Uint8Array(slots * CHUNK + 4096));
       this.#lastUsed = 0;
     }
     return (this.#slabs.length - 1) * SLAB_SLOTS + this.#lastUsed++;
