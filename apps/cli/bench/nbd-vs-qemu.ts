@@ -14,11 +14,13 @@
  * `--mem-written` of random 4 KiB blocks (each block once) to a `--mem-size` export.
  *
  *   pnpm --filter iovalink bench:nbd [--runtime 5] [--rounds 3] [--warmup 1] [--size 1G]
- *     [--targets serve,serve-1t,qemu-nbd,nbdkit] [--jobs randread-4k-qd1,...] [--path iova]
+ *     [--targets serve,serve-thread,qemu-nbd,nbdkit] [--jobs randread-4k-qd1,...] [--path iova]
  *     [--mem-size 4G] [--mem-written 1G] [--no-mem] [--json bench-nbd.json] [--node-args "..."]
  *
- * Targets: `serve` (`iovalink serve`, its default device mode), `serve-thread` (`--device-thread
- * on`), `serve-1t` (`--device-thread off`), `qemu-nbd`, `nbdkit` (the `memory` plugin). A short
+ * Targets: `serve` (`iovalink serve` as it starts by default: the device model on the socket
+ * thread), `serve-thread` (`--device-thread`: the model on a worker thread of its own),
+ * `serve-1t` (`--no-device-thread`, the same as the default today), `qemu-nbd`, `nbdkit` (the
+ * `memory` plugin); default: serve, serve-thread, qemu-nbd, nbdkit. A short
  * run for development: `--runtime 2 --rounds 2 --warmup 1 --mem-written 256M`.
  * The iovalink server runs through `registerServe` exactly as `iovalink serve` does.
  */
@@ -66,7 +68,7 @@ function parseArgs(argv: string[]): Args {
     warmup: 1,
     size: 2 ** 30,
     path: 'iova',
-    targets: ['serve', 'serve-1t', 'qemu-nbd', 'nbdkit'],
+    targets: ['serve', 'serve-thread', 'qemu-nbd', 'nbdkit'],
     jobs: Object.keys(JOBS),
     mem: true,
     memSize: 4 * 2 ** 30,
@@ -229,7 +231,7 @@ async function startServer(name: string, a: Args, dir: string, size: number): Pr
       stdio: ['ignore', 'ignore', 'pipe'],
     });
   } else {
-    const mode = name === 'serve-1t' ? ['--no-device-thread'] : [];
+    const mode = name === 'serve-thread' ? ['--device-thread'] : name === 'serve-1t' ? ['--no-device-thread'] : [];
     child = spawn(
       process.execPath,
       [
