@@ -13,9 +13,15 @@
  * the simulated IOMMU) and resident memory, and a memory check: RSS of each server after writing
  * `--mem-written` of random 4 KiB blocks (each block once) to a `--mem-size` export.
  *
- *   pnpm --filter iovalink bench:nbd [--runtime 5] [--rounds 3] [--warmup 1] [--size 1G]
+ *   pnpm --filter iovalink bench:nbd [--runtime 3] [--rounds 3] [--warmup 1] [--size 1G]
  *     [--targets serve,serve-thread,qemu-nbd,nbdkit] [--jobs randread-4k-qd1,...] [--path iova]
  *     [--mem-size 4G] [--mem-written 1G] [--no-mem] [--json bench-nbd.json] [--node-args "..."]
+ *     [--built]
+ *
+ * `serve` runs from the TypeScript sources under tsx by default; `--built` runs the build
+ * (`dist/cli.js`, what `npm i iovalink` installs; build it first with
+ * `pnpm --filter iovalink... build`), which the sources under tsx trail by the cost of tsx's
+ * name-keeping wrappers on every closure.
  *
  * Targets: `serve` (`iovalink serve` as it starts by default: the device model on the socket
  * thread), `serve-thread` (`--device-thread`: the model on a worker thread of its own),
@@ -57,13 +63,15 @@ interface Args {
   memWritten: number;
   json: string;
   nodeArgs: string[];
+  /** Run `serve` from the build (`dist/cli.js`) instead of the TypeScript sources under tsx. */
+  built: boolean;
 }
 
 const ALL_TARGETS = ['serve', 'serve-thread', 'serve-1t', 'qemu-nbd', 'nbdkit'];
 
 function parseArgs(argv: string[]): Args {
   const a: Args = {
-    runtime: 5,
+    runtime: 3,
     rounds: 3,
     warmup: 1,
     size: 2 ** 30,
@@ -75,6 +83,7 @@ function parseArgs(argv: string[]): Args {
     memWritten: 2 ** 30,
     json: 'bench-nbd.json',
     nodeArgs: [],
+    built: false,
   };
   const list = (v: string | undefined, allowed: string[], what: string) => {
     const l = (v ?? '').split(',').filter((s) => s !== '');
@@ -97,6 +106,7 @@ function parseArgs(argv: string[]): Args {
     else if (k === '--targets') a.targets = list(argv[++i], ALL_TARGETS, 'target');
     else if (k === '--jobs') a.jobs = list(argv[++i], Object.keys(JOBS), 'job');
     else if (k === '--no-mem') a.mem = false;
+    else if (k === '--built') a.built = true;
     else if (k === '--mem-size') a.memSize = parseByteSize(argv[++i] ?? '');
     else if (k === '--mem-written') a.memWritten = parseByteSize(argv[++i] ?? '');
     else if (k === '--json') a.json = argv[++i] ?? '';
@@ -104,6 +114,9 @@ function parseArgs(argv: string[]): Args {
     else throw new Error(`unknown argument ${k}`);
   }
   if (a.memWritten > a.memSize) throw new Error('--mem-written must not exceed --mem-size');
+  if (a.built && !existsSync(join(CLI_DIR, 'dist', 'cli.js'))) {
+    throw new Error('--built needs the build: pnpm --filter iovalink... build');
+  }
   return a;
 }
 
@@ -232,16 +245,14 @@ async function startServer(name: string, a: Args, dir: string, size: number): Pr
     });
   } else {
     const mode = name === 'serve-thread' ? ['--device-thread'] : name === 'serve-1t' ? ['--no-device-thread'] : [];
+    const entry = a.built
+      ? [join(CLI_DIR, 'dist', 'cli.js')]
+      : ['--import', 'tsx', '--conditions=@iovalink/source', '--input-type=module', '-e', BOOT];
     child = spawn(
       process.execPath,
       [
         ...a.nodeArgs,
-        '--import',
-        'tsx',
-        '--conditions=@iovalink/source',
-        '--input-type=module',
-        '-e',
-        BOOT,
+        ...entry,
         'serve',
         '--socket',
         sock,
@@ -466,7 +477,7 @@ async function main(): Promise<void> {
   const out: string[] = [];
   out.push(
     `fio --ioengine=nbd over Unix sockets; ${a.rounds} interleaved rounds of ${a.runtime} s per job (warm-up ${a.warmup} s), ` +
-      `${a.size / 2 ** 20} MiB exports after a full prefill, serve --path ${a.path}`,
+      `${a.size / 2 ** 20} MiB exports after a full prefill, serve --path ${a.path} ${a.built ? '(dist build)' : '(sources under tsx)'}`,
   );
   out.push(`load average (1/5/15 min) at the start of each round: ${loads.map((l) => l.load.join(' ')).join(' | ')}`);
   out.push(renderTable(rows));
