@@ -13,6 +13,7 @@ import { NbdClient, type NbdClientAddress } from '../src/nbd/nbd-client.js';
 import { NbdExport, type NbdReadData } from '../src/nbd/nbd-export.js';
 import { OUTPUT_LIMIT } from '../src/nbd/nbd-flow-control.js';
 import { encodeRequest, NBD_CMD_READ } from '../src/nbd/nbd-proto.js';
+import { PIN_LIMIT } from '../src/nbd/nbd-replies.js';
 import { type NbdServerHandle, startNbdServer } from '../src/nbd/nbd-server.js';
 
 const MiB = 2 ** 20;
@@ -170,5 +171,29 @@ describe('NbdExport.read', () => {
     got.release(); // idempotent
     expect(exp.stats().leaks).toEqual([]);
     expect(exp.close().leaks).toEqual([]);
+  });
+});
+
+describe('read replies sent from the request pages', () => {
+  it('a client not reading its replies pins at most PIN_LIMIT bytes of pages, plus one reply', async () => {
+    const s = await startNbdServer({ socket: join(dir, `f${++sockN}.sock`), size: 64 * MiB });
+    const { client } = await NbdClient.open(path(s));
+    client.socket.pause(); // never reads a reply
+    const len = MiB;
+    const count = 24; // 24 MiB of replies, far more than the socket's kernel buffer takes
+    const before = s.stats().bytes.read;
+    client.send(
+      Buffer.concat(Array.from({ length: count }, (_, i) => encodeRequest(NBD_CMD_READ, 0, 0, 7000 + i, 0, len))),
+    );
+    await until(() => s.stats().bytes.read - before === count * len && s.export.pending === 0);
+    // pages still held are those of replies queued from pages: "nbd buffers: N still allocated"
+    const held = s.stats().device.leaks.map((l) => /nbd buffers: (\d+) still allocated/.exec(l)?.[1]);
+    const pieces = Number(held.find((h) => h !== undefined) ?? 0);
+    expect(pieces * s.export.maxPiece).toBeLessThanOrEqual(PIN_LIMIT + len);
+    client.socket.destroy();
+    await until(() => s.stats().connections.open === 0);
+    const st = await s.close();
+    expect(st.device.leaks).toEqual([]);
+    expect(st.device.memReserved).toBe(0);
   });
 });

@@ -33,6 +33,12 @@ const REP_ERR_NAMES: Record<number, string> = {
   [NBD_REP_ERR_SHUTDOWN]: 'NBD_REP_ERR_SHUTDOWN',
 };
 
+/**
+ * Reply bytes a connection may have queued for READ data still to be sent from the request's
+ * pages; beyond it, data is copied and the pages freed at once.
+ */
+export const PIN_LIMIT = 4 * 2 ** 20;
+
 /** Writes one connection's replies to its socket (nothing once the socket can no longer be written). */
 export class ReplyWriter {
   readonly #sock: Socket;
@@ -86,7 +92,9 @@ export class ReplyWriter {
    * A READ's reply: a simple reply, or one final NBD_REPLY_TYPE_OFFSET_DATA chunk (so
    * NBD_CMD_FLAG_DF always holds), then the data `parts` as they are (views of the request's
    * pages, sent without a copy); `sent` runs once the socket no longer needs them (written to the
-   * kernel, or dropped with the connection).
+   * kernel, or dropped with the connection). A connection with over `PIN_LIMIT` bytes queued
+   * (a client not reading its replies) gets a copy instead and `sent` runs at once, so the pages
+   * that slow clients hold stay bounded.
    */
   read(r: NbdRequest, parts: readonly Uint8Array[], sent: () => void): void {
     this.#ctx.stats.bytes.read += r.length;
@@ -111,11 +119,16 @@ export class ReplyWriter {
       );
       writeU64(b, NBD_STRUCTURED_REPLY_SIZE, r.offset);
     }
-    if (!this.#queue(b) || parts.length === 0) {
+    const s = this.#sock;
+    // a client behind on its replies gets a copy, so that it cannot pin the machine's pages
+    const copy = s.writableLength > PIN_LIMIT;
+    if (!this.#queue(b) || parts.length === 0 || copy) {
+      const queued = copy && this.writable && parts.length > 0;
+      if (queued) s.write(Buffer.concat(parts));
       sent();
+      if (queued) this.onQueued();
       return;
     }
-    const s = this.#sock;
     const last = parts.length - 1;
     for (let i = 0; i < last; i++) s.write(parts[i]!);
     // a stream runs write callbacks in order, and with an error when it is destroyed first
