@@ -87,7 +87,8 @@ function parseArgs(argv: string[]): Args {
   };
   const list = (v: string | undefined, allowed: string[], what: string) => {
     const l = (v ?? '').split(',').filter((s) => s !== '');
-    for (const s of l) if (!allowed.includes(s)) throw new Error(`unknown ${what} ${s}: expected ${allowed.join(', ')}`);
+    for (const s of l)
+      if (!allowed.includes(s)) throw new Error(`unknown ${what} ${s}: expected ${allowed.join(', ')}`);
     if (l.length === 0) throw new Error(`--${what}s needs at least one of ${allowed.join(', ')}`);
     return l;
   };
@@ -244,7 +245,8 @@ async function startServer(name: string, a: Args, dir: string, size: number): Pr
       stdio: ['ignore', 'ignore', 'pipe'],
     });
   } else {
-    const mode = name === 'serve-thread' ? ['--device-thread'] : name === 'serve-1t' ? ['--no-device-thread'] : [];
+    const mode =
+      name === 'serve-thread' ? ['--device-thread'] : name === 'serve-1t' ? ['--no-device-thread'] : [];
     const entry = a.built
       ? [join(CLI_DIR, 'dist', 'cli.js')]
       : ['--import', 'tsx', '--conditions=@iovalink/source', '--input-type=module', '-e', BOOT];
@@ -407,7 +409,9 @@ async function main(): Promise<void> {
       );
       for (const job of a.jobs) {
         for (const s of order) {
-          (runs[s.name]![job] ??= []).push(await runJob(s, job, a.runtime, a, round));
+          const r = await runJob(s, job, a.runtime, a, round);
+          const byJob = runs[s.name]!;
+          byJob[job] = [...(byJob[job] ?? []), r];
         }
       }
       for (const s of servers) rssAfterRound[s.name]!.push(rss(s.child.pid!).rss);
@@ -458,7 +462,7 @@ async function main(): Promise<void> {
         serverCpuUsPerIo: median(r.map((x) => x.serverCpuUsPerIo)),
         ratios,
       };
-      (summary[job] ??= {})[t] = s;
+      summary[job] = { ...summary[job], [t]: s };
       rows.push([
         job,
         t,
@@ -469,7 +473,9 @@ async function main(): Promise<void> {
         fmt(s.p99us, 1),
         fmt(s.serverCpuUsPerIo, 1),
         ...peers.map((p) =>
-          p === t ? '1.00×' : `${ratios[p]!.median.toFixed(2)}× (${ratios[p]!.min.toFixed(2)}–${ratios[p]!.max.toFixed(2)})`,
+          p === t
+            ? '1.00×'
+            : `${ratios[p]!.median.toFixed(2)}× (${ratios[p]!.min.toFixed(2)}–${ratios[p]!.max.toFixed(2)})`,
         ),
       ]);
     }
@@ -479,7 +485,9 @@ async function main(): Promise<void> {
     `fio --ioengine=nbd over Unix sockets; ${a.rounds} interleaved rounds of ${a.runtime} s per job (warm-up ${a.warmup} s), ` +
       `${a.size / 2 ** 20} MiB exports after a full prefill, serve --path ${a.path} ${a.built ? '(dist build)' : '(sources under tsx)'}`,
   );
-  out.push(`load average (1/5/15 min) at the start of each round: ${loads.map((l) => l.load.join(' ')).join(' | ')}`);
+  out.push(
+    `load average (1/5/15 min) at the start of each round: ${loads.map((l) => l.load.join(' ')).join(' | ')}`,
+  );
   out.push(renderTable(rows));
   out.push('');
   for (const t of a.targets) {
@@ -505,7 +513,14 @@ async function main(): Promise<void> {
     out.push('');
     out.push(
       renderTable([
-        ['memory check', 'idle RSS MiB', 'RSS after MiB', 'peak MiB', 'written MiB', '(RSS − idle) / written'],
+        [
+          'memory check',
+          'idle RSS MiB',
+          'RSS after MiB',
+          'peak MiB',
+          'written MiB',
+          '(RSS − idle) / written',
+        ],
         ...mem.map((m) => [
           m.target,
           fmt(m.idleRss / 2 ** 20),

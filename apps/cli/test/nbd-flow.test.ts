@@ -183,7 +183,9 @@ describe('read replies sent from the request pages', () => {
     const count = 24; // 24 MiB of replies, far more than the socket's kernel buffer takes
     const before = s.stats().bytes.read;
     client.send(
-      Buffer.concat(Array.from({ length: count }, (_, i) => encodeRequest(NBD_CMD_READ, 0, 0, 7000 + i, 0, len))),
+      Buffer.concat(
+        Array.from({ length: count }, (_, i) => encodeRequest(NBD_CMD_READ, 0, 0, 7000 + i, 0, len)),
+      ),
     );
     await until(() => s.stats().bytes.read - before === count * len && s.export.pending === 0);
     // pages still held are those of replies queued from pages: "nbd buffers: N still allocated"

@@ -56,7 +56,10 @@ function spawnDeviceWorker(data: DeviceWorkerData): Worker {
     return new Worker(boot, {
       eval: true,
       // profiling flags reach the device thread too (`node --cpu-prof` writes one profile a thread)
-      execArgv: [...process.execArgv.filter((a) => a.startsWith('--cpu-prof')), '--conditions=@iovalink/source'],
+      execArgv: [
+        ...process.execArgv.filter((a) => a.startsWith('--cpu-prof')),
+        '--conditions=@iovalink/source',
+      ],
       workerData: data,
       transferList,
     });
