@@ -33,8 +33,9 @@ function reads(exp: NbdExport, n: number, len: number): void {
   for (let i = 0; i < n; i += QD) {
     for (let k = 0; k < QD; k++) {
       const off = (((i + k) * 7919) % (SIZE / len)) * len;
-      exp.read(off, len, 16, (e) => {
+      exp.read(off, len, (e, data) => {
         if (e !== 0) failed++;
+        data?.release();
       });
     }
     exp.device.run();

@@ -10,9 +10,10 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { formatServeStats } from '../src/commands/serve.js';
 import { NbdClient, type NbdClientAddress } from '../src/nbd/nbd-client.js';
-import { NbdExport } from '../src/nbd/nbd-export.js';
+import { NbdExport, type NbdReadData } from '../src/nbd/nbd-export.js';
 import { OUTPUT_LIMIT } from '../src/nbd/nbd-flow-control.js';
 import { encodeRequest, NBD_CMD_READ } from '../src/nbd/nbd-proto.js';
+import { PIN_LIMIT } from '../src/nbd/nbd-replies.js';
 import { type NbdServerHandle, startNbdServer } from '../src/nbd/nbd-server.js';
 
 const MiB = 2 ** 20;
@@ -145,5 +146,56 @@ describe('the teardown report', () => {
     expect(formatServeStats({ ...(await s.close()), device: st })).toMatch(
       /teardown LEAKS: .*nbd buffer budget: 12288 bytes still reserved/,
     );
+  });
+});
+
+describe('NbdExport.read', () => {
+  it('hands over views of the request pages holding the data; the pages stay allocated until released', async () => {
+    const exp = new NbdExport({ size: 16 * MiB });
+    // 3 pieces of maxPiece bytes and a short one, written with a pattern that differs per byte
+    const len = 3 * exp.maxPiece + 8192;
+    const off = 5 * 4096;
+    const data = new Uint8Array(len);
+    for (let i = 0; i < len; i++) data[i] = (i * 7 + (i >> 12)) & 0xff;
+    await new Promise<void>((resolve, reject) => {
+      const sink = exp.write(off, len, false, (e) => (e === 0 ? resolve() : reject(new Error(`write ${e}`))));
+      sink.push(data);
+    });
+    const got = await new Promise<NbdReadData>((resolve, reject) =>
+      exp.read(off, len, (e, d) => (e === 0 ? resolve(d!) : reject(new Error(`read ${e}`)))),
+    );
+    expect(Buffer.concat(got.parts).equals(Buffer.from(data))).toBe(true);
+    // the views are of the machine's pages: still allocated until release
+    expect(exp.stats().leaks).toEqual(['nbd buffers: 4 still allocated']);
+    got.release();
+    got.release(); // idempotent
+    expect(exp.stats().leaks).toEqual([]);
+    expect(exp.close().leaks).toEqual([]);
+  });
+});
+
+describe('read replies sent from the request pages', () => {
+  it('a client not reading its replies pins at most PIN_LIMIT bytes of pages, plus one reply', async () => {
+    const s = await startNbdServer({ socket: join(dir, `f${++sockN}.sock`), size: 64 * MiB });
+    const { client } = await NbdClient.open(path(s));
+    client.socket.pause(); // never reads a reply
+    const len = MiB;
+    const count = 24; // 24 MiB of replies, far more than the socket's kernel buffer takes
+    const before = s.stats().bytes.read;
+    client.send(
+      Buffer.concat(
+        Array.from({ length: count }, (_, i) => encodeRequest(NBD_CMD_READ, 0, 0, 7000 + i, 0, len)),
+      ),
+    );
+    await until(() => s.stats().bytes.read - before === count * len && s.export.pending === 0);
+    // pages still held are those of replies queued from pages: "nbd buffers: N still allocated"
+    const held = s.stats().device.leaks.map((l) => /nbd buffers: (\d+) still allocated/.exec(l)?.[1]);
+    const pieces = Number(held.find((h) => h !== undefined) ?? 0);
+    expect(pieces * s.export.maxPiece).toBeLessThanOrEqual(PIN_LIMIT + len);
+    client.socket.destroy();
+    await until(() => s.stats().connections.open === 0);
+    const st = await s.close();
+    expect(st.device.leaks).toEqual([]);
+    expect(st.device.memReserved).toBe(0);
   });
 });

@@ -93,6 +93,7 @@ describe('serve options', () => {
       '--queue-depth',
       '--json-stats',
       '--no-zero-copy',
+      '--device-thread',
       '--no-device-thread',
       '--read-only',
       '--max-connections',
@@ -168,7 +169,7 @@ describe('iovalink serve as a process', () => {
         'iova',
         '--json-stats',
         '-v',
-        ...(sig === 'SIGINT' ? ['--no-zero-copy', '--no-device-thread'] : []),
+        ...(sig === 'SIGINT' ? ['--no-zero-copy', '--no-device-thread'] : ['--device-thread']),
       ]);
       try {
         await waitFor(

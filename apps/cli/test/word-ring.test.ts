@@ -86,4 +86,21 @@ describe('WordRing', () => {
     put(p, [9]);
     expect(await new Promise<number[][]>((resolve) => c.sleep(() => resolve(take(c))))).toEqual([[9]]);
   });
+
+  it('waitSync: true at once when a record waits, false when none is published; a sleeper is woken by the next publish', async () => {
+    const sab = WordRing.create(64);
+    const p = new WordRing(sab);
+    const c = new WordRing(sab);
+    expect(c.ready).toBe(false);
+    expect(c.waitSync(10, 1)).toBe(false); // nothing published: it gives up after its timeout
+    put(p, [1]);
+    expect(c.ready).toBe(true);
+    expect(c.waitSync(0, 0)).toBe(true);
+    expect(take(c)).toEqual([[1]]);
+    // after a waitSync, an asynchronous sleeper is still woken by the next publish
+    const woke = new Promise<number[][]>((resolve) => c.sleep(() => resolve(take(c))));
+    put(p, [2]);
+    put(p, [3]); // the second publish needs no wake-up; both records are there
+    expect(await woke).toEqual([[2], [3]]);
+  });
 });

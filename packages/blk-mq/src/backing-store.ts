@@ -8,6 +8,13 @@
  * and which do not (holes, reading as zeros) — never-written chunks and chunks dropped whole by
  * `zero`. A chunk zeroed only in part stays allocated (its bytes read as zeros, but it is data),
  * as a file system keeps a block that was zeroed rather than punched.
+ *
+ * Memory layout: chunks are slots of large slabs (`ArrayBuffer`s of up to 64 MiB, growing from
+ * 1 MiB), never one allocation each. A slab that large is mapped lazily by the host (fresh
+ * zero pages, no memset), so a chunk's 4 KiB pages cost host memory only once written: random
+ * 4 KiB writes cost about the bytes written, not 64 KiB each. A chunk that is discarded whole goes
+ * to a free list and is zeroed when it is reused. The directory maps a chunk's index to its slot
+ * (a number, no object per chunk).
  */
 import { BlkError } from './errors.js';
 
@@ -16,14 +23,55 @@ export const STORE_CHUNK_SIZE = 64 * 1024;
 const CHUNK = STORE_CHUNK_SIZE;
 /** What a hole reads as; never written (views of it are only read from). */
 const ZEROS = new Uint8Array(CHUNK);
+/** Chunks of the largest slab (64 MiB); a slot is `slab * SLAB_SLOTS + chunk within the slab`. */
+const SLAB_SLOTS = 1024;
+/** Chunks of the first slab (1 MiB); each next slab doubles, up to `SLAB_SLOTS`. */
+const FIRST_SLAB_SLOTS = 16;
+/**
+ * Where a slab's first chunk starts in its allocation. glibc hands out a large block as a fresh
+ * mapping with a 16-byte header before the data, so the data is 16 bytes past a host page; a
+ * chunk starting 4080 bytes in starts on a host page, and a 4 KiB write then touches one host page
+ * instead of two (measured: twice the resident memory for random 4 KiB writes without it). Other
+ * allocators only lose that saving.
+ */
+const SLAB_PAD = 4096 - 16;
 
 /** A sparse byte store: 64 KiB chunks allocated on first write; unwritten bytes read as zero. */
 export class SparseStore {
-  readonly #chunks = new Map<number, Uint8Array>();
+  /** Chunk index → its slot. */
+  readonly #chunks = new Map<number, number>();
+  readonly #slabs: Uint8Array[] = [];
+  /** Chunks handed out of the last slab. */
+  #lastUsed = 0;
+  /** Slots of chunks discarded whole, to reuse (zeroed first). */
+  readonly #free: number[] = [];
 
   /** Chunks holding data. */
   get chunks(): number {
     return this.#chunks.size;
+  }
+
+  /** The bytes of slot `slot` from `o`, `n` long. */
+  #view(slot: number, o: number, n: number): Uint8Array {
+    const slab = this.#slabs[Math.floor(slot / SLAB_SLOTS)]!;
+    const at = SLAB_PAD + (slot % SLAB_SLOTS) * CHUNK + o;
+    return slab.subarray(at, at + n);
+  }
+
+  /** A slot for a new chunk: a zeroed free one, else the next of the last slab (a new slab when it is full). */
+  #allocSlot(): number {
+    const reuse = this.#free.pop();
+    if (reuse !== undefined) {
+      this.#view(reuse, 0, CHUNK).fill(0);
+      return reuse;
+    }
+    const last = this.#slabs.length - 1;
+    if (last < 0 || this.#lastUsed === (this.#slabs[last]!.length - 4096) / CHUNK) {
+      const slots = Math.min(SLAB_SLOTS, FIRST_SLAB_SLOTS * 2 ** this.#slabs.length);
+      this.#slabs.push(new Uint8Array(slots * CHUNK + 4096));
+      this.#lastUsed = 0;
+    }
+    return (this.#slabs.length - 1) * SLAB_SLOTS + this.#lastUsed++;
   }
 
   /**
@@ -70,8 +118,9 @@ export class SparseStore {
   spanForRead(off: number, n: number): Uint8Array {
     const idx = Math.floor(off / CHUNK);
     const o = off - idx * CHUNK;
-    const c = this.#chunks.get(idx) ?? ZEROS;
-    return o === 0 && n === CHUNK ? c : c.subarray(o, o + n);
+    const slot = this.#chunks.get(idx);
+    if (slot === undefined) return o === 0 && n === CHUNK ? ZEROS : ZEROS.subarray(o, o + n);
+    return this.#view(slot, o, n);
   }
 
   /**
@@ -80,13 +129,12 @@ export class SparseStore {
    */
   spanForWrite(off: number, n: number): Uint8Array {
     const idx = Math.floor(off / CHUNK);
-    const o = off - idx * CHUNK;
-    let c = this.#chunks.get(idx);
-    if (c === undefined) {
-      c = new Uint8Array(CHUNK);
-      this.#chunks.set(idx, c);
+    let slot = this.#chunks.get(idx);
+    if (slot === undefined) {
+      slot = this.#allocSlot();
+      this.#chunks.set(idx, slot);
     }
-    return o === 0 && n === CHUNK ? c : c.subarray(o, o + n);
+    return this.#view(slot, off - idx * CHUNK, n);
   }
 
   /** Copies `dst.length` bytes from byte offset `off`. */
@@ -115,8 +163,15 @@ export class SparseStore {
       const idx = Math.floor(a / CHUNK);
       const o = a - idx * CHUNK;
       const n = chunkRun(a, len - done);
-      if (o === 0 && n === CHUNK) this.#chunks.delete(idx);
-      else this.#chunks.get(idx)?.fill(0, o, o + n);
+      const slot = this.#chunks.get(idx);
+      if (slot !== undefined) {
+        if (o === 0 && n === CHUNK) {
+          this.#chunks.delete(idx);
+          this.#free.push(slot);
+        } else {
+          this.#view(slot, o, n).fill(0);
+        }
+      }
       done += n;
     }
   }

@@ -140,6 +140,38 @@ describe('SparseStore', () => {
     expect(() => st.extents(0, C, out, 0)).toThrow(/maxRuns/);
     expect(out).toEqual([7]);
   });
+
+  it('keeps every chunk apart across slabs, and a chunk discarded whole is reused as zeros', () => {
+    const st = new SparseStore();
+    // 2100 chunks span slabs of 16, 32, …, 1024 chunks and two full 1024-chunk slabs
+    const n = 2100;
+    const stamp = (i: number) => [i & 0xff, (i >> 8) & 0xff, 0x5a];
+    for (let i = 0; i < n; i++) {
+      st.spanForWrite(i * 2 * STORE_CHUNK_SIZE, 3).set(stamp(i));
+      st.spanForWrite(i * 2 * STORE_CHUNK_SIZE + STORE_CHUNK_SIZE - 2, 2).set([i & 0xff, 0xa5]);
+    }
+    expect(st.chunks).toBe(n);
+    for (let i = 0; i < n; i++) {
+      expect(Array.from(st.spanForRead(i * 2 * STORE_CHUNK_SIZE, 3))).toEqual(stamp(i));
+      expect(Array.from(st.spanForRead(i * 2 * STORE_CHUNK_SIZE + STORE_CHUNK_SIZE - 2, 2))).toEqual([
+        i & 0xff,
+        0xa5,
+      ]);
+      // the odd chunks between them were never written
+      expect(st.spanForRead((i * 2 + 1) * STORE_CHUNK_SIZE, 3)).toEqual(new Uint8Array(3));
+    }
+    // discard chunk 14 whole (and hole 15) and the first byte of chunk 16; a new chunk then takes
+    // chunk 14's slot, zeroed
+    st.zero(14 * STORE_CHUNK_SIZE, 2 * STORE_CHUNK_SIZE + 1);
+    expect(st.chunks).toBe(n - 1);
+    expect(Array.from(st.spanForRead(16 * STORE_CHUNK_SIZE, 3))).toEqual([0, 0, 0x5a]);
+    expect(st.spanForRead(14 * STORE_CHUNK_SIZE, STORE_CHUNK_SIZE)).toEqual(new Uint8Array(STORE_CHUNK_SIZE));
+    st.spanForWrite(1 * STORE_CHUNK_SIZE + 100, 1)[0] = 9;
+    const fresh = st.spanForRead(1 * STORE_CHUNK_SIZE, STORE_CHUNK_SIZE);
+    expect(fresh[100]).toBe(9);
+    expect(fresh.reduce((s, b) => s + b, 0)).toBe(9);
+    expect(st.chunks).toBe(n);
+  });
 });
 
 describe('runWorkload verification', () => {

@@ -56,7 +56,11 @@ function spawnDeviceWorker(data: DeviceWorkerData): Worker {
     const boot = `import(${JSON.stringify(tsx)}).then((t) => { t.register(); return import(${JSON.stringify(entry)}); });`;
     return new Worker(boot, {
       eval: true,
-      execArgv: ['--conditions=@iovalink/source'],
+      // profiling flags reach the device thread too (`node --cpu-prof` writes one profile a thread)
+      execArgv: [
+        ...process.execArgv.filter((a) => a.startsWith('--cpu-prof')),
+        '--conditions=@iovalink/source',
+      ],
       workerData: data,
       transferList,
     });

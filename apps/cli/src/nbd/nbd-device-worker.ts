@@ -14,6 +14,15 @@ import { LocalNbdDevice } from './nbd-device.js';
 import { type DeviceReady, type DeviceWorkerData, RING_OPS } from './nbd-device-ring.js';
 import { WordRing } from './word-ring.js';
 
+/** Polls of the submission ring before the device thread blocks. */
+const SPINS = 200;
+/** Longest block in `Atomics.wait` (ms) before the loop looks around again. */
+const WAIT_MS = 1;
+/** The device thread's event loop gets a turn at least this often while busy (ms). */
+const SLICE_MS = 5;
+/** With no submission for this long (ms) the device thread sleeps on its event loop. */
+const IDLE_MS = 50;
+
 function main(d: DeviceWorkerData): void {
   const post = (m: unknown) => parentPort!.postMessage(m);
   const dev = new LocalNbdDevice(d.options);
@@ -56,15 +65,41 @@ function main(d: DeviceWorkerData): void {
       dev.onInternalError(e);
       complete(id, BLK_STS_IOERR);
     }
-    // complete each request as soon as it is done: the server thread replies while this thread
-    // goes on with the next one (a batch completed together would hold the first reply back)
+  };
+  let closed = false;
+  /**
+   * Runs each submitted request and publishes its completion at once, so the server thread can
+   * reply while this thread goes on (a batch completed together would hold the first reply
+   * back); a publish wakes the server thread at most once a sleep.
+   */
+  const onSubmission = (w: Float64Array, f: number) => {
+    onRecord(w, f);
     dev.run();
     cq.publish();
   };
-  let closed = false;
+  const drain = (): void => {
+    while (sq.consume(onSubmission) > 0) {}
+  };
+  /**
+   * The device loop: take every record there is, run the device, publish the completions; then
+   * poll a little and block in `Atomics.wait` (a wake-up within microseconds, where the event
+   * loop's `waitAsync` takes far longer), giving the event loop a turn now and then for the
+   * `stats`/`close` messages; after a while with no work, sleep on the event loop instead.
+   */
   const pump = (): void => {
     if (closed) return;
-    while (sq.consume(onRecord) > 0) {}
+    const start = performance.now();
+    let idleSince = start;
+    for (;;) {
+      drain();
+      const now = performance.now();
+      if (now - idleSince > IDLE_MS) break; // idle for a while: let the event loop wait
+      if (now - start > SLICE_MS) {
+        setImmediate(pump); // busy: a turn for the message port, then on
+        return;
+      }
+      if (sq.waitSync(SPINS, WAIT_MS)) idleSince = performance.now();
+    }
     sq.sleep(pump);
   };
 
@@ -72,7 +107,7 @@ function main(d: DeviceWorkerData): void {
     let reply: unknown;
     try {
       if (m.t === 'close') {
-        pump();
+        drain();
         closed = true;
         reply = { ok: true, stats: dev.close() };
       } else {

@@ -117,6 +117,13 @@ export interface NbdWriteSink {
   abort(): void;
 }
 
+/** The data of a completed read: views of the request's pages, in order, until `release`. */
+export interface NbdReadData {
+  parts: Uint8Array[];
+  /** Frees the pages (idempotent); the views must not be used after it. */
+  release(): void;
+}
+
 /** Pages of one piece: the caller buffer and how to free it. */
 interface PieceBuf {
   segs: IoSegment[];
@@ -128,7 +135,6 @@ interface PieceBuf {
 const DEFAULT_SIZE = 2 ** 30;
 const DEFAULT_QUEUE_DEPTH = 64;
 const DEFAULT_BUDGET = 128 * 2 ** 20;
-const SLAB_SIZE = 2 ** 20;
 
 /** NBD error value for a block status (kernel: `blk_status_to_errno`, then the protocol's set). */
 export function blkStatusToNbd(status: number): number {
@@ -206,8 +212,6 @@ export class NbdExport {
   readonly #afterRun: Array<() => void> = [];
   /** The device's counters at close (set once closed). */
   #final: NbdDeviceStats | undefined;
-  #slab = Buffer.allocUnsafeSlow(SLAB_SIZE);
-  #slabOff = 0;
   #memoryWaits = 0;
   #internalErrors = 0;
   /** Called with exceptions caught while running the device or a completion callback. */
@@ -348,57 +352,47 @@ export class NbdExport {
     this.#liveBufs--;
   }
 
-  /**
-   * A buffer for a read reply: a slice of a 1 MiB slab (a new slab when it is used up; a slab is
-   * freed by the GC once the socket has sent every slice), or its own allocation when large.
-   * Saves an ArrayBuffer allocation per 4 KiB reply.
-   */
-  #outBuffer(n: number): Buffer {
-    if (n > SLAB_SIZE / 4) return Buffer.allocUnsafeSlow(n);
-    if (this.#slabOff + n > SLAB_SIZE) {
-      this.#slab = Buffer.allocUnsafeSlow(SLAB_SIZE);
-      this.#slabOff = 0;
-    }
-    const b = this.#slab.subarray(this.#slabOff, this.#slabOff + n);
-    this.#slabOff += alignUp(n, 8);
-    return b;
-  }
-
   // -------------------------------------------------------------------------------------------
   // Operations
   // -------------------------------------------------------------------------------------------
 
   /**
    * Reads `length` bytes at `offset` (both multiples of the minimum block size, in range): one
-   * block request per piece of at most `maxPiece` bytes, into pages of the machine; when all have
-   * completed, the bytes are copied into a new buffer after `headerRoom` bytes the caller fills
-   * with its reply header. `done(0, buf)` or `done(error, null)`.
+   * block request per piece of at most `maxPiece` bytes, into pages of the machine. When all have
+   * completed, `done(0, data)` gets views of those pages in order (no copy: the reply is sent
+   * straight from simulated memory, as a server's `send` from its O_DIRECT buffer) and must call
+   * `data.release()` once the views are no longer needed (the reply was sent or dropped), which
+   * frees the pages; or `done(error, null)`, the pages already freed.
    */
-  read(
-    offset: number,
-    length: number,
-    headerRoom: number,
-    done: (error: number, buf: Buffer | null) => void,
-  ): void {
+  read(offset: number, length: number, done: (error: number, data: NbdReadData | null) => void): void {
     const pieces: PieceBuf[] = [];
     let err = 0;
     let refs = 1;
     const finish = () => {
       if (--refs !== 0) return;
-      let out: Buffer | null = null;
-      if (err === 0) {
-        out = this.#outBuffer(headerRoom + length);
-        let pos = headerRoom;
-        const phys = this.device.phys;
-        for (const p of pieces) {
-          for (const s of p.segs) {
-            phys.readInto(s.phys, out.subarray(pos, pos + s.len));
-            pos += s.len;
+      if (err !== 0) {
+        for (const p of pieces) this.#freePiece(p);
+        this.#guard(() => done(err, null));
+        return;
+      }
+      const parts: Uint8Array[] = [];
+      const phys = this.device.phys;
+      for (const p of pieces) {
+        for (const s of p.segs) {
+          for (let at = 0; at < s.len; ) {
+            const v = phys.span(s.phys + at, s.len - at);
+            parts.push(v);
+            at += v.length;
           }
         }
       }
-      for (const p of pieces) this.#freePiece(p);
-      this.#guard(() => done(err, out));
+      let live = true;
+      const release = () => {
+        if (!live) return;
+        live = false;
+        for (const p of pieces) this.#freePiece(p);
+      };
+      this.#guard(() => done(0, { parts, release }));
     };
     for (let pos = 0; pos < length; pos += this.maxPiece) {
       const n = Math.min(this.maxPiece, length - pos);

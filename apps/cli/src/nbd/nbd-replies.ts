@@ -37,6 +37,12 @@ const REP_ERR_NAMES: Record<number, string> = {
   [NBD_REP_ERR_TOO_BIG]: 'NBD_REP_ERR_TOO_BIG',
 };
 
+/**
+ * Reply bytes a connection may have queued for READ data still to be sent from the request's
+ * pages; beyond it, data is copied and the pages freed at once.
+ */
+export const PIN_LIMIT = 4 * 2 ** 20;
+
 /** Writes one connection's replies to its socket (nothing once the socket can no longer be written). */
 export class ReplyWriter {
   readonly #sock: Socket;
@@ -89,18 +95,25 @@ export class ReplyWriter {
   }
 
   /**
-   * A READ's data: `b` holds it after room for the reply header (`readHeaderRoom`), filled here —
-   * a simple reply, or one final NBD_REPLY_TYPE_OFFSET_DATA chunk (so NBD_CMD_FLAG_DF always holds).
+   * A READ's reply: a simple reply, or one final NBD_REPLY_TYPE_OFFSET_DATA chunk (so
+   * NBD_CMD_FLAG_DF always holds), then the data `parts` as they are (views of the request's
+   * pages, sent without a copy); `sent` runs once the socket no longer needs them (written to the
+   * kernel, or dropped with the connection). A connection with over `PIN_LIMIT` bytes queued
+   * (a client not reading its replies) gets a copy instead and `sent` runs at once, so the pages
+   * that slow clients hold stay bounded.
    */
-  read(r: NbdRequest, b: Buffer): void {
+  read(r: NbdRequest, parts: readonly Uint8Array[], sent: () => void): void {
     this.#ctx.stats.bytes.read += r.length;
+    let b: Buffer;
     if (!this.structured) {
+      b = Buffer.allocUnsafe(NBD_SIMPLE_REPLY_SIZE);
       writeSimpleReply(b, 0, 0, r.handleHi, r.handleLo);
     } else if (r.length === 0) {
       // no content chunk can describe zero bytes: a lone final NBD_REPLY_TYPE_NONE
       b = Buffer.allocUnsafe(NBD_STRUCTURED_REPLY_SIZE);
       writeStructuredReply(b, 0, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_NONE, r.handleHi, r.handleLo, 0);
     } else {
+      b = Buffer.allocUnsafe(NBD_STRUCTURED_REPLY_SIZE + 8);
       writeStructuredReply(
         b,
         0,
@@ -112,12 +125,21 @@ export class ReplyWriter {
       );
       writeU64(b, NBD_STRUCTURED_REPLY_SIZE, r.offset);
     }
-    this.#queue(b);
-  }
-
-  /** Bytes a READ reply needs before its data. */
-  get readHeaderRoom(): number {
-    return this.structured ? NBD_STRUCTURED_REPLY_SIZE + 8 : NBD_SIMPLE_REPLY_SIZE;
+    const s = this.#sock;
+    // a client behind on its replies gets a copy, so that it cannot pin the machine's pages
+    const copy = s.writableLength > PIN_LIMIT;
+    if (!this.#queue(b) || parts.length === 0 || copy) {
+      const queued = copy && this.writable && parts.length > 0;
+      if (queued) s.write(Buffer.concat(parts));
+      sent();
+      if (queued) this.onQueued();
+      return;
+    }
+    const last = parts.length - 1;
+    for (let i = 0; i < last; i++) s.write(parts[i]!);
+    // a stream runs write callbacks in order, and with an error when it is destroyed first
+    s.write(parts[last]!, () => sent());
+    this.onQueued();
   }
 
   /** A final structured chunk of `type` carrying `payload` (structured replies only). */
@@ -155,9 +177,9 @@ export class ReplyWriter {
     }
   }
 
-  /** Queues a transmission reply; replies of one clock run leave in one corked batch. */
-  #queue(b: Uint8Array): void {
-    if (!this.writable) return;
+  /** Queues a transmission reply (false when it cannot be sent); replies of one clock run leave in one corked batch. */
+  #queue(b: Uint8Array): boolean {
+    if (!this.writable) return false;
     const s = this.#sock;
     if (!this.#batching) {
       this.#batching = true;
@@ -169,5 +191,6 @@ export class ReplyWriter {
     }
     s.write(b);
     this.onQueued();
+    return true;
   }
 }

@@ -278,10 +278,10 @@ export class Transmission {
     }
     if (!this.#flow.reserve(r, true)) return;
     this.#begin();
-    exp.read(r.offset, r.length, this.#out.readHeaderRoom, (err, buf) => {
+    exp.read(r.offset, r.length, (err, data) => {
       exp.release(r.length);
       if (err !== 0) this.#out.error(r, err, 'read failed on the device');
-      else this.#out.read(r, buf!);
+      else this.#out.read(r, data!.parts, data!.release);
       this.#flow.readDone(r.length);
       this.#end();
     });
