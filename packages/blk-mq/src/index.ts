@@ -7,7 +7,7 @@
  */
 
 /** Little-endian u64 accessors for descriptor memory (written once in `@iovalink/iommu`; kept here for callers of this package). */
-export { getLe64, putLe64 } from '@iovalink/iommu';
+export { getLe64, putLe64 } from '@iovalink/iommu/internal';
 export { SparseStore, STORE_CHUNK_SIZE } from './backing-store.js';
 export {
   BdevStats,

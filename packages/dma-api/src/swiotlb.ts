@@ -15,7 +15,8 @@
  * done here on request. Where the kernel WARNs or BUGs, a `DmaError` is thrown and nothing
  * changes.
  */
-import { hex, MAX_PAGE_ORDER, type Machine, PAGE_SHIFT, PAGE_SIZE } from '@iovalink/iommu';
+import { MAX_PAGE_ORDER, type Machine, PAGE_SHIFT, PAGE_SIZE } from '@iovalink/iommu';
+import { hex } from '@iovalink/iommu/internal';
 import {
   DMA_ATTR_SKIP_CPU_SYNC,
   DMA_BIDIRECTIONAL,

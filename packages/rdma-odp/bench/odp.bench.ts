@@ -4,7 +4,8 @@
 // kernel time; counts per fault / per page / per event are what the kernel would spend.
 // dma-debug is off (debug: false), as a production kernel has it.
 import { diffCounters, PAGE_SIZE } from '@iovalink/iommu';
-import { type Mlx5IbMr, U64_MAX } from '../src/index.js';
+import type { Mlx5IbMr } from '../src/mlx5-ib.js';
+import { U64_MAX } from '../src/mlx5-mr.js';
 import { createOdpRig, mmapAnon, ODP_META_KINDS, type OdpRig, regOdpMr } from '../src/testing/index.js';
 
 const MODES = ['legacy', 'hmm'] as const;

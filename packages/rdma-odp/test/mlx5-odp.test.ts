@@ -8,14 +8,10 @@ import {
   IB_UVERBS_ADVISE_MR_FLAG_FLUSH,
   ibAdviseMr,
   ibDeregMr,
-  MAP_SHARED,
-  MLX5_IB_MTT_READ,
-  MLX5_IB_MTT_WRITE,
-  ODP_MAX_RETRIES,
-  PROT_READ,
-  PROT_WRITE,
-  U64_MAX,
-} from '../src/index.js';
+} from '../src/ib-verbs.js';
+import { U64_MAX } from '../src/mlx5-mr.js';
+import { MAP_SHARED, PROT_READ, PROT_WRITE } from '../src/mm-types.js';
+import { MLX5_IB_MTT_READ, MLX5_IB_MTT_WRITE } from '../src/nic.js';
 import {
   busToPhys,
   createOdpRig,
@@ -26,6 +22,7 @@ import {
   odpPattern,
   regOdpMr,
 } from '../src/testing/index.js';
+import { ODP_MAX_RETRIES } from '../src/umem-odp.js';
 
 const MODES = ['legacy', 'hmm'] as const;
 const KINDS = ['strict', 'lazy', 'identity', 'none', 'untrusted'] as const;

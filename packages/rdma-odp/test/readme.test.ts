@@ -10,14 +10,11 @@ import {
   ibAllocPd,
   ibDeregMr,
   ibRegUserMr,
-  MAP_ANONYMOUS,
-  MAP_PRIVATE,
-  type Mlx5IbMr,
-  Mm,
-  mlx5IbAdd,
-  PROT_READ,
-  PROT_WRITE,
-} from '../src/index.js';
+} from '../src/ib-verbs.js';
+import type { Mlx5IbMr } from '../src/mlx5-ib.js';
+import { mlx5IbAdd } from '../src/mlx5-main.js';
+import { Mm } from '../src/mm.js';
+import { MAP_ANONYMOUS, MAP_PRIVATE, PROT_READ, PROT_WRITE } from '../src/mm-types.js';
 
 describe('ib_reg_user_mr (README example)', () => {
   for (const mode of ['legacy', 'hmm'] as const) {
