@@ -115,4 +115,17 @@ export { BlkError } from './errors.js';
 export { NullBlk, type NullBlkOptions, type NullIrqMode, nullAddDev, nullDelDev } from './null-blk.js';
 export { NvmeHw, type NvmeHwOptions, NvmeHwStats } from './nvme-hw.js';
 export { NvmeDev, NvmeDriverStats, type NvmeOptions, NvmeQueue, nvmeProbe, nvmeRemove } from './nvme-pci.js';
+export {
+  type AllocatedBuffer,
+  allocIoBuffer,
+  assertNoBlkLeaks,
+  BLK_IO_META_KINDS,
+  blkLeakReport,
+  createNullBlkSystem,
+  createNvmeSystem,
+  type NullBlkSystem,
+  type NullBlkSystemOptions,
+  type NvmeSystem,
+  type NvmeSystemOptions,
+} from './nvme-system.js';
 export { runWorkload, type WorkloadOptions, type WorkloadResult } from './workload.js';

@@ -64,6 +64,14 @@ export {
   dmaIovaUnlink,
   dmaUseIova,
 } from './dma-iova.js';
+export {
+  createDmaSystem,
+  createKindDevice,
+  DEVICE_KINDS,
+  type DeviceKind,
+  type DmaSystem,
+  type DmaSystemOptions,
+} from './dma-system.js';
 export { DmaDebugError, DmaError } from './errors.js';
 export {
   DMA_MAP_MAX_SECONDS,

@@ -111,6 +111,15 @@ export {
   type NicStats,
 } from './nic.js';
 export {
+  createOdpSystem,
+  ODP_ACCESS_RO,
+  ODP_ACCESS_RW,
+  ODP_META_KINDS,
+  type OdpSystem,
+  type OdpSystemOptions,
+  odpMetaLiveBytes,
+} from './odp-system.js';
+export {
   IbUmemOdp,
   ibUmemOdpGet,
   ibUmemOdpMapDmaAndLock,
