@@ -101,6 +101,7 @@ export {
   pfnToPhys,
   physToPfn,
 } from './page-alloc.js';
+export { fragmentMemory } from './page-fragment.js';
 export { PAGE_SHIFT, PAGE_SIZE, PhysMem } from './phys-mem.js';
 export { Prng } from './prng.js';
 export type { TraceArgs, Tracer } from './tracer.js';

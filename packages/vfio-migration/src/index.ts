@@ -7,6 +7,7 @@
  * migration driven as a VMM does.
  */
 export { VfioError } from './errors.js';
+export { createGuestMemory } from './guest-memory.js';
 export { IovaBitmap } from './iova-bitmap.js';
 export {
   VFIO_MIG_DEFAULT_DATA_BUFFER_SIZE,

@@ -3,6 +3,7 @@
  * Exported as `@iovalink/iommu/testing`.
  */
 import { Machine, type MachineOptions } from '../machine.js';
+import { fragmentMemory } from '../page-fragment.js';
 import { PAGE_SIZE } from '../phys-mem.js';
 
 /** A small machine for tests: 64 MiB of RAM, 2 CPUs, seed 1, unless overridden. */
@@ -12,22 +13,10 @@ export function createTestMachine(options: MachineOptions = {}): Machine {
 
 /**
  * Allocates `n` single pages that are physically scattered: no two are adjacent, so nothing can
- * merge (allocates 2n pages and frees every other one). Returns their physical addresses.
+ * merge (`fragmentMemory` of the main entry). Returns their physical addresses.
  */
 export function allocScatteredPages(machine: Machine, n: number): number[] {
-  const all: number[] = [];
-  for (let i = 0; i < 2 * n; i++) {
-    const p = machine.pages.allocPages(0);
-    if (p === 0) throw new Error('allocScatteredPages: out of memory');
-    all.push(p);
-  }
-  all.sort((a, b) => a - b);
-  const keep: number[] = [];
-  for (let i = 0; i < all.length; i++) {
-    if (i % 2 === 0) keep.push(all[i] as number);
-    else machine.pages.freePages(all[i] as number, 0);
-  }
-  return keep;
+  return fragmentMemory(machine, n);
 }
 
 /** Writes a deterministic byte pattern (seeded) of `len` bytes at `phys` and returns it. */
