@@ -16,6 +16,8 @@
  * outside the window, checks the device's contents and digests them.
  */
 import {
+  type AllocatedBuffer,
+  allocIoBuffer,
   BLK_STS_OK,
   type BlkIoOp,
   type BlkIoResult,
@@ -24,7 +26,6 @@ import {
   nvmeProbe,
   nvmeRemove,
 } from '@iovalink/blk-mq';
-import { type AllocatedBuffer, allocIoBuffer } from '@iovalink/blk-mq/testing';
 import { dmaDebugDeviceTeardown, IOVA_DEFAULT_FQ_TIMEOUT } from '@iovalink/dma-api';
 import { diffCounters, type Machine, PAGE_SIZE, Prng } from '@iovalink/iommu';
 import { type DmaPath, mappingMeta, type WorkloadResult } from '../results.js';
