@@ -77,7 +77,13 @@ function isPublicMember(decl: ts.Declaration | undefined): boolean {
   return !(name !== undefined && ts.isPrivateIdentifier(name));
 }
 
-function memberLines(checker: ts.TypeChecker, type: ts.Type, at: ts.Node, indent: string, prefix = ''): string[] {
+function memberLines(
+  checker: ts.TypeChecker,
+  type: ts.Type,
+  at: ts.Node,
+  indent: string,
+  prefix = '',
+): string[] {
   const lines: string[] = [];
   for (const prop of checker.getPropertiesOfType(type)) {
     if (prop.name === 'prototype') continue;
@@ -111,7 +117,8 @@ function describe(checker: ts.TypeChecker, exportName: string, sym: ts.Symbol, a
     const instance = checker.getDeclaredTypeOfSymbol(target);
     const isAbstract = decl !== undefined && ts.getCombinedModifierFlags(decl) & ts.ModifierFlags.Abstract;
     const base = instance.isClassOrInterface() ? checker.getBaseTypes(instance) : [];
-    const ext = base.length > 0 ? ` extends ${base.map((b) => checker.typeToString(b, at, FLAGS)).join(', ')}` : '';
+    const ext =
+      base.length > 0 ? ` extends ${base.map((b) => checker.typeToString(b, at, FLAGS)).join(', ')}` : '';
     out.push(`${isAbstract ? 'abstract ' : ''}class ${exportName}${ext} {`);
     for (const sig of typeOfClass.getConstructSignatures()) {
       const d = sig.getDeclaration();
@@ -119,7 +126,8 @@ function describe(checker: ts.TypeChecker, exportName: string, sym: ts.Symbol, a
       const params = sig.parameters
         .map((p) => {
           const pd = p.valueDeclaration as ts.ParameterDeclaration | undefined;
-          const opt = pd !== undefined && (pd.questionToken !== undefined || pd.initializer !== undefined) ? '?' : '';
+          const opt =
+            pd !== undefined && (pd.questionToken !== undefined || pd.initializer !== undefined) ? '?' : '';
           return `${p.name}${opt}: ${checker.typeToString(checker.getTypeOfSymbolAtLocation(p, at), at, FLAGS)}`;
         })
         .join(', ');
@@ -134,7 +142,12 @@ function describe(checker: ts.TypeChecker, exportName: string, sym: ts.Symbol, a
       out.push(`function ${exportName}${checker.signatureToString(sig, at, FLAGS)};`);
     }
   } else if (f & ts.SymbolFlags.Enum) {
-    out.push(`enum ${exportName} { ${checker.getExportsOfModule(target).map((m) => m.name).join(', ')} }`);
+    out.push(
+      `enum ${exportName} { ${checker
+        .getExportsOfModule(target)
+        .map((m) => m.name)
+        .join(', ')} }`,
+    );
   } else if (f & ts.SymbolFlags.Variable) {
     const type = checker.getTypeOfSymbolAtLocation(target, at);
     const isConst = decl !== undefined && ts.getCombinedNodeFlags(decl) & ts.NodeFlags.Const;
@@ -143,14 +156,17 @@ function describe(checker: ts.TypeChecker, exportName: string, sym: ts.Symbol, a
   if (f & ts.SymbolFlags.Interface) {
     const type = checker.getDeclaredTypeOfSymbol(target);
     const base = type.isClassOrInterface() ? (checker.getBaseTypes(type) ?? []) : [];
-    const ext = base.length > 0 ? ` extends ${base.map((b) => checker.typeToString(b, at, FLAGS)).join(', ')}` : '';
+    const ext =
+      base.length > 0 ? ` extends ${base.map((b) => checker.typeToString(b, at, FLAGS)).join(', ')}` : '';
     out.push(`interface ${exportName}${ext} {`);
     for (const sig of type.getCallSignatures()) out.push(`  ${checker.signatureToString(sig, at, FLAGS)};`);
     out.push(...memberLines(checker, type, at, '  '));
     out.push('}');
   } else if (f & ts.SymbolFlags.TypeAlias) {
     const aliasDecl = target.declarations?.find(ts.isTypeAliasDeclaration);
-    const params = aliasDecl?.typeParameters ? `<${aliasDecl.typeParameters.map((p) => p.getText()).join(', ')}>` : '';
+    const params = aliasDecl?.typeParameters
+      ? `<${aliasDecl.typeParameters.map((p) => p.getText()).join(', ')}>`
+      : '';
     const text = aliasDecl ? aliasDecl.type.getText().replace(/\s+/g, ' ') : '?';
     out.push(`type ${exportName}${params} = ${text};`);
   }
