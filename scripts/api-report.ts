@@ -194,7 +194,11 @@ function report(program: ts.Program, e: Entry): string {
     '```ts',
   ];
   for (const n of names) {
-    lines.push(...describe(checker, n, byName.get(n) as ts.Symbol, sf), '');
+    // a type the entry does not name is printed by its own name, not as an absolute import() path
+    const described = describe(checker, n, byName.get(n) as ts.Symbol, sf).map((l) =>
+      l.replace(/import\("[^"]*"\)\./g, ''),
+    );
+    lines.push(...described, '');
   }
   if (lines[lines.length - 1] === '') lines.pop();
   lines.push('```', '');
