@@ -1,8 +1,8 @@
 /**
- * Fixtures for ODP tests and for the layers above (integration tests, the CLI): a machine with an
- * IOMMU, a NIC on a DMA function of each kind, an mlx5 device in either ODP mode, a process and a
- * PD; helpers to map memory and register MRs; and checkers that compare what the NIC can reach
- * with what the process maps. Exported as `@iovalink/rdma-odp/testing`.
+ * Fixtures for ODP tests and the integration tests: the main entry's `createOdpSystem` under its
+ * fixture name `createOdpRig`, helpers to map memory and register MRs that throw instead of
+ * returning -errno, and checkers that compare what the NIC can reach with what the process maps.
+ * Exported as `@iovalink/rdma-odp/testing`; applications use the main entry.
  */
 import type { Device } from '@iovalink/dma-api';
 import { iommuIovaToPhys, PAGE_SIZE } from '@iovalink/iommu';

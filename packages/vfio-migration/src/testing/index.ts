@@ -1,8 +1,9 @@
 /**
- * Fixtures for tests, benchmarks and the layers above: a migration rig (one machine, one IOMMU,
- * a source and a target mlx5 VF with their PF DMA devices of a chosen kind and guest memory),
- * physical memory fragmentation so data buffer pages do not merge, and leak checks. Exported as
- * `@iovalink/vfio-migration/testing`.
+ * Fixtures for tests and benchmarks: a migration rig (one machine, one IOMMU, a source and a
+ * target mlx5 VF with their PF DMA devices of a chosen kind and guest memory) and leak checks;
+ * `fragmentMemory` (from `@iovalink/iommu`) and `createGuestMemory` (from the main entry) are
+ * re-exported for the tests that used them from here. Exported as
+ * `@iovalink/vfio-migration/testing`; applications use the main entries.
  */
 
 import { type Device, dmaDebugDeviceTeardown } from '@iovalink/dma-api';
