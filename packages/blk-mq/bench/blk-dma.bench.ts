@@ -9,14 +9,9 @@
 import { diffCounters } from '@iovalink/iommu';
 import { allocScatteredPages } from '@iovalink/iommu/testing';
 import { Bench } from 'tinybench';
-import {
-  nvmeMapData,
-  nvmeSetupCmd,
-  nvmeUnmapData,
-  REQ_OP_WRITE,
-  type Request,
-  SECTOR_SIZE,
-} from '../src/index.js';
+import { REQ_OP_WRITE, SECTOR_SIZE } from '../src/bio.js';
+import type { Request } from '../src/blkdev.js';
+import { nvmeMapData, nvmeSetupCmd, nvmeUnmapData } from '../src/nvme-pci.js';
 import { createNvmeRig, makeBio, makeRequest, type NvmeRig } from '../src/testing/index.js';
 
 type Path = 'legacy' | 'two-step';

@@ -18,7 +18,7 @@
  */
 import { BlkError } from './errors.js';
 
-/** Bytes of one chunk. */
+/** Bytes of one chunk: the granularity of allocation (what NBD `BLOCK_STATUS` reports holes and data in). */
 export const STORE_CHUNK_SIZE = 64 * 1024;
 const CHUNK = STORE_CHUNK_SIZE;
 /** What a hole reads as; never written (views of it are only read from). */

@@ -11,7 +11,8 @@
  * Differs on purpose: no page cache (every I/O is direct), no file position or EOF clamping (an
  * I/O past the end fails with BLK_STS_IOERR from the block layer), statuses instead of errnos.
  */
-import { allocScatteredPageList, type Machine, PAGE_SIZE } from '@iovalink/iommu';
+import { type Machine, PAGE_SIZE } from '@iovalink/iommu';
+import { allocScatteredPageList } from '@iovalink/iommu/internal';
 import {
   BIO_MAX_VECS,
   type Bio,

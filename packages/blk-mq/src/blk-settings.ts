@@ -6,7 +6,8 @@
  * atomic-write or integrity limits); where the kernel WARNs and returns -EINVAL we throw a
  * `BlkError` carrying -EINVAL, and where it only returns -EINVAL we return it.
  */
-import { alignDown, Errno, isPowerOf2, PAGE_SIZE } from '@iovalink/iommu';
+import { Errno, PAGE_SIZE } from '@iovalink/iommu';
+import { alignDown, isPowerOf2 } from '@iovalink/iommu/internal';
 import { SECTOR_SIZE, UINT_MAX } from './bio.js';
 import { BlkError } from './errors.js';
 

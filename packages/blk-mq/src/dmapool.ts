@@ -11,7 +11,8 @@
  * (GFP_ATOMIC exhaustion).
  */
 import { type Device, DMA_BIDIRECTIONAL, dmaMapPhys, dmaMappingError, dmaUnmapPhys } from '@iovalink/dma-api';
-import { alignUp, hex, isPowerOf2, PAGE_SIZE } from '@iovalink/iommu';
+import { PAGE_SIZE } from '@iovalink/iommu';
+import { alignUp, hex, isPowerOf2 } from '@iovalink/iommu/internal';
 import { BlkError } from './errors.js';
 
 /** Fault point consulted by `dmaPoolAlloc`. */

@@ -13,7 +13,8 @@
  * faults in the IOMMU (or beyond RAM) and the command fails with a data transfer error.
  */
 import type { Device } from '@iovalink/dma-api';
-import { getLe64, PAGE_SIZE } from '@iovalink/iommu';
+import { PAGE_SIZE } from '@iovalink/iommu';
+import { getLe64 } from '@iovalink/iommu/internal';
 import { chunkRun, SparseStore } from './backing-store.js';
 import {
   NVME_CMD_DSM,

@@ -49,7 +49,8 @@ import {
   sgInitTable,
   sgNext,
 } from '@iovalink/dma-api';
-import { Errno, getLe64, type Machine, putLe64 } from '@iovalink/iommu';
+import { Errno, type Machine } from '@iovalink/iommu';
+import { getLe64, putLe64 } from '@iovalink/iommu/internal';
 import { REQ_OP_DISCARD, REQ_OP_FLUSH, REQ_OP_READ, REQ_OP_WRITE, SECTOR_SHIFT, UINT_MAX } from './bio.js';
 import { reqPhysGapMask } from './blk-merge.js';
 import {

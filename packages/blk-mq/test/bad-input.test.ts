@@ -1,28 +1,20 @@
 import { dmaDebugDeviceTeardown } from '@iovalink/dma-api';
 import { allocScatteredPages } from '@iovalink/iommu/testing';
 import { describe, expect, it } from 'vitest';
+import { IoBuffer } from '../src/bdev.js';
+import { type Bio, bioAddPage, bioAlloc, bioPut, REQ_OP_READ, REQ_OP_WRITE } from '../src/bio.js';
+import { blkExecuteRqNowait, blkMqFreeRequest, submitBio } from '../src/blk-mq.js';
 import {
-  type Bio,
   BLK_STS_INVAL,
   BLK_STS_IOERR,
   BLK_STS_NOTSUPP,
   BLK_STS_OK,
   BLK_STS_RESOURCE,
   BLK_STS_TARGET,
-  bioAddPage,
-  bioAlloc,
-  bioPut,
-  blkExecuteRqNowait,
-  blkMqFreeRequest,
-  blkMqRqToPdu,
-  IoBuffer,
-  NVME_DMA_FAULT,
-  NVME_MEMPOOL_FAULT,
-  type NvmeIod,
-  REQ_OP_READ,
-  REQ_OP_WRITE,
-  submitBio,
-} from '../src/index.js';
+} from '../src/blk-status.js';
+import { blkMqRqToPdu } from '../src/blkdev.js';
+import { NVME_DMA_FAULT } from '../src/nvme-hw.js';
+import { NVME_MEMPOOL_FAULT, type NvmeIod } from '../src/nvme-pci.js';
 import {
   allocIoBuffer,
   createNullBlkRig,

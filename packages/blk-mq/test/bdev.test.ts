@@ -2,7 +2,8 @@ import { sgArray, sgInitTable } from '@iovalink/dma-api';
 import { Machine, PAGE_SIZE } from '@iovalink/iommu';
 import { describe, expect, it } from 'vitest';
 import { allocIoPages, type IoBuffer } from '../src/bdev.js';
-import { blkRqMapSg, REQ_OP_WRITE } from '../src/index.js';
+import { REQ_OP_WRITE } from '../src/bio.js';
+import { blkRqMapSg } from '../src/blk-mq-dma.js';
 import { createNvmeRig, makeBio, makeRequest } from '../src/testing/index.js';
 
 /** Page-aligned physical address of each page the buffer touches, in buffer order. */

@@ -3,11 +3,6 @@ import { describe, expect, it } from 'vitest';
 import {
   BIO_MAX_VECS,
   Bio,
-  BioVec,
-  BLK_STS_IOERR,
-  BLK_STS_OK,
-  BlkError,
-  BvecIter,
   bioAddPage,
   bioAdvance,
   bioAlloc,
@@ -18,12 +13,13 @@ import {
   bioPut,
   bioSectors,
   bioSplit,
-  bvecIterAdvance,
-  mpBvecIterBvec,
   REQ_ATOMIC,
   REQ_OP_READ,
   REQ_OP_WRITE,
-} from '../src/index.js';
+} from '../src/bio.js';
+import { BLK_STS_IOERR, BLK_STS_OK } from '../src/blk-status.js';
+import { BioVec, BvecIter, bvecIterAdvance, mpBvecIterBvec } from '../src/bvec.js';
+import { BlkError } from '../src/errors.js';
 import { alignedBlock } from './helpers.js';
 
 describe('bio_add_page', () => {

@@ -1,23 +1,20 @@
 import { createTestMachine } from '@iovalink/iommu/testing';
 import { describe, expect, it } from 'vitest';
+import { REQ_OP_DISCARD, REQ_OP_READ, REQ_OP_WRITE } from '../src/bio.js';
 import {
   BIO_MERGE_OK,
-  BioVec,
   bioAttemptBackMerge,
   bioSplitRwAt,
-  blkMqAllocRequest,
   blkRecalcRqSegments,
   blkRqGetMaxSectors,
-  blkValidateLimits,
   bvecGapToPrev,
   getMaxSegmentSize,
-  QueueLimits,
-  REQ_OP_DISCARD,
-  REQ_OP_READ,
-  REQ_OP_WRITE,
   reqPhysGapMask,
   type SegCount,
-} from '../src/index.js';
+} from '../src/blk-merge.js';
+import { blkMqAllocRequest } from '../src/blk-mq.js';
+import { blkValidateLimits, QueueLimits } from '../src/blk-settings.js';
+import { BioVec } from '../src/bvec.js';
 import { makeBio, makeRequest } from '../src/testing/index.js';
 import { makeQueue } from './helpers.js';
 

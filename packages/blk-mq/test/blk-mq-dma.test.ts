@@ -12,22 +12,17 @@ import {
 import { createDmaRig, createKindDevice } from '@iovalink/dma-api/testing';
 import { allocScatteredPages, createTestMachine } from '@iovalink/iommu/testing';
 import { afterEach, describe, expect, it } from 'vitest';
+import { REQ_OP_READ, REQ_OP_WRITE } from '../src/bio.js';
 import {
-  BLK_STS_IOERR,
-  BLK_STS_OK,
-  BLK_STS_RESOURCE,
   BlkDmaIter,
   blkCanDmaMapIova,
   blkRqDmaMapCoalesce,
   blkRqDmaMapIterStart,
   blkRqDmaUnmap,
   blkRqMapSg,
-  blkRqNrPhysSegments,
-  REQ_OP_READ,
-  REQ_OP_WRITE,
-  type Request,
-  type RequestQueue,
-} from '../src/index.js';
+} from '../src/blk-mq-dma.js';
+import { BLK_STS_IOERR, BLK_STS_OK, BLK_STS_RESOURCE } from '../src/blk-status.js';
+import { blkRqNrPhysSegments, type Request, type RequestQueue } from '../src/blkdev.js';
 import { makeBio, makeRequest } from '../src/testing/index.js';
 import { alignedBlock, dmaMapAll, makeQueue, pattern } from './helpers.js';
 

@@ -1,17 +1,8 @@
 import { createTestMachine } from '@iovalink/iommu/testing';
 import { describe, expect, it } from 'vitest';
+import { BlockDevice } from '../src/bdev.js';
+import { type Bio, bioAddPage, bioAlloc, bioPut, REQ_NOWAIT, REQ_OP_READ, REQ_OP_WRITE } from '../src/bio.js';
 import {
-  type Bio,
-  BLK_MQ_NO_TAG,
-  BLK_STS_AGAIN,
-  BLK_STS_OK,
-  BLK_STS_RESOURCE,
-  BlkMqTagSet,
-  BlkMqTags,
-  BlockDevice,
-  bioAddPage,
-  bioAlloc,
-  bioPut,
   blkFinishPlug,
   blkMqAllocDisk,
   blkMqAllocTagSet,
@@ -20,18 +11,19 @@ import {
   blkMqStartRequest,
   blkQueueNextEventNs,
   blkStartPlug,
+  submitBio,
+} from '../src/blk-mq.js';
+import { BLK_MQ_NO_TAG, BlkMqTags } from '../src/blk-mq-tag.js';
+import { QueueLimits } from '../src/blk-settings.js';
+import {
+  BLK_STS_AGAIN,
+  BLK_STS_OK,
+  BLK_STS_RESOURCE,
   blkStatusToErrno,
   blkStatusToStr,
   errnoToBlkStatus,
-  QueueLimits,
-  REQ_NOWAIT,
-  REQ_OP_READ,
-  REQ_OP_WRITE,
-  type Request,
-  STAT_WRITE,
-  setCapacity,
-  submitBio,
-} from '../src/index.js';
+} from '../src/blk-status.js';
+import { BlkMqTagSet, type Request, STAT_WRITE, setCapacity } from '../src/blkdev.js';
 import { allocIoBuffer, createNullBlkRig, createNvmeRig } from '../src/testing/index.js';
 
 /** A disk whose driver holds every request until the test ends it, or answers with `answer`. */

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { BlkError, blkValidateLimits, QueueLimits } from '../src/index.js';
+import { blkValidateLimits, QueueLimits } from '../src/blk-settings.js';
+import { BlkError } from '../src/errors.js';
 
 describe('blk_validate_limits', () => {
   it('fills in the kernel defaults (§5.1)', () => {

@@ -2,19 +2,11 @@
 // DMA walk of a request, aligned page blocks, and byte patterns.
 import { type Device, DmaIovaState } from '@iovalink/dma-api';
 import type { Machine } from '@iovalink/iommu';
-import {
-  BLK_STS_OK,
-  BlkDmaIter,
-  type BlkMqQueueData,
-  BlkMqTagSet,
-  blkMqAllocQueue,
-  blkMqAllocTagSet,
-  blkRqDmaMapIterNext,
-  blkRqDmaMapIterStart,
-  QueueLimits,
-  type Request,
-  type RequestQueue,
-} from '../src/index.js';
+import { blkMqAllocQueue, blkMqAllocTagSet } from '../src/blk-mq.js';
+import { BlkDmaIter, blkRqDmaMapIterNext, blkRqDmaMapIterStart } from '../src/blk-mq-dma.js';
+import { QueueLimits } from '../src/blk-settings.js';
+import { BLK_STS_OK } from '../src/blk-status.js';
+import { type BlkMqQueueData, BlkMqTagSet, type Request, type RequestQueue } from '../src/blkdev.js';
 
 /** A queue whose driver only records what it is given (requests stay in flight until ended). */
 export function makeQueue(

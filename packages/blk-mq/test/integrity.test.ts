@@ -1,7 +1,8 @@
 import { DEVICE_KINDS } from '@iovalink/dma-api/testing';
 import { describe, expect, it } from 'vitest';
-import { runWorkload, SparseStore, STORE_CHUNK_SIZE } from '../src/index.js';
+import { SparseStore, STORE_CHUNK_SIZE } from '../src/backing-store.js';
 import { allocIoBuffer, createNullBlkRig, createNvmeRig } from '../src/testing/index.js';
+import { runWorkload } from '../src/workload.js';
 
 const MAPPINGS = [
   { name: 'two-step (v6.17)', nvme: { mapping: 'iova' as const } },

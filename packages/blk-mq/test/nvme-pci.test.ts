@@ -1,22 +1,20 @@
 import { dmaDebugDeviceTeardown } from '@iovalink/dma-api';
+import { getLe64 } from '@iovalink/iommu/internal';
 import { allocScatteredPages } from '@iovalink/iommu/testing';
 import { describe, expect, it } from 'vitest';
+import { REQ_OP_WRITE } from '../src/bio.js';
+import { blkMqFreeRequest } from '../src/blk-mq.js';
+import { BLK_STS_OK } from '../src/blk-status.js';
+import { blkMqRqToPdu } from '../src/blkdev.js';
+import { NVME_CMD_SGL_METABUF, NVME_SGL_FMT_DATA_DESC, NVME_SGL_FMT_LAST_SEG_DESC } from '../src/nvme.js';
 import {
-  BLK_STS_OK,
-  blkMqFreeRequest,
-  blkMqRqToPdu,
-  getLe64,
-  NVME_CMD_SGL_METABUF,
-  NVME_SGL_FMT_DATA_DESC,
-  NVME_SGL_FMT_LAST_SEG_DESC,
   type NvmeIod,
   type NvmeOptions,
   nvmeMapData,
   nvmeRemove,
   nvmeSetupCmd,
   nvmeUnmapData,
-  REQ_OP_WRITE,
-} from '../src/index.js';
+} from '../src/nvme-pci.js';
 import { assertNoBlkLeaks, createNvmeRig, makeBio, makeRequest } from '../src/testing/index.js';
 import { pattern, sameBytes } from './helpers.js';
 

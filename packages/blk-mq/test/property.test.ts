@@ -5,16 +5,11 @@ import { DMA_TO_DEVICE, dmaDebugDeviceTeardown, dmaUnmapPhys, sgArray, sgInitTab
 import { createDmaRig, createKindDevice, DEVICE_KINDS } from '@iovalink/dma-api/testing';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import {
-  BLK_STS_OK,
-  BlockDevice,
-  blkMqAllocRequest,
-  blkMqFreeRequest,
-  blkRqAppendBio,
-  blkRqDmaUnmap,
-  blkRqMapSg,
-  REQ_OP_WRITE,
-} from '../src/index.js';
+import { BlockDevice } from '../src/bdev.js';
+import { REQ_OP_WRITE } from '../src/bio.js';
+import { blkMqAllocRequest, blkMqFreeRequest, blkRqAppendBio } from '../src/blk-mq.js';
+import { blkRqDmaUnmap, blkRqMapSg } from '../src/blk-mq-dma.js';
+import { BLK_STS_OK } from '../src/blk-status.js';
 import { allocIoBuffer, createNvmeRig, makeBio, type NvmeRig } from '../src/testing/index.js';
 import { dmaMapAll, makeQueue, pattern, sameBytes } from './helpers.js';
 

@@ -6,22 +6,11 @@
 import { diffCounters, SZ_4K } from '@iovalink/iommu';
 import { allocScatteredPages } from '@iovalink/iommu/testing';
 import { Bench } from 'tinybench';
-import {
-  DMA_TO_DEVICE,
-  DmaIovaState,
-  dmaIovaDestroy,
-  dmaIovaLink,
-  dmaIovaSync,
-  dmaIovaTryAlloc,
-  dmaMapBenchmark,
-  dmaMapSgtable,
-  dmaUnmapSgtable,
-  SgTable,
-  sgAllocTable,
-  sgFreeTable,
-  sgIter,
-  sgSetPage,
-} from '../src/index.js';
+import { DMA_TO_DEVICE } from '../src/dma-direction.js';
+import { DmaIovaState, dmaIovaDestroy, dmaIovaLink, dmaIovaSync, dmaIovaTryAlloc } from '../src/dma-iova.js';
+import { dmaMapBenchmark } from '../src/map-benchmark.js';
+import { dmaMapSgtable, dmaUnmapSgtable } from '../src/mapping.js';
+import { SgTable, sgAllocTable, sgFreeTable, sgIter, sgSetPage } from '../src/scatterlist.js';
 import { createDmaRig, createKindDevice } from '../src/testing/index.js';
 
 const PAGES = 32;

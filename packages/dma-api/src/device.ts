@@ -8,7 +8,6 @@
 import {
   DmaEngine,
   Errno,
-  hex,
   IOMMU_DOMAIN_BLOCKED,
   IOMMU_DOMAIN_DMA,
   IOMMU_DOMAIN_DMA_FQ,
@@ -17,9 +16,9 @@ import {
   type IommuDomain,
   type IommuFault,
   iommuMinPgsize,
-  iovaRcacheRange,
   type Machine,
 } from '@iovalink/iommu';
+import { hex, iovaRcacheRange } from '@iovalink/iommu/internal';
 import { DmaDebug } from './dma-debug.js';
 import { iommuDmaInitDomain } from './dma-iommu.js';
 import { DmaError } from './errors.js';

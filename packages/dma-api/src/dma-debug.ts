@@ -5,7 +5,7 @@
  * of `dma_debug_device_change`. Differs on purpose: errors are thrown (the kernel prints), and the
  * two-step IOVA API is tracked too (links per state), which the kernel's dma-debug does not do.
  */
-import { hex } from '@iovalink/iommu';
+import { hex } from '@iovalink/iommu/internal';
 import type { Device } from './device.js';
 import { DMA_BIDIRECTIONAL, type DmaDataDirection, dmaDirectionName } from './dma-direction.js';
 import { DmaDebugError } from './errors.js';

@@ -8,13 +8,8 @@
  * domain-selective descriptor + wait on VT-d) and counts them. Differs on purpose: no single-queue
  * mode for IOMMUs that shadow on flush (32768 entries, 1 s), no locking.
  */
-import {
-  freeTablePage,
-  type IommuDomain,
-  type IovaDomain,
-  iommuFlushIotlbAll,
-  type Timer,
-} from '@iovalink/iommu';
+import { type IommuDomain, type IovaDomain, iommuFlushIotlbAll, type Timer } from '@iovalink/iommu';
+import { freeTablePage } from '@iovalink/iommu/internal';
 
 /** Ring entries per CPU (kernel: `IOVA_DEFAULT_FQ_SIZE` = 256; one slot stays empty). */
 export const IOVA_DEFAULT_FQ_SIZE = 256;

@@ -9,7 +9,6 @@
  */
 import {
   Errno,
-  hex,
   type IommuDomain,
   IovaDomain,
   iommuIotlbGatherInit,
@@ -25,6 +24,7 @@ import {
   type PteLookup,
   SG_DMA_BUS_ADDRESS,
 } from '@iovalink/iommu';
+import { hex } from '@iovalink/iommu/internal';
 import { archSyncDma } from './cpu-sync.js';
 import type { Device } from './device.js';
 import {

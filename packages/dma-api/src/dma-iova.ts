@@ -13,7 +13,6 @@
  */
 import {
   Errno,
-  hex,
   type IovaDomain,
   iommuIotlbGatherInit,
   iommuIotlbSync,
@@ -24,6 +23,7 @@ import {
   iovaAlign,
   iovaOffset,
 } from '@iovalink/iommu';
+import { hex } from '@iovalink/iommu/internal';
 import { archSyncDma, devNeedsCpuSync } from './cpu-sync.js';
 import type { Device } from './device.js';
 import {

@@ -29,14 +29,6 @@ export {
 } from './device.js';
 export { DmaDebug, dmaDebugDeviceTeardown } from './dma-debug.js';
 export {
-  dmaCapable,
-  dmaDirectMapPhys,
-  dmaDirectMapSg,
-  dmaDirectUnmapPhys,
-  dmaDirectUnmapSg,
-  isSwiotlbForceBounce,
-} from './dma-direct.js';
-export {
   DMA_ATTR_MMIO,
   DMA_ATTR_NO_WARN,
   DMA_ATTR_PRIVILEGED,
@@ -50,21 +42,14 @@ export {
   DMA_TO_DEVICE,
   type DmaDataDirection,
   dmaDirectionName,
-  dmaInfoToProt,
-  validDmaDirection,
 } from './dma-direction.js';
 export {
   type IommuDmaCookie,
-  iommuDmaAllocIova,
   iommuDmaCookie,
-  iommuDmaFreeIova,
-  iommuDmaInitDomain,
   iommuDmaMapPhys,
   iommuDmaMapSg,
   iommuDmaUnmapPhys,
   iommuDmaUnmapSg,
-  MSI_RANGE_END,
-  MSI_RANGE_START,
 } from './dma-iommu.js';
 export { FlushQueue, IOVA_DEFAULT_FQ_SIZE, IOVA_DEFAULT_FQ_TIMEOUT } from './dma-iommu-fq.js';
 export {
@@ -79,6 +64,14 @@ export {
   dmaIovaUnlink,
   dmaUseIova,
 } from './dma-iova.js';
+export {
+  createDmaSystem,
+  createKindDevice,
+  DEVICE_KINDS,
+  type DeviceKind,
+  type DmaSystem,
+  type DmaSystemOptions,
+} from './dma-system.js';
 export { DmaDebugError, DmaError } from './errors.js';
 export {
   DMA_MAP_MAX_SECONDS,
@@ -109,16 +102,11 @@ export {
   forEachSgtableDmaSg,
   forEachSgtableSg,
   Scatterlist,
-  SG_ALLOC_FAULT,
-  SG_CHAIN,
   SG_CHUNK_SIZE,
   SG_DMA_BUS_ADDRESS,
   SG_DMA_SWIOTLB,
-  SG_END,
   SG_ENTRY_SIZE,
   SG_MAX_SINGLE_ALLOC,
-  SG_META_KIND,
-  SG_TABLE_SIZE,
   SgAppendTable,
   SgTable,
   sgAllocAppendTableFromPages,
@@ -126,7 +114,6 @@ export {
   sgAllocTableFromPages,
   sgAllocTableFromPagesSegment,
   sgArray,
-  sgChain,
   sgCopyFromBuffer,
   sgCopyToBuffer,
   sgDmaAddress,
@@ -135,13 +122,9 @@ export {
   sgFreeTable,
   sgInitOne,
   sgInitTable,
-  sgIsChain,
-  sgIsLast,
   sgIter,
-  sgLast,
   sgMarkEnd,
   sgNents,
-  sgNentsForLen,
   sgNext,
   sgPage,
   sgPhys,
@@ -149,14 +132,7 @@ export {
   sgSetPage,
   sgUnmarkEnd,
 } from './scatterlist.js';
-export {
-  SG_POOL_FAULT,
-  SG_POOL_META_KIND,
-  SG_POOL_SIZES,
-  sgAllocTableChained,
-  sgFreeTableChained,
-  sgPoolIndex,
-} from './sg-pool.js';
+export { SG_POOL_SIZES, sgAllocTableChained, sgFreeTableChained } from './sg-pool.js';
 export {
   IO_TLB_DEFAULT_SIZE,
   IO_TLB_SEGSIZE,
@@ -167,9 +143,6 @@ export {
   isSwiotlbBuffer,
   type SwiotlbSlotSearch,
   swiotlbMaxMappingSize,
-  swiotlbOrigAddr,
-  swiotlbSyncSingleForCpu,
-  swiotlbSyncSingleForDevice,
   swiotlbTblMapSingle,
   swiotlbTblUnmapSingle,
 } from './swiotlb.js';

@@ -19,18 +19,8 @@
  * (about 1,900 lines in v6.x: `swiotlb_map` runs through line 1,646), of which it models the
  * default pool, the slot search and release, and the bounce paths.
  */
-import {
-  alignDown,
-  alignUp,
-  hex,
-  lo32,
-  MAX_PAGE_ORDER,
-  type Machine,
-  PAGE_SHIFT,
-  PAGE_SIZE,
-  roundupPowOfTwo,
-  TWO32,
-} from '@iovalink/iommu';
+import { MAX_PAGE_ORDER, type Machine, PAGE_SHIFT, PAGE_SIZE } from '@iovalink/iommu';
+import { alignDown, alignUp, hex, lo32, roundupPowOfTwo, TWO32 } from '@iovalink/iommu/internal';
 import {
   DMA_ATTR_SKIP_CPU_SYNC,
   DMA_BIDIRECTIONAL,

@@ -1,18 +1,11 @@
 import { iommuIovaToPhys, SZ_4K } from '@iovalink/iommu';
 import { describe, expect, it } from 'vitest';
+import type { Device } from '../src/device.js';
+import { dmaDebugDeviceTeardown } from '../src/dma-debug.js';
+import { type DMA_BIDIRECTIONAL, DMA_FROM_DEVICE, DMA_TO_DEVICE } from '../src/dma-direction.js';
+import { DmaIovaState, dmaIovaDestroy, dmaIovaFree, dmaIovaLink, dmaIovaTryAlloc } from '../src/dma-iova.js';
+import { DmaDebugError, DmaError } from '../src/errors.js';
 import {
-  type Device,
-  type DMA_BIDIRECTIONAL,
-  DMA_FROM_DEVICE,
-  DMA_TO_DEVICE,
-  DmaDebugError,
-  DmaError,
-  DmaIovaState,
-  dmaDebugDeviceTeardown,
-  dmaIovaDestroy,
-  dmaIovaFree,
-  dmaIovaLink,
-  dmaIovaTryAlloc,
   dmaMapPhys,
   dmaMappingError,
   dmaMapSgtable,
@@ -20,12 +13,8 @@ import {
   dmaUnmapPhys,
   dmaUnmapSgAttrs,
   dmaUnmapSgtable,
-  SgTable,
-  sgAllocTable,
-  sgFreeTable,
-  sgIter,
-  sgSetPage,
-} from '../src/index.js';
+} from '../src/mapping.js';
+import { SgTable, sgAllocTable, sgFreeTable, sgIter, sgSetPage } from '../src/scatterlist.js';
 import { createDmaRig, createKindDevice } from '../src/testing/index.js';
 
 function rule(fn: () => unknown): string {

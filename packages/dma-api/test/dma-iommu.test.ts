@@ -1,13 +1,15 @@
 import { Errno, SZ_4K } from '@iovalink/iommu';
 import { patternBytes } from '@iovalink/iommu/testing';
 import { describe, expect, it } from 'vitest';
+import type { Device } from '../src/device.js';
+import { dmaDebugDeviceTeardown } from '../src/dma-debug.js';
 import {
-  type Device,
   DMA_BIDIRECTIONAL,
   DMA_FROM_DEVICE,
   DMA_MAPPING_ERROR,
   DMA_TO_DEVICE,
-  dmaDebugDeviceTeardown,
+} from '../src/dma-direction.js';
+import {
   dmaMapPage,
   dmaMapPhys,
   dmaMappingError,
@@ -15,12 +17,8 @@ import {
   dmaMapSgtable,
   dmaUnmapPhys,
   dmaUnmapSgtable,
-  SgTable,
-  sgAllocTable,
-  sgFreeTable,
-  sgIter,
-  sgSetPage,
-} from '../src/index.js';
+} from '../src/mapping.js';
+import { SgTable, sgAllocTable, sgFreeTable, sgIter, sgSetPage } from '../src/scatterlist.js';
 import { createDmaRig, createKindDevice, type DmaRig } from '../src/testing/index.js';
 import { deviceRead, deviceReadFaults } from './helpers.js';
 

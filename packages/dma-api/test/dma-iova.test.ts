@@ -1,13 +1,11 @@
 import { Errno, iommuIovaToPhys, SZ_4K } from '@iovalink/iommu';
 import { patternBytes } from '@iovalink/iommu/testing';
 import { describe, expect, it } from 'vitest';
+import { dmaDebugDeviceTeardown } from '../src/dma-debug.js';
+import { DMA_BIDIRECTIONAL, DMA_FROM_DEVICE, DMA_TO_DEVICE } from '../src/dma-direction.js';
+import { iommuDmaCookie } from '../src/dma-iommu.js';
 import {
-  DMA_BIDIRECTIONAL,
-  DMA_FROM_DEVICE,
-  DMA_TO_DEVICE,
-  DmaDebugError,
   DmaIovaState,
-  dmaDebugDeviceTeardown,
   dmaIovaDestroy,
   dmaIovaFree,
   dmaIovaLink,
@@ -16,8 +14,8 @@ import {
   dmaIovaTryAlloc,
   dmaIovaUnlink,
   dmaUseIova,
-  iommuDmaCookie,
-} from '../src/index.js';
+} from '../src/dma-iova.js';
+import { DmaDebugError } from '../src/errors.js';
 import { createDmaRig, createKindDevice } from '../src/testing/index.js';
 import { deviceRead, deviceReadFaults } from './helpers.js';
 

@@ -2,32 +2,26 @@ import { SZ_4K } from '@iovalink/iommu';
 import { allocScatteredPages, patternBytes } from '@iovalink/iommu/testing';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
+import type { Device } from '../src/device.js';
+import { dmaDebugDeviceTeardown } from '../src/dma-debug.js';
 import {
-  type Device,
   DMA_FROM_DEVICE,
   DMA_MAPPING_ERROR,
   DMA_TO_DEVICE,
   type DmaDataDirection,
+} from '../src/dma-direction.js';
+import { iommuDmaCookie } from '../src/dma-iommu.js';
+import {
   DmaIovaState,
-  dmaDebugDeviceTeardown,
   dmaIovaDestroy,
   dmaIovaFree,
   dmaIovaLink,
   dmaIovaSync,
   dmaIovaTryAlloc,
   dmaIovaUnlink,
-  dmaMapPhys,
-  dmaMappingError,
-  dmaMapSgtable,
-  dmaUnmapPhys,
-  dmaUnmapSgtable,
-  iommuDmaCookie,
-  SgTable,
-  sgAllocTable,
-  sgFreeTable,
-  sgIter,
-  sgSetPage,
-} from '../src/index.js';
+} from '../src/dma-iova.js';
+import { dmaMapPhys, dmaMappingError, dmaMapSgtable, dmaUnmapPhys, dmaUnmapSgtable } from '../src/mapping.js';
+import { SgTable, sgAllocTable, sgFreeTable, sgIter, sgSetPage } from '../src/scatterlist.js';
 import { createDmaRig, createKindDevice, DEVICE_KINDS, type DmaRig } from '../src/testing/index.js';
 
 const PAGES = 8;

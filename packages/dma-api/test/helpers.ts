@@ -1,6 +1,6 @@
 // Shared test helpers for dma-api tests: read/write through a device's DMA engine.
 import { expect } from 'vitest';
-import type { Device } from '../src/index.js';
+import type { Device } from '../src/device.js';
 
 /** What the device reads at `bus` (throws via expect if the read faults). */
 export function deviceRead(dev: Device, bus: number, len: number): Uint8Array {

@@ -2,11 +2,10 @@
 // tree and rcaches, counters); the correct call afterwards works and nothing leaks.
 import { type Machine, SZ_4K } from '@iovalink/iommu';
 import { describe, expect, it } from 'vitest';
+import type { Device } from '../src/device.js';
+import { DMA_TO_DEVICE } from '../src/dma-direction.js';
+import { iommuDmaCookie } from '../src/dma-iommu.js';
 import {
-  type Device,
-  DMA_TO_DEVICE,
-  DmaDebugError,
-  DmaError,
   DmaIovaState,
   dmaIovaDestroy,
   dmaIovaFree,
@@ -14,17 +13,10 @@ import {
   dmaIovaSync,
   dmaIovaTryAlloc,
   dmaIovaUnlink,
-  dmaMapPage,
-  dmaMapSgtable,
-  dmaUnmapPage,
-  dmaUnmapSgtable,
-  iommuDmaCookie,
-  SgTable,
-  sgAllocTable,
-  sgFreeTable,
-  sgIter,
-  sgSetPage,
-} from '../src/index.js';
+} from '../src/dma-iova.js';
+import { DmaDebugError, DmaError } from '../src/errors.js';
+import { dmaMapPage, dmaMapSgtable, dmaUnmapPage, dmaUnmapSgtable } from '../src/mapping.js';
+import { SgTable, sgAllocTable, sgFreeTable, sgIter, sgSetPage } from '../src/scatterlist.js';
 import { createDmaRig, createKindDevice } from '../src/testing/index.js';
 import { deviceReadFaults } from './helpers.js';
 

@@ -1,16 +1,8 @@
 import { SZ_4K, type Tracer } from '@iovalink/iommu';
 import { describe, expect, it } from 'vitest';
-import {
-  DMA_TO_DEVICE,
-  DmaIovaState,
-  dmaIovaDestroy,
-  dmaIovaLink,
-  dmaIovaSync,
-  dmaIovaTryAlloc,
-  dmaMapPhys,
-  dmaMappingError,
-  dmaUnmapPhys,
-} from '../src/index.js';
+import { DMA_TO_DEVICE } from '../src/dma-direction.js';
+import { DmaIovaState, dmaIovaDestroy, dmaIovaLink, dmaIovaSync, dmaIovaTryAlloc } from '../src/dma-iova.js';
+import { dmaMapPhys, dmaMappingError, dmaUnmapPhys } from '../src/mapping.js';
 import { createDmaRig, createKindDevice } from '../src/testing/index.js';
 
 /** Records events as "B name", "E", "I name". */

@@ -12,18 +12,11 @@
  * Run: `pnpm --filter @iovalink/iommu bench iommu` (or `npx tsx packages/iommu/bench/iommu.bench.ts`)
  */
 import { Bench } from 'tinybench';
-import {
-  IOMMU_DOMAIN_DMA,
-  IOMMU_READ,
-  IOMMU_WRITE,
-  IommuDevice,
-  iommuMap,
-  iommuUnmap,
-  Machine,
-  SZ_1G,
-  SZ_2M,
-  SZ_4K,
-} from '../src/index.js';
+import { iommuMap, iommuUnmap } from '../src/iommu.js';
+import { IommuDevice, SZ_1G, SZ_2M, SZ_4K } from '../src/iommu-device.js';
+import { IOMMU_DOMAIN_DMA } from '../src/iommu-domain.js';
+import { IOMMU_READ, IOMMU_WRITE } from '../src/iommu-prot.js';
+import { Machine } from '../src/machine.js';
 
 const RW = IOMMU_READ | IOMMU_WRITE;
 /** Operations per timed sample of one-page operations. */

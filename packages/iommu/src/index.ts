@@ -1,23 +1,11 @@
 /**
  * @iovalink/iommu — the simulated machine and the IOMMU layer: physical memory and its buddy
  * allocator, the IOMMU page-table format and IOTLB, the iommu core, and the IOVA allocator.
+ *
+ * The public surface is what a consumer of this layer needs; helpers shared with the sibling
+ * `@iovalink/*` layers live in `@iovalink/iommu/internal` (no compatibility promise), test
+ * fixtures in `@iovalink/iommu/testing`. `api/index.api.md` lists the surface.
  */
-export { type AmdInvCoverage, amdBuildInvAddress } from './amd-iommu-inv.js';
-export { armSmmuBatchSyncs, armSmmuRangeTlbiCount } from './arm-smmu-v3-tlbi.js';
-export {
-  alignDown,
-  alignUp,
-  getLe64,
-  INV_TWO32,
-  isAligned,
-  isAlignedPow2,
-  isPowerOf2,
-  lo32,
-  modPow2,
-  putLe64,
-  roundupPowOfTwo,
-  TWO32,
-} from './bits.js';
 export { type Timer, VirtualClock } from './clock.js';
 export {
   COUNTER_NAMES,
@@ -31,7 +19,6 @@ export {
 export { DmaEngine } from './dma-engine.js';
 export { Errno, type ErrnoName, type ErrnoValue, errnoName } from './errno.js';
 export {
-  hex,
   IommuError,
   IovalinkError,
   type IovalinkErrorOptions,
@@ -39,24 +26,7 @@ export {
   MachineError,
 } from './errors.js';
 export { FaultInjector, type FaultPoint } from './fault-inject.js';
-export { calculatePsiAlignedAddress, type PsiAligned } from './intel-cache-tag.js';
-export {
-  freeTablePage,
-  IO_PGTABLE_LEVELS,
-  IO_PGTABLE_PTES_PER_TABLE,
-  IOPTE_CACHE,
-  IOPTE_DIRTY,
-  IOPTE_LEAF,
-  IOPTE_MMIO,
-  IOPTE_PRIV,
-  IOPTE_READ,
-  IOPTE_VALID,
-  IOPTE_WRITE,
-  IoPgtable,
-  type IoPgtableCfg,
-  type IoPgtableTlbOps,
-  type PteLookup,
-} from './io-pgtable.js';
+export { IoPgtable, type IoPgtableCfg, type IoPgtableTlbOps, type PteLookup } from './io-pgtable.js';
 export {
   type IommuSgEntry,
   iommuDomainAlloc,
@@ -87,10 +57,6 @@ export {
   SZ_4K,
 } from './iommu-device.js';
 export {
-  __IOMMU_DOMAIN_DMA_API,
-  __IOMMU_DOMAIN_DMA_FQ,
-  __IOMMU_DOMAIN_PAGING,
-  __IOMMU_DOMAIN_PT,
   IOMMU_DOMAIN_BLOCKED,
   IOMMU_DOMAIN_DMA,
   IOMMU_DOMAIN_DMA_FQ,
@@ -109,14 +75,9 @@ export {
   type IommuIotlbGather,
   iommuIotlbGatherAddRange,
   iommuIotlbGatherInit,
-  iommuIotlbGatherIsDisjoint,
-  iommuIotlbGatherIsEmpty,
-  iommuIotlbGatherReset,
 } from './iommu-gather.js';
 export {
   type AmdViInvalidation,
-  CMDQ_BATCH_ENTRIES,
-  CMDQ_TLBI_RANGE_NUM_MAX,
   DEFAULT_IOMMU_HW,
   IOMMU_HW_PRESET_NAMES,
   IOMMU_HW_PRESETS,
@@ -124,8 +85,6 @@ export {
   type IommuHwPreset,
   type IommuInvalidation,
   iommuHwPreset,
-  MAX_AGAW_PFN_WIDTH,
-  QI_MAX_BATCHED_DESC_COUNT,
   type SmmuV3Invalidation,
   type VtdInvalidation,
   validateIommuHw,
@@ -133,23 +92,16 @@ export {
 export { IOMMU_CACHE, IOMMU_MMIO, IOMMU_NOEXEC, IOMMU_PRIV, IOMMU_READ, IOMMU_WRITE } from './iommu-prot.js';
 export { Iotlb, type IotlbEntry } from './iotlb.js';
 export { type Iova, IovaDomain, iovaAlign, iovaMask, iovaOffset, iovaPfn, iovaShift } from './iova.js';
-export {
-  IOVA_DEPOT_DELAY_MS,
-  IOVA_MAG_SIZE,
-  IOVA_RANGE_CACHE_MAX_SIZE,
-  iovaRcacheRange,
-} from './iova-rcache.js';
 export { DEFAULT_MEM_SIZE, Machine, type MachineOptions } from './machine.js';
 export {
-  allocScatteredPageList,
   type Folio,
   MAX_PAGE_ORDER,
   PageAllocator,
   type PageAllocatorOptions,
   pfnToPhys,
   physToPfn,
-  RESERVED_LOW_PAGES,
 } from './page-alloc.js';
+export { fragmentMemory } from './page-fragment.js';
 export { PAGE_SHIFT, PAGE_SIZE, PhysMem } from './phys-mem.js';
 export { Prng } from './prng.js';
 export type { TraceArgs, Tracer } from './tracer.js';

@@ -1,20 +1,16 @@
 // The IOTLB gather (include/linux/iommu.h, v6.17): when a new range counts as disjoint from what
 // is gathered, and what that means for the number of IOTLB invalidations an unmap issues.
 import { describe, expect, it } from 'vitest';
+import { iommuIotlbSync, iommuMap, iommuUnmapFast } from '../src/iommu.js';
+import { IommuDevice, SZ_4K } from '../src/iommu-device.js';
+import { IOMMU_DOMAIN_UNMANAGED } from '../src/iommu-domain.js';
 import {
-  IOMMU_DOMAIN_UNMANAGED,
-  IOMMU_READ,
-  IOMMU_WRITE,
-  IommuDevice,
   iommuIotlbGatherAddRange,
   iommuIotlbGatherInit,
   iommuIotlbGatherIsDisjoint,
-  iommuIotlbSync,
-  iommuMap,
-  iommuUnmapFast,
-  Machine,
-  SZ_4K,
-} from '../src/index.js';
+} from '../src/iommu-gather.js';
+import { IOMMU_READ, IOMMU_WRITE } from '../src/iommu-prot.js';
+import { Machine } from '../src/machine.js';
 
 describe('iommu_iotlb_gather_is_disjoint', () => {
   // The gather holds [0x10000, 0x11fff]. A range is disjoint only when at least one byte separates

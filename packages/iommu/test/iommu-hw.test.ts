@@ -5,31 +5,23 @@
  * `amd_iommu_domain_flush_pages` + `build_inv_address`.
  */
 import { describe, expect, it } from 'vitest';
+import { amdBuildInvAddress } from '../src/amd-iommu-inv.js';
+import { armSmmuRangeTlbiCount } from '../src/arm-smmu-v3-tlbi.js';
+import { IommuError } from '../src/errors.js';
+import { calculatePsiAlignedAddress } from '../src/intel-cache-tag.js';
+import { iommuFlushIotlbAll, iommuIotlbSync, iommuMap, iommuUnmap, iommuUnmapFast } from '../src/iommu.js';
+import { IommuDevice, SZ_1G, SZ_2M, SZ_4K } from '../src/iommu-device.js';
+import { IOMMU_DOMAIN_UNMANAGED } from '../src/iommu-domain.js';
+import { iommuIotlbGatherInit } from '../src/iommu-gather.js';
 import {
-  amdBuildInvAddress,
-  armSmmuRangeTlbiCount,
-  calculatePsiAlignedAddress,
-  IOMMU_DOMAIN_UNMANAGED,
   IOMMU_HW_PRESET_NAMES,
   IOMMU_HW_PRESETS,
-  IOMMU_READ,
-  IOMMU_WRITE,
-  IommuDevice,
-  IommuError,
   type IommuHw,
-  iommuFlushIotlbAll,
   iommuHwPreset,
-  iommuIotlbGatherInit,
-  iommuIotlbSync,
-  iommuMap,
-  iommuUnmap,
-  iommuUnmapFast,
-  Machine,
-  SZ_1G,
-  SZ_2M,
-  SZ_4K,
   validateIommuHw,
-} from '../src/index.js';
+} from '../src/iommu-hw.js';
+import { IOMMU_READ, IOMMU_WRITE } from '../src/iommu-prot.js';
+import { Machine } from '../src/machine.js';
 
 const RW = IOMMU_READ | IOMMU_WRITE;
 const MiB = 2 ** 20;

@@ -4,23 +4,14 @@
 // (iommu_unmap_fast without iommu_iotlb_sync) and sees the stale translation still used, which is
 // what makes the first test able to fail.
 import { describe, expect, it } from 'vitest';
-import {
-  DmaEngine,
-  Errno,
-  IOMMU_DOMAIN_DMA,
-  IOMMU_READ,
-  IOMMU_WRITE,
-  IommuDevice,
-  iommuIotlbGatherInit,
-  iommuIotlbSync,
-  iommuIovaToPhys,
-  iommuMap,
-  iommuUnmap,
-  iommuUnmapFast,
-  Machine,
-  SZ_2M,
-  SZ_4K,
-} from '../src/index.js';
+import { DmaEngine } from '../src/dma-engine.js';
+import { Errno } from '../src/errno.js';
+import { iommuIotlbSync, iommuIovaToPhys, iommuMap, iommuUnmap, iommuUnmapFast } from '../src/iommu.js';
+import { IommuDevice, SZ_2M, SZ_4K } from '../src/iommu-device.js';
+import { IOMMU_DOMAIN_DMA } from '../src/iommu-domain.js';
+import { iommuIotlbGatherInit } from '../src/iommu-gather.js';
+import { IOMMU_READ, IOMMU_WRITE } from '../src/iommu-prot.js';
+import { Machine } from '../src/machine.js';
 import { patternBytes } from '../src/testing/index.js';
 
 const IOVA = 0x40000000;

@@ -1,18 +1,9 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
+import { DmaEngine } from '../src/dma-engine.js';
+import { Errno } from '../src/errno.js';
 import {
-  DmaEngine,
-  Errno,
-  IOMMU_DOMAIN_BLOCKED,
-  IOMMU_DOMAIN_DMA,
-  IOMMU_DOMAIN_IDENTITY,
-  IOMMU_DOMAIN_UNMANAGED,
-  IOMMU_READ,
-  IOMMU_WRITE,
-  IommuDevice,
-  type IommuDomain,
   iommuDomainFree,
-  iommuIotlbGatherInit,
   iommuIotlbSync,
   iommuIovaToPhys,
   iommuMap,
@@ -24,11 +15,18 @@ import {
   iommuSyncMap,
   iommuUnmap,
   iommuUnmapFast,
-  Machine,
-  SZ_1G,
-  SZ_2M,
-  SZ_4K,
-} from '../src/index.js';
+} from '../src/iommu.js';
+import { IommuDevice, SZ_1G, SZ_2M, SZ_4K } from '../src/iommu-device.js';
+import {
+  IOMMU_DOMAIN_BLOCKED,
+  IOMMU_DOMAIN_DMA,
+  IOMMU_DOMAIN_IDENTITY,
+  IOMMU_DOMAIN_UNMANAGED,
+  type IommuDomain,
+} from '../src/iommu-domain.js';
+import { iommuIotlbGatherInit } from '../src/iommu-gather.js';
+import { IOMMU_READ, IOMMU_WRITE } from '../src/iommu-prot.js';
+import { Machine } from '../src/machine.js';
 
 const RW = IOMMU_READ | IOMMU_WRITE;
 

@@ -1,20 +1,18 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
+import { VirtualClock } from '../src/clock.js';
+import { Counters } from '../src/counters.js';
+import { isIovalinkError, MachineError } from '../src/errors.js';
+import { FaultInjector } from '../src/fault-inject.js';
+import { Machine } from '../src/machine.js';
 import {
   allocScatteredPageList,
-  Counters,
-  FaultInjector,
-  isIovalinkError,
   MAX_PAGE_ORDER,
-  Machine,
-  MachineError,
-  PAGE_SIZE,
   PageAllocator,
-  PhysMem,
-  Prng,
   RESERVED_LOW_PAGES,
-  VirtualClock,
-} from '../src/index.js';
+} from '../src/page-alloc.js';
+import { PAGE_SIZE, PhysMem } from '../src/phys-mem.js';
+import { Prng } from '../src/prng.js';
 
 describe('PhysMem', () => {
   it('reads zeros from frames never written and backs only what is touched', () => {

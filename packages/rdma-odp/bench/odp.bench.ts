@@ -4,7 +4,8 @@
 // kernel time; counts per fault / per page / per event are what the kernel would spend.
 // dma-debug is off (debug: false), as a production kernel has it.
 import { diffCounters, PAGE_SIZE } from '@iovalink/iommu';
-import { type Mlx5IbMr, U64_MAX } from '../src/index.js';
+import type { Mlx5IbMr } from '../src/mlx5-ib.js';
+import { IMPLICIT_MR_LENGTH } from '../src/mlx5-mr.js';
 import { createOdpRig, mmapAnon, ODP_META_KINDS, type OdpRig, regOdpMr } from '../src/testing/index.js';
 
 const MODES = ['legacy', 'hmm'] as const;
@@ -134,7 +135,7 @@ function metadataPerPage() {
   for (const m of MODES) {
     const rig = createOdpRig({ mode: m, kind: 'strict', debug: false, memSize: 512 << 20, imrMttShift: 24 });
     const a = mmapAnon(rig.mm, 64 << 20);
-    const imr = regOdpMr(rig.pd, 0, U64_MAX, undefined, 0);
+    const imr = regOdpMr(rig.pd, 0, IMPLICIT_MR_LENGTH, undefined, 0);
     const iova0 = rig.machine.counters.iovaAllocs;
     for (let off = 0; off < 64 << 20; off += 1 << 20) rig.nic.rdmaWrite(imr.rkey, a + off, new Uint8Array(8));
     const meta = rig.machine.counters.metaTotals(ODP_META_KINDS);

@@ -142,7 +142,12 @@ export function ibCheckMrAccess(device: IbDevice, flags: number): number {
   return 0;
 }
 
-/** Registers a user memory region (kernel: `ib_reg_user_mr` / uverbs `reg_mr`). Returns the MR or -errno. */
+/**
+ * Registers a user memory region (kernel: `ib_reg_user_mr` / uverbs `reg_mr`). Like the kernel's
+ * `ERR_PTR` returns throughout this package, the result is the MR or a negative errno (-EINVAL,
+ * -EOPNOTSUPP, -EOVERFLOW, -ENOMEM): narrow it with `isErr` before use, never with a cast. The MR
+ * is the driver's own type (`Mlx5IbMr` for `mlx5IbAdd` devices) seen through `IbMr`.
+ */
 export function ibRegUserMr(
   pd: IbPd,
   start: number,

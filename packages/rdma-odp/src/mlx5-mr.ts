@@ -15,13 +15,17 @@ import { mlx5DeregOdpMrHw, mlx5IbAllocImplicitMr, mlx5IbInitOdpMr, mlx5MnOps } f
 import { MLX5_MKC_ACCESS_MODE_MTT } from './nic.js';
 import { ibUmemOdpGet } from './umem-odp.js';
 
-/** The length that, with start 0, asks for an implicit MR (kernel: `U64_MAX`). */
-export const U64_MAX = Number.MAX_SAFE_INTEGER;
+/**
+ * The length that, with start 0, asks for an implicit MR covering the whole address space. The
+ * kernel passes `U64_MAX` (2^64 − 1), which a JS number cannot hold; the model uses the largest
+ * safe integer instead, so this is not `U64_MAX` and must not be used as one.
+ */
+export const IMPLICIT_MR_LENGTH = Number.MAX_SAFE_INTEGER;
 
 /**
  * Registers a user MR (kernel: `mlx5_ib_reg_user_mr` → `create_user_odp_mr`). Only ODP MRs:
- * without `IB_ACCESS_ON_DEMAND` -EOPNOTSUPP. `start == 0 && length == U64_MAX` gives an implicit
- * MR (iova must be 0). Nothing is pinned: present pages are mirrored (snapshot), the rest fault
+ * without `IB_ACCESS_ON_DEMAND` -EOPNOTSUPP. `start == 0 && length == IMPLICIT_MR_LENGTH` (the
+ * kernel's `U64_MAX`) gives an implicit MR (iova must be 0). Nothing is pinned: present pages are mirrored (snapshot), the rest fault
  * in on access. Returns the MR or -errno (-EINVAL, -EOVERFLOW, -ENOMEM, -EOPNOTSUPP).
  */
 export function mlx5IbRegUserMr(
@@ -34,7 +38,7 @@ export function mlx5IbRegUserMr(
   const dev = pd.device as Mlx5IbDev;
   dev.flushWork();
   if ((access & IB_ACCESS_ON_DEMAND) === 0 || !dev.odpSupport) return -Errno.EOPNOTSUPP;
-  if (start === 0 && length === U64_MAX) {
+  if (start === 0 && length === IMPLICIT_MR_LENGTH) {
     if (iova !== 0 || !dev.implicitOdpSupport) return -Errno.EINVAL;
     return mlx5IbAllocImplicitMr(pd, access);
   }

@@ -8,7 +8,8 @@
  * Deliberate differences: a page-table entry is a small record in a map keyed by virtual page
  * number (no page-table pages, no THP); a swap entry carries the page's bytes itself.
  */
-import { alignUp, type Machine, PAGE_SIZE } from '@iovalink/iommu';
+import { type Machine, PAGE_SIZE } from '@iovalink/iommu';
+import { alignUp } from '@iovalink/iommu/internal';
 import type { MmFile } from './filemap.js';
 import type { MemMap, StructPage } from './mem-map.js';
 import type { MmNotifierHost } from './mmu-notifier.js';

@@ -6,7 +6,8 @@
  * Deliberate differences: VMAs are a sorted array (the kernel uses a maple tree); no VMA merging;
  * a shared anonymous mapping gets its own shmem-like file.
  */
-import { alignUp, Errno, PAGE_SIZE } from '@iovalink/iommu';
+import { Errno, PAGE_SIZE } from '@iovalink/iommu';
+import { alignUp } from '@iovalink/iommu/internal';
 import type { MmFile } from './filemap.js';
 import type { StructPage } from './mem-map.js';
 import { zapPteRange } from './memory.js';

@@ -18,7 +18,8 @@
  * `maxRefaults` resumes completes with an error (hardware would retry until a transport timeout).
  */
 import { type Device, DMA_MAPPING_ERROR } from '@iovalink/dma-api';
-import { alignDown, Errno, PAGE_SIZE } from '@iovalink/iommu';
+import { Errno, PAGE_SIZE } from '@iovalink/iommu';
+import { alignDown } from '@iovalink/iommu/internal';
 import { OdpError } from './errors.js';
 import { IB_ACCESS_REMOTE_READ, IB_ACCESS_REMOTE_WRITE } from './ib-verbs.js';
 

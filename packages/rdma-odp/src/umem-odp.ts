@@ -28,7 +28,8 @@
  * `hmm_range_fault`, before the lock).
  */
 import { DMA_BIDIRECTIONAL } from '@iovalink/dma-api';
-import { alignDown, alignUp, Errno, PAGE_SHIFT, PAGE_SIZE } from '@iovalink/iommu';
+import { Errno, PAGE_SHIFT, PAGE_SIZE } from '@iovalink/iommu';
+import { alignDown, alignUp } from '@iovalink/iommu/internal';
 import { OdpError } from './errors.js';
 import {
   HMM_PFN_DMA_MAPPED,

@@ -15,10 +15,10 @@ import {
   ibAdviseMr,
   ibDeregMr,
   ibRegUserMr,
-  type Mlx5IbMr,
-  PROT_READ,
-  pagefaultMr,
-} from '../src/index.js';
+} from '../src/ib-verbs.js';
+import type { Mlx5IbMr } from '../src/mlx5-ib.js';
+import { pagefaultMr } from '../src/mlx5-odp.js';
+import { PROT_READ } from '../src/mm-types.js';
 import {
   createOdpRig,
   mmapAnon,

@@ -5,16 +5,15 @@
 import { dmaDebugDeviceTeardown } from '@iovalink/dma-api';
 import { PAGE_SIZE, Prng } from '@iovalink/iommu';
 import { describe, expect, it } from 'vitest';
+import type { OdpError } from '../src/errors.js';
 import {
   IB_UVERBS_ADVISE_MR_ADVICE_PREFETCH,
   IB_UVERBS_ADVISE_MR_FLAG_FLUSH,
   ibAdviseMr,
   ibDeregMr,
-  type Mm,
-  type OdpError,
-  PROT_READ,
-  PROT_WRITE,
-} from '../src/index.js';
+} from '../src/ib-verbs.js';
+import type { Mm } from '../src/mm.js';
+import { PROT_READ, PROT_WRITE } from '../src/mm-types.js';
 import {
   createOdpRig,
   findStaleTranslations,

@@ -2,17 +2,16 @@ import { type Device, DMA_MAPPING_ERROR, dmaDebugDeviceTeardown, dmaUseIova } fr
 import { createDmaRig, createKindDevice, type DeviceKind } from '@iovalink/dma-api/testing';
 import { Errno, type Machine, PAGE_SIZE } from '@iovalink/iommu';
 import { describe, expect, it } from 'vitest';
+import { HMM_PFN_DMA_MAPPED, HMM_PFN_VALID } from '../src/hmm.js';
 import {
   HMM_DMA_DMA_LIST,
   HMM_DMA_PFN_LIST,
-  HMM_PFN_DMA_MAPPED,
-  HMM_PFN_VALID,
   HmmDmaMap,
   hmmDmaMapAlloc,
   hmmDmaMapFree,
   hmmDmaMapPfn,
   hmmDmaUnmapPfn,
-} from '../src/index.js';
+} from '../src/hmm-dma.js';
 import { busToPhys, odpPattern } from '../src/testing/index.js';
 
 function live(machine: Machine, kind: string): number {

@@ -20,14 +20,15 @@ import {
   hmmPfnToMapOrder,
   hmmPfnToPhys,
   hmmRangeFault,
-  Mm,
+} from '../src/hmm.js';
+import { Mm } from '../src/mm.js';
+import { PROT_NONE, PROT_READ } from '../src/mm-types.js';
+import {
   MmuIntervalNotifier,
   mmuIntervalNotifierInsert,
   mmuIntervalReadBegin,
   mmuIntervalSetSeq,
-  PROT_NONE,
-  PROT_READ,
-} from '../src/index.js';
+} from '../src/mmu-notifier.js';
 import { mmapAnon } from '../src/testing/index.js';
 
 /** A subscription over `[start, start + pages)` that records invalidations like a driver. */

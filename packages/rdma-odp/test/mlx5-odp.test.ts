@@ -8,14 +8,10 @@ import {
   IB_UVERBS_ADVISE_MR_FLAG_FLUSH,
   ibAdviseMr,
   ibDeregMr,
-  MAP_SHARED,
-  MLX5_IB_MTT_READ,
-  MLX5_IB_MTT_WRITE,
-  ODP_MAX_RETRIES,
-  PROT_READ,
-  PROT_WRITE,
-  U64_MAX,
-} from '../src/index.js';
+} from '../src/ib-verbs.js';
+import { IMPLICIT_MR_LENGTH } from '../src/mlx5-mr.js';
+import { MAP_SHARED, PROT_READ, PROT_WRITE } from '../src/mm-types.js';
+import { MLX5_IB_MTT_READ, MLX5_IB_MTT_WRITE } from '../src/nic.js';
 import {
   busToPhys,
   createOdpRig,
@@ -26,6 +22,7 @@ import {
   odpPattern,
   regOdpMr,
 } from '../src/testing/index.js';
+import { ODP_MAX_RETRIES } from '../src/umem-odp.js';
 
 const MODES = ['legacy', 'hmm'] as const;
 const KINDS = ['strict', 'lazy', 'identity', 'none', 'untrusted'] as const;
@@ -291,7 +288,7 @@ describe('pagefault_implicit_mr', () => {
     it(`${mode}: faults create one child MR per granule (hmm: one IOVA reservation each), reachable through the KSM`, () => {
       const rig = createOdpRig({ mode, imrMttShift: SHIFT });
       const a = mmapAnon(rig.mm, 4 << 20);
-      const imr = regOdpMr(rig.pd, 0, U64_MAX, undefined, 0);
+      const imr = regOdpMr(rig.pd, 0, IMPLICIT_MR_LENGTH, undefined, 0);
       expect(imr.isOdpImplicit).toBe(true);
       const data = odpPattern(2 * PAGE_SIZE, 31);
       const va = a + (2 << 20) - PAGE_SIZE - 100;
@@ -315,7 +312,7 @@ describe('pagefault_implicit_mr', () => {
     it(`${mode}: a child emptied by munmap is reaped by queued work; the next fault creates a new one`, () => {
       const rig = createOdpRig({ mode, imrMttShift: SHIFT });
       const a = mmapAnon(rig.mm, 2 << 20);
-      const imr = regOdpMr(rig.pd, 0, U64_MAX, undefined, 0);
+      const imr = regOdpMr(rig.pd, 0, IMPLICIT_MR_LENGTH, undefined, 0);
       rig.nic.rdmaWrite(imr.rkey, a + PAGE_SIZE, new Uint8Array([1]));
       const child = imr.implicitChildren.get(a / (2 << 20))!;
       rig.mm.munmap(a, 2 << 20);
@@ -338,7 +335,7 @@ describe('pagefault_implicit_mr', () => {
     for (const mode of MODES) {
       const rig = createOdpRig({ mode, imrMttShift: SHIFT });
       const a = mmapAnon(rig.mm, 2 << 20);
-      const imr = regOdpMr(rig.pd, 0, U64_MAX, undefined, 0);
+      const imr = regOdpMr(rig.pd, 0, IMPLICIT_MR_LENGTH, undefined, 0);
       rig.nic.rdmaWrite(imr.rkey, a, new Uint8Array([1]));
       const child = imr.implicitChildren.get(a / (2 << 20))!;
       expect(child.umem.npages).toBe(1);

@@ -1,26 +1,21 @@
 import { Errno, PAGE_SIZE } from '@iovalink/iommu';
 import { createTestMachine } from '@iovalink/iommu/testing';
 import { describe, expect, it } from 'vitest';
+import { OdpError } from '../src/errors.js';
+import { Mm } from '../src/mm.js';
+import { MAP_ANONYMOUS, MAP_FIXED, MAP_PRIVATE, MAP_SHARED, PROT_READ, PROT_WRITE } from '../src/mm-types.js';
 import {
-  MAP_ANONYMOUS,
-  MAP_FIXED,
-  MAP_PRIVATE,
-  MAP_SHARED,
   MMU_NOTIFIER_RANGE_BLOCKABLE,
   MMU_NOTIFY_CLEAR,
   MMU_NOTIFY_PROTECTION_PAGE,
   MMU_NOTIFY_PROTECTION_VMA,
   MMU_NOTIFY_RELEASE,
   MMU_NOTIFY_UNMAP,
-  Mm,
   MmuIntervalNotifier,
   type MmuNotifierRange,
   mmuIntervalNotifierInsert,
   mmuIntervalSetSeq,
-  OdpError,
-  PROT_READ,
-  PROT_WRITE,
-} from '../src/index.js';
+} from '../src/mmu-notifier.js';
 import { mmapAnon, odpPattern } from '../src/testing/index.js';
 
 const RW = PROT_READ | PROT_WRITE;

@@ -1,11 +1,12 @@
 import { Errno, PAGE_SIZE } from '@iovalink/iommu';
 import { createTestMachine } from '@iovalink/iommu/testing';
 import { describe, expect, it } from 'vitest';
+import { OdpError } from '../src/errors.js';
+import { Mm } from '../src/mm.js';
 import {
   MMU_NOTIFIER_RANGE_BLOCKABLE,
   MMU_NOTIFY_CLEAR,
   MMU_NOTIFY_UNMAP,
-  Mm,
   MmuIntervalNotifier,
   type MmuIntervalNotifierOps,
   type MmuNotifierRange,
@@ -18,8 +19,7 @@ import {
   mmuNotifierInvalidateRangeEnd,
   mmuNotifierInvalidateRangeStart,
   mmuNotifierRangeInit,
-  OdpError,
-} from '../src/index.js';
+} from '../src/mmu-notifier.js';
 
 interface Call {
   start: number;

@@ -11,9 +11,8 @@ import {
   IB_UVERBS_ADVISE_MR_FLAG_FLUSH,
   ibAdviseMr,
   ibDeregMr,
-  PROT_READ,
-  PROT_WRITE,
-} from '../src/index.js';
+} from '../src/ib-verbs.js';
+import { PROT_READ, PROT_WRITE } from '../src/mm-types.js';
 import {
   createOdpRig,
   findStaleTranslations,

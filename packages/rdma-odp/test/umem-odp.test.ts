@@ -1,32 +1,25 @@
 import { dmaDebugDeviceTeardown, dmaUseIova } from '@iovalink/dma-api';
 import { Errno, PAGE_SIZE } from '@iovalink/iommu';
 import { describe, expect, it } from 'vitest';
+import { isErr, OdpError } from '../src/errors.js';
+import { HMM_PFN_DMA_MAPPED, HMM_PFN_VALID, HMM_PFN_WRITE } from '../src/hmm.js';
+import { HMM_DMA_DMA_LIST, HMM_DMA_PFN_LIST, hmmDmaMapPfn } from '../src/hmm-dma.js';
+import { IB_ACCESS_HUGETLB } from '../src/ib-verbs.js';
+import { type MmuIntervalNotifierOps, mmuIntervalSetSeq } from '../src/mmu-notifier.js';
+import { mutexLock, mutexUnlock } from '../src/mutex.js';
+import { createOdpRig, mmapAnon, ODP_ACCESS_RW, odpMetaLiveBytes } from '../src/testing/index.js';
 import {
-  HMM_DMA_DMA_LIST,
-  HMM_DMA_PFN_LIST,
-  HMM_PFN_DMA_MAPPED,
-  HMM_PFN_VALID,
-  HMM_PFN_WRITE,
-  hmmDmaMapPfn,
-  IB_ACCESS_HUGETLB,
   IbUmemOdp,
   ibUmemOdpGet,
   ibUmemOdpMapDmaAndLock,
   ibUmemOdpRelease,
   ibUmemOdpUnmapDmaPages,
-  isErr,
-  type MmuIntervalNotifierOps,
-  mmuIntervalSetSeq,
-  mutexLock,
-  mutexUnlock,
   ODP_READ_ALLOWED_BIT,
   ODP_WRITE_ALLOWED_BIT,
-  OdpError,
   type OdpMode,
   UMEM_ODP_DMA_LIST,
   UMEM_ODP_PFN_LIST,
-} from '../src/index.js';
-import { createOdpRig, mmapAnon, ODP_ACCESS_RW, odpMetaLiveBytes } from '../src/testing/index.js';
+} from '../src/umem-odp.js';
 
 /** The kernel's invalidate protocol without a device table: lock, set_seq, unmap. */
 const ops: MmuIntervalNotifierOps = {

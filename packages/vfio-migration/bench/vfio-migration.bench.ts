@@ -11,20 +11,19 @@
 // dma-debug is off.
 import { DMA_FROM_DEVICE } from '@iovalink/dma-api';
 import { type CounterSnapshot, diffCounters, PAGE_SIZE } from '@iovalink/iommu';
+import { type VfioMigrationPhase, vfioMigrate } from '../src/migration.js';
 import {
   MLX5_META_BULK_PAGE_LIST,
   MLX5_META_DATA_BUFFER,
   MLX5_META_KINDS,
   MLX5_META_MKEY_IN,
   MLX5_META_PAGE_LIST,
-  MLX5VF_SAVE_FOPS,
   Mlx5VfMigrationFile,
   type Mlx5vfMapping,
   mlx5vfAllocDataBuffer,
   mlx5vfFreeDataBuffer,
-  type VfioMigrationPhase,
-  vfioMigrate,
-} from '../src/index.js';
+} from '../src/mlx5-cmd.js';
+import { MLX5VF_SAVE_FOPS } from '../src/mlx5-main.js';
 import { createMigrationRig, teardownMigrationRig } from '../src/testing/index.js';
 
 const STATE_BYTES = 256 << 20;

@@ -50,20 +50,16 @@ import {
   sgNext,
 } from '@iovalink/dma-api';
 import {
-  alignUp,
   Errno,
-  INV_TWO32,
   iommuIotlbGatherAddRange,
   iommuIotlbGatherInit,
   iommuIotlbSync,
   iommuReadAndClearDirty,
   iommuSetDirtyTracking,
-  lo32,
   type Machine,
   PAGE_SIZE,
-  putLe64,
-  TWO32,
 } from '@iovalink/iommu';
+import { alignUp, INV_TWO32, lo32, putLe64, TWO32 } from '@iovalink/iommu/internal';
 import { VfioError } from './errors.js';
 import { type IovaBitmap, iovaBitmapSet } from './iova-bitmap.js';
 import { Mlx5Vhca } from './mlx5-vhca.js';

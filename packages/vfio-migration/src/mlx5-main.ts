@@ -23,7 +23,8 @@
  * main.c (about 1,400 lines in v6.x: `mlx5vf_pci_aer_reset_done` runs through line 1,372).
  */
 import { DMA_FROM_DEVICE, DMA_NONE, DMA_TO_DEVICE, type DmaDataDirection } from '@iovalink/dma-api';
-import { Errno, getLe64, PAGE_SIZE } from '@iovalink/iommu';
+import { Errno, PAGE_SIZE } from '@iovalink/iommu';
+import { getLe64 } from '@iovalink/iommu/internal';
 import { VfioError } from './errors.js';
 import {
   MAX_LOAD_SIZE,

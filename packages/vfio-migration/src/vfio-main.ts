@@ -17,7 +17,8 @@
  * - No file descriptors: a data fd is the `VfioDataFile` object the driver returns; user
  *   pointers are plain objects; `argsz` defaults to the C struct size.
  */
-import { Errno, isAligned, isPowerOf2 } from '@iovalink/iommu';
+import { Errno } from '@iovalink/iommu';
+import { isAligned, isPowerOf2 } from '@iovalink/iommu/internal';
 import { VfioError } from './errors.js';
 import { type IovaBitmap, iovaBitmapAlloc, iovaBitmapForEach } from './iova-bitmap.js';
 import {

@@ -2,16 +2,15 @@
 import { crc32 as zlibCrc32 } from 'node:zlib';
 import { Errno } from '@iovalink/iommu';
 import { describe, expect, it } from 'vitest';
+import { crc32, crc32Le } from '../src/crc32.js';
 import {
-  crc32,
-  crc32Le,
   IovaBitmap,
   iovaBitmapAlloc,
   iovaBitmapBytes,
   iovaBitmapForEach,
   iovaBitmapSet,
   iovaBitmapTest,
-} from '../src/index.js';
+} from '../src/iova-bitmap.js';
 
 describe('iova_bitmap_alloc', () => {
   it('needs whole u64 words for the range, -EFAULT when the user bitmap is short', () => {

@@ -2,9 +2,12 @@
 import { Errno } from '@iovalink/iommu';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
+import { type VfioMigrationPhase, vfioMigGetState, vfioMigrate, vfioMigSetState } from '../src/migration.js';
+import { MLX5_META_KINDS } from '../src/mlx5-cmd.js';
+import { mlx5VhcaStateEqual } from '../src/mlx5-vhca.js';
+import { createMigrationRig, teardownMigrationRig } from '../src/testing/index.js';
+import type { VfioDataFile } from '../src/vfio-main.js';
 import {
-  MLX5_META_KINDS,
-  mlx5VhcaStateEqual,
   VFIO_DEVICE_STATE_PRE_COPY,
   VFIO_DEVICE_STATE_RESUMING,
   VFIO_DEVICE_STATE_RUNNING,
@@ -14,13 +17,7 @@ import {
   VFIO_MIGRATION_FLAG_SETS,
   VFIO_MIGRATION_PRE_COPY,
   VFIO_PRECOPY_INFO_SIZE,
-  type VfioDataFile,
-  type VfioMigrationPhase,
-  vfioMigGetState,
-  vfioMigrate,
-  vfioMigSetState,
-} from '../src/index.js';
-import { createMigrationRig, teardownMigrationRig } from '../src/testing/index.js';
+} from '../src/vfio-uapi.js';
 
 const KINDS = ['strict', 'lazy', 'none', 'untrusted'] as const;
 const MAPPINGS = ['sg', 'iova'] as const;

@@ -11,9 +11,9 @@ import {
 import { DEVICE_KINDS } from '@iovalink/dma-api/testing';
 import { Errno, iommuIovaToPhys, PAGE_SIZE } from '@iovalink/iommu';
 import { describe, expect, it } from 'vitest';
+import { VfioError } from '../src/errors.js';
+import { iovaBitmapBytes, iovaBitmapTest } from '../src/iova-bitmap.js';
 import {
-  iovaBitmapBytes,
-  iovaBitmapTest,
   MLX5_CREATE_MKEY_IN_SIZE,
   MLX5_META_BULK_PAGE_LIST,
   MLX5_META_DATA_BUFFER,
@@ -21,7 +21,6 @@ import {
   MLX5_META_PAGE_LIST,
   MLX5_VHCA_DATA_BUFFER_SIZE_IOVA,
   MLX5_VHCA_DATA_BUFFER_SIZE_SG,
-  MLX5VF_SAVE_FOPS,
   Mlx5VfMigrationFile,
   type Mlx5VhcaDataBuffer,
   type Mlx5vfMapping,
@@ -33,15 +32,17 @@ import {
   mlx5vfPutDataBuffer,
   mttGet,
   registerDmaPages,
+} from '../src/mlx5-cmd.js';
+import { MLX5VF_SAVE_FOPS } from '../src/mlx5-main.js';
+import { createMigrationRig, migrationMetaLiveBytes, teardownMigrationRig } from '../src/testing/index.js';
+import { vfioIoctlDeviceFeature } from '../src/vfio-main.js';
+import {
   VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT,
   VFIO_DEVICE_FEATURE_DMA_LOGGING_START,
   VFIO_DEVICE_FEATURE_DMA_LOGGING_STOP,
   VFIO_DEVICE_FEATURE_GET,
   VFIO_DEVICE_FEATURE_SET,
-  VfioError,
-  vfioIoctlDeviceFeature,
-} from '../src/index.js';
-import { createMigrationRig, migrationMetaLiveBytes, teardownMigrationRig } from '../src/testing/index.js';
+} from '../src/vfio-uapi.js';
 
 const MAPPINGS: readonly Mlx5vfMapping[] = ['sg', 'iova'];
 

@@ -5,9 +5,12 @@ import {
   MLX5_META_DATA_BUFFER,
   MLX5_VF_MIGRATION_HEADER_SIZE,
   MLX5_VF_MIGRATION_TAG_STOP_COPY_DATA_SIZE,
-  mlx5VhcaImageBytes,
-  mlx5VhcaStateEqual,
-  mlx5vfPciGetDataSize,
+} from '../src/mlx5-cmd.js';
+import { mlx5vfPciGetDataSize, vfioPciCoreIoctlReset } from '../src/mlx5-main.js';
+import { mlx5VhcaImageBytes, mlx5VhcaStateEqual } from '../src/mlx5-vhca.js';
+import { createMigrationRig, migrationMetaLiveBytes, teardownMigrationRig } from '../src/testing/index.js';
+import type { VfioDataFile } from '../src/vfio-main.js';
+import {
   VFIO_DEVICE_STATE_ERROR,
   VFIO_DEVICE_STATE_PRE_COPY,
   VFIO_DEVICE_STATE_PRE_COPY_P2P,
@@ -19,11 +22,8 @@ import {
   VFIO_MIGRATION_P2P,
   VFIO_MIGRATION_STOP_COPY,
   VFIO_PRECOPY_INFO_SIZE,
-  type VfioDataFile,
   type VfioPrecopyInfo,
-  vfioPciCoreIoctlReset,
-} from '../src/index.js';
-import { createMigrationRig, migrationMetaLiveBytes, teardownMigrationRig } from '../src/testing/index.js';
+} from '../src/vfio-uapi.js';
 
 const R = VFIO_DEVICE_STATE_RUNNING;
 const S = VFIO_DEVICE_STATE_STOP;

@@ -8,7 +8,7 @@ import {
   vfioDmaRw,
   vfioIommuType1Open,
   vfioIommuType1Release,
-} from '../src/index.js';
+} from '../src/vfio-iommu-type1.js';
 
 describe('vfio_dma_do_map', () => {
   it('maps fresh pages IOVA = GPA for device reads and writes; refuses unaligned and overlapping ranges', () => {

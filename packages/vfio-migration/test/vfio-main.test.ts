@@ -1,8 +1,20 @@
 // The migration v2 state machine and the VFIO_DEVICE_FEATURE ioctl of drivers/vfio/vfio_main.c.
 import { Errno } from '@iovalink/iommu';
 import { describe, expect, it } from 'vitest';
+import { vfioPciCoreIoctlReset } from '../src/mlx5-main.js';
+import { createMigrationRig, teardownMigrationRig } from '../src/testing/index.js';
 import {
   LOG_MAX_RANGES,
+  type VfioDataFile,
+  type VfioDevice,
+  vfioCheckFeature,
+  vfioCombineIovaRanges,
+  vfioIoctlDeviceFeature,
+  vfioMigGetNextState,
+  vfioMigStateSupported,
+  vfioRequiredArcs,
+} from '../src/vfio-main.js';
+import {
   VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT,
   VFIO_DEVICE_FEATURE_DMA_LOGGING_START,
   VFIO_DEVICE_FEATURE_DMA_LOGGING_STOP,
@@ -25,20 +37,10 @@ import {
   VFIO_MIGRATION_P2P,
   VFIO_MIGRATION_PRE_COPY,
   VFIO_MIGRATION_STOP_COPY,
-  type VfioDataFile,
-  type VfioDevice,
   type VfioDeviceFeatureMigState,
   type VfioDeviceMigState,
-  vfioCheckFeature,
-  vfioCombineIovaRanges,
   vfioDeviceStateName,
-  vfioIoctlDeviceFeature,
-  vfioMigGetNextState,
-  vfioMigStateSupported,
-  vfioPciCoreIoctlReset,
-  vfioRequiredArcs,
-} from '../src/index.js';
-import { createMigrationRig, teardownMigrationRig } from '../src/testing/index.js';
+} from '../src/vfio-uapi.js';
 
 const EINVAL = -Errno.EINVAL;
 const [E, S, R, SC, RS, RP, PC, PP] = [

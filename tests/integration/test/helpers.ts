@@ -1,8 +1,7 @@
 // Shared by the integration tests: the digest that compares the two paths' outcomes, and the
 // context and determinism view of the end-to-end runs of the CLI's workloads.
-import { loadPreset } from '../../../apps/cli/src/cost-model.js';
-import type { WorkloadResult } from '../../../apps/cli/src/results.js';
-import type { WorkloadContext } from '../../../apps/cli/src/workloads/types.js';
+import { loadPreset } from 'iovalink';
+import type { WorkloadContext, WorkloadResult } from 'iovalink/workloads';
 
 /** FNV-1a over `b`, continuing from `h` (the offset basis by default). */
 export function digest(b: Uint8Array, h = 2166136261): number {

@@ -18,8 +18,8 @@ import {
   odpPattern,
   regOdpMr,
 } from '@iovalink/rdma-odp/testing';
+import { odpWorkload } from 'iovalink/workloads';
 import { describe, expect, it } from 'vitest';
-import { odpWorkload } from '../../../apps/cli/src/workloads/odp.js';
 import { digest, withoutSimTime, workloadCtx } from './helpers.js';
 
 const PAGES = 48;

@@ -15,8 +15,8 @@ import {
   migrationMetaLiveBytes,
   teardownMigrationRig,
 } from '@iovalink/vfio-migration/testing';
+import { VFIO_ROUNDS, vfioWorkload } from 'iovalink/workloads';
 import { describe, expect, it } from 'vitest';
-import { VFIO_ROUNDS, vfioWorkload } from '../../../apps/cli/src/workloads/vfio.js';
 import { digest, withoutSimTime, workloadCtx } from './helpers.js';
 
 const STATE = 1 << 20;

@@ -13,6 +13,7 @@ import {
   type BlkIoOp,
   type BlkIoResult,
   BlockDevice,
+  blkLeakReport,
   IoBuffer,
   type IoSegment,
   type NvmeDev,
@@ -20,7 +21,6 @@ import {
   nvmeRemove,
   SECTOR_SIZE,
 } from '@iovalink/blk-mq';
-import { blkLeakReport } from '@iovalink/blk-mq/testing';
 import { type Device, dmaDebugDeviceTeardown } from '@iovalink/dma-api';
 import type { PhysMem } from '@iovalink/iommu';
 import { createRig, type IommuMode, type Rig } from '../rig.js';

@@ -29,7 +29,8 @@ import {
   type IoSegment,
   SECTOR_SIZE,
 } from '@iovalink/blk-mq';
-import { alignDown, alignUp, PAGE_SIZE } from '@iovalink/iommu';
+import { PAGE_SIZE } from '@iovalink/iommu';
+import { alignDown, alignUp } from '@iovalink/iommu/internal';
 import type { IommuMode } from '../rig.js';
 import {
   LocalNbdDevice,

@@ -16,6 +16,8 @@
  * outside the window, checks the device's contents and digests them.
  */
 import {
+  type AllocatedBuffer,
+  allocIoBuffer,
   BLK_STS_OK,
   type BlkIoOp,
   type BlkIoResult,
@@ -25,7 +27,6 @@ import {
   nvmeProbe,
   nvmeRemove,
 } from '@iovalink/blk-mq';
-import { type AllocatedBuffer, allocIoBuffer } from '@iovalink/blk-mq/testing';
 import { type Device, dmaDebugDeviceTeardown, IOVA_DEFAULT_FQ_TIMEOUT } from '@iovalink/dma-api';
 import { type CounterSnapshot, diffCounters, type Machine, PAGE_SIZE, Prng } from '@iovalink/iommu';
 import { type DmaPath, mappingMeta, type WorkloadResult } from '../results.js';

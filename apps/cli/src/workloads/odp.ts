@@ -39,11 +39,12 @@ import {
   type Mlx5IbDev,
   Mm,
   mlx5IbAdd,
+  ODP_ACCESS_RW,
   type OdpMode,
+  odpMetaLiveBytes,
   PROT_READ,
   PROT_WRITE,
 } from '@iovalink/rdma-odp';
-import { ODP_ACCESS_RW, odpMetaLiveBytes } from '@iovalink/rdma-odp/testing';
 import type { DmaPath, WorkloadResult } from '../results.js';
 import {
   type ChunkTime,

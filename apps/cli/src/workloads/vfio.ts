@@ -30,7 +30,14 @@
  * mapped — and `pages` the pages of those buffers (record-header buffers included).
  */
 import { dmaDebugDeviceTeardown, IOVA_DEFAULT_FQ_TIMEOUT } from '@iovalink/dma-api';
-import { alignUp, COUNTER_NAMES, type CounterSnapshot, diffCounters, PAGE_SIZE } from '@iovalink/iommu';
+import {
+  COUNTER_NAMES,
+  type CounterSnapshot,
+  diffCounters,
+  fragmentMemory,
+  PAGE_SIZE,
+} from '@iovalink/iommu';
+import { alignUp } from '@iovalink/iommu/internal';
 import {
   MLX5_META_KINDS,
   type Mlx5VfMigrationFile,
@@ -40,7 +47,6 @@ import {
   mlx5vfPciCreateDevice,
   vfioMigrate,
 } from '@iovalink/vfio-migration';
-import { fragmentMemory } from '@iovalink/vfio-migration/testing';
 import type { DmaPath, WorkloadResult } from '../results.js';
 import { type ChunkTime, createPathRig, fnv1a, type PathSession, runBothPaths } from './both-paths.js';
 import type { Workload, WorkloadContext } from './types.js';

@@ -1,169 +1,60 @@
 /**
- * Fixtures for tests and for the layers above (CLI, NBD server, integration tests): a ready
- * NVMe device on a DMA rig in any device kind and driver version, a null_blk device, caller
- * buffers in physical memory, exact bios and requests for crafted segment layouts, and a leak
- * check over the block layer's metadata. Exported as `@iovalink/blk-mq/testing`.
+ * Fixtures for tests of this package and the layers above: the main entry's ready systems under
+ * their fixture names (`createNvmeRig`, `createNullBlkRig`), and exact bios and requests for
+ * crafted segment layouts. Exported as `@iovalink/blk-mq/testing`; applications use
+ * `createNvmeSystem` / `createNullBlkSystem` / `allocIoBuffer` from the main entry.
  */
-import { type Device, type DeviceOptions, dmaDebugDeviceTeardown } from '@iovalink/dma-api';
-import { createDmaRig, createKindDevice, type DeviceKind, type DmaRig } from '@iovalink/dma-api/testing';
-import { Machine, type MachineOptions } from '@iovalink/iommu';
-import { allocIoPages, BlockDevice, type IoBuffer } from '../bdev.js';
+import type { DeviceKind, DeviceOptions } from '@iovalink/dma-api';
+import type { DmaRig } from '@iovalink/dma-api/testing';
+import type { MachineOptions } from '@iovalink/iommu';
 import { Bio } from '../bio.js';
 import { blkMqAllocRequest, blkRqAppendBio } from '../blk-mq.js';
-import type { Gendisk, Request, RequestQueue } from '../blkdev.js';
+import type { Request, RequestQueue } from '../blkdev.js';
 import { BioVec } from '../bvec.js';
 import { BlkError } from '../errors.js';
-import { type NullBlk, type NullBlkOptions, nullAddDev, nullDelDev } from '../null-blk.js';
-import { type NvmeDev, type NvmeOptions, nvmeProbe, nvmeRemove } from '../nvme-pci.js';
+import type { NvmeOptions } from '../nvme-pci.js';
+import {
+  createNullBlkSystem,
+  createNvmeSystem,
+  type NullBlkSystem,
+  type NvmeSystem,
+} from '../nvme-system.js';
 
-/** Metadata kinds the block layer and its drivers count per I/O; all must be back to zero when idle. */
-export const BLK_IO_META_KINDS: readonly string[] = [
-  'bio',
-  'prp_list',
-  'sgl_desc',
-  'dma_addr_array',
-  'scatterlist',
-  'sg_pool',
-  'nvme_dsm_range',
-];
+export {
+  type AllocatedBuffer,
+  allocIoBuffer,
+  assertNoBlkLeaks,
+  BLK_IO_META_KINDS,
+  blkLeakReport,
+} from '../nvme-system.js';
 
-/** Live bytes of the per-I/O metadata kinds, one line per kind that is not back to zero. */
-export function blkLeakReport(machine: Machine): string[] {
-  const out: string[] = [];
-  for (const k of BLK_IO_META_KINDS) {
-    const s = machine.counters.meta.get(k);
-    if (s !== undefined && s.liveBytes !== 0)
-      out.push(`${k}: ${s.liveBytes} bytes live (${s.allocs} allocs, ${s.frees} frees)`);
-  }
-  return out;
-}
-
-/** Throws a `BlkError` listing leaked per-I/O metadata, if any. */
-export function assertNoBlkLeaks(machine: Machine): void {
-  const leaks = blkLeakReport(machine);
-  if (leaks.length > 0) {
-    throw new BlkError(`block layer metadata leaked: ${leaks.join('; ')}`, { rule: 'blk: metadata leak' });
-  }
-}
-
-/** A ready NVMe device on a DMA rig. */
-export interface NvmeRig {
+/** A ready NVMe device on a DMA rig (`NvmeSystem`, with the DMA system also under `rig`). */
+export interface NvmeRig extends NvmeSystem {
   rig: DmaRig;
-  machine: Machine;
-  /** The PCI function. */
-  dev: Device;
-  nvme: NvmeDev;
-  disk: Gendisk;
-  bdev: BlockDevice;
-  /** Removes the driver and checks that nothing leaked (dma-debug and the block ledger); throws otherwise. */
-  teardown(): void;
 }
 
-/** Options of `createNvmeRig`. */
+/** Options of `createNvmeRig` (`NvmeSystemOptions`, with the DMA system to reuse under `rig`). */
 export interface NvmeRigOptions {
-  /** Device kind (default 'strict'). */
   kind?: DeviceKind;
-  /** Extra device options (e.g. `{ debug: false }` for benchmarks). */
   device?: DeviceOptions;
-  /** Driver and controller options. */
   nvme?: NvmeOptions;
-  /** An existing rig to add the device to. */
   rig?: DmaRig;
-  /** Machine options for a new rig (default 256 MiB, 2 CPUs). */
   machine?: MachineOptions;
-  /** Queue depth of the block-device face. */
   queueDepth?: number;
 }
 
-/** Builds a machine with an IOMMU, a device of `kind`, and an NVMe controller bound to the driver. */
+/** `createNvmeSystem` under its fixture name. */
 export function createNvmeRig(options: NvmeRigOptions = {}): NvmeRig {
-  const rig = options.rig ?? createDmaRig(options.machine === undefined ? {} : { machine: options.machine });
-  const dev = createKindDevice(rig, options.kind ?? 'strict', {
-    name: `nvme-${options.kind ?? 'strict'}`,
-    ...options.device,
-  });
-  const nvme = nvmeProbe(dev, options.nvme);
-  const bdev = new BlockDevice(
-    nvme.disk,
-    options.queueDepth === undefined ? {} : { queueDepth: options.queueDepth },
-  );
-  return {
-    rig,
-    machine: rig.machine,
-    dev,
-    nvme,
-    disk: nvme.disk,
-    bdev,
-    teardown() {
-      bdev.drain();
-      nvmeRemove(nvme);
-      dmaDebugDeviceTeardown(dev);
-      assertNoBlkLeaks(rig.machine);
-    },
-  };
+  const { rig, ...rest } = options;
+  const s = createNvmeSystem(rig === undefined ? rest : { ...rest, dma: rig });
+  return { ...s, rig: s.dma };
 }
 
-/** A null_blk device with its face. */
-export interface NullBlkRig {
-  machine: Machine;
-  nullb: NullBlk;
-  bdev: BlockDevice;
-  teardown(): void;
-}
+/** A null_blk device with its face (`NullBlkSystem`). */
+export type NullBlkRig = NullBlkSystem;
 
-/** Builds a machine (default 256 MiB) with a null_blk device (memory-backed unless told otherwise). */
-export function createNullBlkRig(
-  options: {
-    machine?: MachineOptions;
-    nullb?: NullBlkOptions;
-    queueDepth?: number;
-    machineInstance?: Machine;
-  } = {},
-): NullBlkRig {
-  const machine = options.machineInstance ?? new Machine({ memSize: 256 << 20, ...options.machine });
-  const nullb = nullAddDev(machine, { memoryBacked: true, ...options.nullb });
-  const bdev = new BlockDevice(
-    nullb.disk,
-    options.queueDepth === undefined ? {} : { queueDepth: options.queueDepth },
-  );
-  return {
-    machine,
-    nullb,
-    bdev,
-    teardown() {
-      bdev.drain();
-      nullDelDev(nullb);
-      assertNoBlkLeaks(machine);
-    },
-  };
-}
-
-/** A caller buffer and its release. */
-export interface AllocatedBuffer {
-  buf: IoBuffer;
-  /** Frees the pages. */
-  free(): void;
-}
-
-/**
- * Allocates a buffer of `bytes` starting `offset` bytes into its first page: physically
- * contiguous (one block of pages), or scattered (one page at a time, never two adjacent).
- */
-export function allocIoBuffer(
-  machine: Machine,
-  bytes: number,
-  layout: 'contiguous' | 'scattered',
-  offset = 0,
-): AllocatedBuffer {
-  const io = allocIoPages(machine, bytes, layout, offset);
-  if (io === null) throw new BlkError('allocIoBuffer: out of memory', { rule: 'testing: alloc' });
-  return {
-    buf: io.buf,
-    free: () => {
-      for (const [p, o] of io.allocs) machine.pages.freePages(p, o);
-    },
-  };
-}
+/** `createNullBlkSystem` under its fixture name. */
+export const createNullBlkRig: typeof createNullBlkSystem = createNullBlkSystem;
 
 /**
  * A bio with exactly the given bvecs `[page, len, offset]` (no merging), for crafted layouts.

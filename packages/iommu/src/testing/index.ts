@@ -3,7 +3,7 @@
  * Exported as `@iovalink/iommu/testing`.
  */
 import { Machine, type MachineOptions } from '../machine.js';
-import { allocScatteredPageList } from '../page-alloc.js';
+import { fragmentMemory } from '../page-fragment.js';
 import { PAGE_SIZE } from '../phys-mem.js';
 
 /** A small machine for tests: 64 MiB of RAM, 2 CPUs, seed 1, unless overridden. */
@@ -13,13 +13,10 @@ export function createTestMachine(options: MachineOptions = {}): Machine {
 
 /**
  * Allocates `n` single pages that are physically scattered: no two are adjacent, so nothing can
- * merge (`allocScatteredPageList`: 2n pages taken, every other one by address given back).
- * Returns their physical addresses in ascending order; throws when memory runs out.
+ * merge (`fragmentMemory` of the main entry). Returns their physical addresses.
  */
 export function allocScatteredPages(machine: Machine, n: number): number[] {
-  const kept = allocScatteredPageList(machine.pages, n);
-  if (kept === null) throw new Error('allocScatteredPages: out of memory');
-  return kept;
+  return fragmentMemory(machine, n);
 }
 
 /** Writes a deterministic byte pattern (seeded) of `len` bytes at `phys` and returns it. */

@@ -1,95 +1,27 @@
 /**
- * Fixtures for ODP tests and for the layers above (integration tests, the CLI): a machine with an
- * IOMMU, a NIC on a DMA function of each kind, an mlx5 device in either ODP mode, a process and a
- * PD; helpers to map memory and register MRs; and checkers that compare what the NIC can reach
- * with what the process maps. Exported as `@iovalink/rdma-odp/testing`.
+ * Fixtures for ODP tests and the integration tests: the main entry's `createOdpSystem` under its
+ * fixture name `createOdpRig`, helpers to map memory and register MRs that throw instead of
+ * returning -errno, and checkers that compare what the NIC can reach with what the process maps.
+ * Exported as `@iovalink/rdma-odp/testing`; applications use the main entry.
  */
-import type { Device, DeviceOptions } from '@iovalink/dma-api';
-import { createDmaRig, createKindDevice, type DeviceKind, type DmaRig } from '@iovalink/dma-api/testing';
-import { type IommuDeviceOptions, iommuIovaToPhys, type Machine, PAGE_SIZE } from '@iovalink/iommu';
+import type { Device } from '@iovalink/dma-api';
+import { iommuIovaToPhys, PAGE_SIZE } from '@iovalink/iommu';
 import { isErr, OdpError } from '../errors.js';
-import { HMM_DMA_DMA_LIST, HMM_DMA_PFN_LIST } from '../hmm-dma.js';
-import {
-  IB_ACCESS_LOCAL_WRITE,
-  IB_ACCESS_ON_DEMAND,
-  IB_ACCESS_REMOTE_READ,
-  IB_ACCESS_REMOTE_WRITE,
-  type IbPd,
-  ibAllocPd,
-  ibRegUserMr,
-} from '../ib-verbs.js';
+import { type IbPd, ibRegUserMr } from '../ib-verbs.js';
 import type { Mlx5IbDev, Mlx5IbMr } from '../mlx5-ib.js';
-import { mlx5IbAdd } from '../mlx5-main.js';
-import { Mm } from '../mm.js';
+import type { Mm } from '../mm.js';
 import { MAP_ANONYMOUS, MAP_FIXED, MAP_PRIVATE, PROT_READ, PROT_WRITE } from '../mm-types.js';
-import { MLX5_IB_MTT_WRITE, MLX5_MKC_ACCESS_MODE_MTT, type Nic } from '../nic.js';
-import { type OdpMode, UMEM_ODP_DMA_LIST, UMEM_ODP_PFN_LIST } from '../umem-odp.js';
+import { MLX5_IB_MTT_WRITE, MLX5_MKC_ACCESS_MODE_MTT } from '../nic.js';
+import { createOdpSystem, ODP_ACCESS_RW, type OdpSystem, type OdpSystemOptions } from '../odp-system.js';
 
-/** Access of a readable and writable ODP MR (local write, remote read and write, on demand). */
-export const ODP_ACCESS_RW =
-  IB_ACCESS_LOCAL_WRITE | IB_ACCESS_REMOTE_WRITE | IB_ACCESS_REMOTE_READ | IB_ACCESS_ON_DEMAND;
-/** Access of a read-only ODP MR (remote read, on demand). */
-export const ODP_ACCESS_RO = IB_ACCESS_REMOTE_READ | IB_ACCESS_ON_DEMAND;
-/** Metadata kinds of ODP page lists, both modes. */
-export const ODP_META_KINDS: readonly string[] = [
-  UMEM_ODP_PFN_LIST,
-  UMEM_ODP_DMA_LIST,
-  HMM_DMA_PFN_LIST,
-  HMM_DMA_DMA_LIST,
-];
+export { ODP_ACCESS_RO, ODP_ACCESS_RW, ODP_META_KINDS, odpMetaLiveBytes } from '../odp-system.js';
 
-/** A machine, a NIC on a DMA function, an mlx5 device, a process and its PD. */
-export interface OdpRig {
-  machine: Machine;
-  dma: DmaRig;
-  kind: DeviceKind;
-  mode: OdpMode;
-  dev: Device;
-  ibdev: Mlx5IbDev;
-  nic: Nic;
-  mm: Mm;
-  pd: IbPd;
-}
-
-/** Options of `createOdpRig`. */
-export interface OdpRigOptions {
-  /** DMA function kind (default `strict`). */
-  kind?: DeviceKind;
-  /** ODP generation (default `hmm`). */
-  mode?: OdpMode;
-  /** dma-debug on the NIC's DMA function (default true; benches pass false). */
-  debug?: boolean;
-  /** RAM (default 256 MiB). */
-  memSize?: number;
-  /** PRNG seed (default 1). */
-  seed?: number;
-  /** Implicit child span, log2 (default the kernel's 30). */
-  imrMttShift?: number;
-  iommu?: IommuDeviceOptions;
-  device?: DeviceOptions;
-}
-
-/** Builds a rig: machine + IOMMU + swiotlb, a NIC DMA function of `kind`, an mlx5 device, a process. */
-export function createOdpRig(options: OdpRigOptions = {}): OdpRig {
-  const dma = createDmaRig({
-    machine: { memSize: options.memSize ?? 256 << 20, seed: options.seed ?? 1 },
-    ...(options.iommu === undefined ? {} : { iommu: options.iommu }),
-  });
-  const kind = options.kind ?? 'strict';
-  const mode = options.mode ?? 'hmm';
-  const dev = createKindDevice(dma, kind, {
-    name: `nic-${kind}`,
-    debug: options.debug ?? true,
-    ...options.device,
-  });
-  const ibdev = mlx5IbAdd(dev, {
-    mode,
-    ...(options.imrMttShift === undefined ? {} : { imrMttShift: options.imrMttShift }),
-  });
-  const mm = new Mm(dma.machine, { name: 'proc' });
-  const pd = ibAllocPd(ibdev, mm);
-  return { machine: dma.machine, dma, kind, mode, dev, ibdev, nic: ibdev.nic, mm, pd };
-}
+/** A ready ODP system (`OdpSystem` of the main entry). */
+export type OdpRig = OdpSystem;
+/** Options of `createOdpRig` (`OdpSystemOptions`). */
+export type OdpRigOptions = OdpSystemOptions;
+/** `createOdpSystem` under its fixture name. */
+export const createOdpRig: typeof createOdpSystem = createOdpSystem;
 
 /** Maps `len` bytes of private anonymous memory (at `addr` with MAP_FIXED when given); throws on error. */
 export function mmapAnon(mm: Mm, len: number, prot = PROT_READ | PROT_WRITE, addr?: number): number {
@@ -156,11 +88,6 @@ export function findStaleTranslations(ibdev: Mlx5IbDev, mm: Mm): string[] {
     }
   }
   return problems;
-}
-
-/** Live bytes of ODP page-list metadata (both modes). */
-export function odpMetaLiveBytes(machine: Machine): number {
-  return machine.counters.metaTotals(ODP_META_KINDS).liveBytes;
 }
 
 /** Bytes of `len` from a seeded pattern, different per `seed`. */

@@ -1,24 +1,28 @@
 /**
- * Fixtures for tests, benchmarks and the layers above: a migration rig (one machine, one IOMMU,
- * a source and a target mlx5 VF with their PF DMA devices of a chosen kind and guest memory),
- * physical memory fragmentation so data buffer pages do not merge, and leak checks. Exported as
- * `@iovalink/vfio-migration/testing`.
+ * Fixtures for tests and benchmarks: a migration rig (one machine, one IOMMU, a source and a
+ * target mlx5 VF with their PF DMA devices of a chosen kind and guest memory) and leak checks;
+ * `fragmentMemory` (from `@iovalink/iommu`) and `createGuestMemory` (from the main entry) are
+ * re-exported for the tests that used them from here. Exported as
+ * `@iovalink/vfio-migration/testing`; applications use the main entries.
  */
 
 import { type Device, dmaDebugDeviceTeardown } from '@iovalink/dma-api';
 import { createDmaRig, createKindDevice, type DeviceKind, type DmaRig } from '@iovalink/dma-api/testing';
-import { type IommuDeviceOptions, type Machine, type MachineOptions, PAGE_SIZE } from '@iovalink/iommu';
-import { allocScatteredPages } from '@iovalink/iommu/testing';
+import {
+  fragmentMemory,
+  type IommuDeviceOptions,
+  type Machine,
+  type MachineOptions,
+  PAGE_SIZE,
+} from '@iovalink/iommu';
+import { createGuestMemory } from '../guest-memory.js';
 import { MLX5_META_KINDS, type Mlx5vfMapping, type Mlx5vfPciCoreDevice } from '../mlx5-cmd.js';
 import { mlx5vfPciCloseDevice, mlx5vfPciCreateDevice } from '../mlx5-main.js';
-import {
-  type VfioIommu,
-  vfioDmaDoMap,
-  vfioIommuType1Open,
-  vfioIommuType1Release,
-} from '../vfio-iommu-type1.js';
+import { type VfioIommu, vfioIommuType1Release } from '../vfio-iommu-type1.js';
 
+export { createGuestMemory } from '../guest-memory.js';
 export type { DeviceKind };
+export { fragmentMemory };
 
 /** Options of `createMigrationRig` (test fixture; no kernel counterpart). */
 export interface MigrationRigOptions {
@@ -61,27 +65,6 @@ export interface MigrationRig {
   guestWrites: Set<number>;
   /** Pages held by the fragmentation, if any. */
   heldPages: number[];
-}
-
-/**
- * Leaves `pages` isolated free pages in the machine's allocator (no kernel counterpart: what a
- * long-running host's mm/page_alloc.c free lists look like) by allocating twice as many and
- * freeing every other one (the kept half is returned and stays allocated), so later order-0
- * allocations are physically scattered, as on a long-running host.
- */
-export function fragmentMemory(machine: Machine, pages: number): number[] {
-  return pages > 0 ? allocScatteredPages(machine, pages) : [];
-}
-
-/**
- * Maps `size` bytes of guest memory from IOVA 0 in a new VFIO IOMMU context (kernel:
- * `vfio_dma_do_map`, drivers/vfio/vfio_iommu_type1.c); throws on failure.
- */
-export function createGuestMemory(rig: DmaRig, size: number): VfioIommu {
-  const vi = vfioIommuType1Open(rig.iommu);
-  const ret = vfioDmaDoMap(vi, 0, size);
-  if (ret !== 0) throw new Error(`createGuestMemory: vfio_dma_do_map failed (${ret})`);
-  return vi;
 }
 
 /**
