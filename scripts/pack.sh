@@ -2,7 +2,8 @@
 # Packs every publishable package (packages/* and apps/*, private ones skipped) with `pnpm pack`
 # into DEST (default .packs/, emptied first) and checks each tarball as a registry would serve it:
 #   - no `workspace:` range is left in its package.json (pnpm pack turns `workspace:^` into ^x.y.z),
-#   - publint --strict and attw (ESM-only profile) pass on the tarball itself.
+#   - publint --strict and attw (ESM-only profile) pass on the tarball itself (skipped with
+#     IOVALINK_PACK_LINT=0, for callers that already ran `pnpm check:packages`).
 # Needs a build (`pnpm build`) first: the tarballs carry dist/.
 # Usage: scripts/pack.sh [DEST]
 set -euo pipefail
@@ -36,9 +37,10 @@ for t in "$dest"/*.tgz; do
     grep '"workspace:' <<<"$manifest" >&2
     fail=1
   fi
+  [ "${IOVALINK_PACK_LINT:-1}" = 1 ] || continue
   echo "== $(basename "$t")"
   "$bin/publint" run "$t" --strict || fail=1
-  "$bin/attw" "$t" --profile esm-only --format table-flipped || fail=1
+  "$bin/attw" "$t" --profile esm-only || fail=1
 done
 n="$(ls "$dest"/*.tgz | wc -l)"
 [ "$n" -eq "${#dirs[@]}" ] || { echo "pack: expected ${#dirs[@]} tarballs in $dest, found $n" >&2; fail=1; }
