@@ -4,8 +4,8 @@
 import assert from 'node:assert/strict';
 import { BlockDevice, nvmeProbe, nvmeRemove, runWorkload } from '@iovalink/blk-mq';
 import {
-  DMA_TO_DEVICE,
   Device,
+  DMA_TO_DEVICE,
   DmaIovaState,
   dmaIovaDestroy,
   dmaIovaLink,
@@ -37,7 +37,12 @@ import {
   PROT_READ,
   PROT_WRITE,
 } from '@iovalink/rdma-odp';
-import { mlx5vfPciCreateDevice, vfioDmaDoMap, vfioIommuType1Open, vfioMigrate } from '@iovalink/vfio-migration';
+import {
+  mlx5vfPciCreateDevice,
+  vfioDmaDoMap,
+  vfioIommuType1Open,
+  vfioMigrate,
+} from '@iovalink/vfio-migration';
 import { loadPreset, modeledNs } from 'iovalink';
 
 const machine = new Machine({ memSize: 256 << 20 });
@@ -108,10 +113,23 @@ const strict = (name) => new Device(machine, { name, iommu, translation: 'strict
   const guestB = vfioIommuType1Open(iommu);
   vfioDmaDoMap(guestA, 0, 1 << 20);
   vfioDmaDoMap(guestB, 0, 1 << 20);
-  const source = mlx5vfPciCreateDevice({ pf: strict('vf0'), memorySize: 1 << 20, mapping: 'iova', guest: guestA });
-  const target = mlx5vfPciCreateDevice({ pf: strict('vf1'), memorySize: 1 << 20, guest: guestB, randomize: false });
+  const source = mlx5vfPciCreateDevice({
+    pf: strict('vf0'),
+    memorySize: 1 << 20,
+    mapping: 'iova',
+    guest: guestA,
+  });
+  const target = mlx5vfPciCreateDevice({
+    pf: strict('vf1'),
+    memorySize: 1 << 20,
+    guest: guestB,
+    randomize: false,
+  });
   source.run(1000);
-  const r = vfioMigrate(source, target, { stepsPerIteration: 500, guest: { source: guestA, target: guestB } });
+  const r = vfioMigrate(source, target, {
+    stepsPerIteration: 500,
+    guest: { source: guestA, target: guestB },
+  });
   assert.equal(r.ret, 0);
   assert.equal(r.equal, true);
   assert.equal(r.guestEqual, true);

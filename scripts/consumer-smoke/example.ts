@@ -14,8 +14,8 @@ import {
   type WorkloadResult,
 } from '@iovalink/blk-mq';
 import {
-  DMA_TO_DEVICE,
   Device,
+  DMA_TO_DEVICE,
   DmaIovaState,
   dmaIovaLink,
   dmaIovaTryAlloc,
@@ -33,7 +33,7 @@ import {
   Machine,
   PAGE_SIZE,
 } from '@iovalink/iommu';
-import { type IbUmemOdp, Mm, type Mlx5IbDev, mlx5IbAdd, type OdpMode } from '@iovalink/rdma-odp';
+import { type IbUmemOdp, type Mlx5IbDev, Mm, mlx5IbAdd, type OdpMode } from '@iovalink/rdma-odp';
 import {
   mlx5vfPciCreateDevice,
   VFIO_DEVICE_STATE_RUNNING,
@@ -66,7 +66,12 @@ export function mapTable(sgt: SgTable): number {
 
 // blk-mq: an NVMe device and both ways to map one request
 const nvme: NvmeDev = nvmeProbe(dev, { mapping: 'iova' });
-const result: WorkloadResult = runWorkload(new BlockDevice(nvme.disk), { seed: 1, ios: 8, blockSize: 4096, queueDepth: 1 });
+const result: WorkloadResult = runWorkload(new BlockDevice(nvme.disk), {
+  seed: 1,
+  ios: 8,
+  blockSize: 4096,
+  queueDepth: 1,
+});
 void result.mismatches;
 export function mapRequest(rq: Request, sglist: Scatterlist): { legacySegments: number; twoStep: boolean } {
   return {
@@ -84,7 +89,10 @@ void ibdev;
 void mm;
 
 // vfio-migration: the migration v2 state machine on an mlx5-style device
-const vf = mlx5vfPciCreateDevice({ pf: new Device(machine, { iommu, translation: 'strict' }), memorySize: 1 << 20 });
+const vf = mlx5vfPciCreateDevice({
+  pf: new Device(machine, { iommu, translation: 'strict' }),
+  memorySize: 1 << 20,
+});
 const next: number = vfioMigGetNextState(vf, VFIO_DEVICE_STATE_RUNNING, VFIO_DEVICE_STATE_STOP);
 void next;
 
