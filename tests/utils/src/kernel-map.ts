@@ -16,6 +16,8 @@ export interface KernelMapEntry {
   models: string;
   /** Kernel (or QEMU) source paths named in the header, in order of appearance. */
   kernelFiles: string[];
+  /** Kernel functions and symbols the header names in backticks (snake_case), in order. */
+  kernelSymbols: string[];
   /** Kernel versions named in the header (`v6.17`, `v6.16+`, `v6.16–v6.18`). */
   versions: string[];
   /** True when the header names deliberate differences from the kernel. */
@@ -68,10 +70,16 @@ export function kernelMapEntry(file: string, source: string): KernelMapEntry {
     file,
     models: firstSentence(header),
     kernelFiles: unique([...header.matchAll(KERNEL_PATH)].map((m) => (m[1] ?? '').replace(/[.,]$/, ''))),
+    kernelSymbols: unique(
+      [...header.matchAll(/`([a-z][a-z0-9]*(?:_[a-z0-9]+)+)(?:\(\))?`/g)].map((m) => m[1] ?? ''),
+    ),
     versions: unique([...header.matchAll(VERSION)].map((m) => (m[0] ?? '').replace(/\s+/g, ''))),
     differs: /differ|deliberate|on purpose|unlike the kernel|simplif/i.test(header),
   };
 }
+
+/** How many of a header's kernel symbols a row shows (the header has them all). */
+const SYMBOLS_SHOWN = 6;
 
 const cell = (s: string): string => s.replace(/\|/g, '\\|');
 
@@ -84,12 +92,13 @@ export function renderKernelMap(root: string): string {
     '     it is out of date. Edit the headers, not this file. -->',
     '',
     'Every source file of the library packages, with the kernel unit it follows as its own header',
-    "states it: what it models (the header's first sentence), the kernel files and versions the header",
-    'names, and whether it lists deliberate differences. The header itself is the reference: it names',
-    'the kernel functions each part follows and says where and why the model differs. Paths are',
-    'Linux source paths (`hw/mlx5/…` is under `drivers/infiniband/`; QEMU paths are marked as such',
-    "in the header). A file with no kernel path is model-only (a fixture, a device's hardware side, an",
-    'index) and its header says so.',
+    "states it: what it models (the header's first sentence), the kernel files, the kernel functions",
+    'and symbols it names (the first six; the header has them all), the versions it names, and whether',
+    'it lists deliberate differences. The header itself is the reference: it says where and why the',
+    'model differs. Paths are Linux source paths (`hw/mlx5/…` is under `drivers/infiniband/`; QEMU',
+    'paths are marked as such in the header). A row without a kernel path is either model-only (an',
+    "index, a fixture, a device's hardware side, the counters) or a file whose header names its",
+    'kernel counterpart by structure or function rather than by path.',
     '',
     'Versions: the model follows Linux v6.17 unless a header names another; `v6.16+` means the rule',
     'holds from v6.16 on, `v6.16–v6.18` a range the header checked. The IOVA allocator, iommu-dma and',
@@ -100,15 +109,20 @@ export function renderKernelMap(root: string): string {
   for (const pkg of KERNEL_MAP_PACKAGES) {
     const dir = join(root, 'packages', pkg);
     out.push(`## @iovalink/${pkg}`, '');
-    out.push('| file | models | kernel files | version | differences |', '|---|---|---|---|---|');
+    out.push(
+      '| file | models | kernel files | kernel functions named | version | differences |',
+      '|---|---|---|---|---|---|',
+    );
     for (const file of sourceFiles(dir)) {
       const e = kernelMapEntry(file, readFileSync(join(dir, file), 'utf8'));
       const link = `[\`${file.replace(/^src\//, '')}\`](../packages/${pkg}/${file})`;
       const kf = e.kernelFiles.length === 0 ? '—' : e.kernelFiles.map((k) => `\`${k}\``).join(', ');
+      const shown = e.kernelSymbols.slice(0, SYMBOLS_SHOWN).map((f) => `\`${f}\``);
+      if (e.kernelSymbols.length > SYMBOLS_SHOWN) shown.push('…');
+      const fns = shown.length === 0 ? '—' : shown.join(', ');
       const v = e.versions.length === 0 ? '—' : e.versions.join(', ');
-      out.push(
-        `| ${link} | ${cell(e.models)} | ${cell(kf)} | ${v} | ${e.differs ? 'named in header' : 'none named'} |`,
-      );
+      const d = e.differs ? 'named in header' : 'none named';
+      out.push(`| ${link} | ${cell(e.models)} | ${cell(kf)} | ${fns} | ${v} | ${d} |`);
     }
     out.push('');
   }

@@ -7,6 +7,7 @@ describe('kernelMapEntry', () => {
     '/**',
     ' * The IOVA allocator: hands out ranges. Models Linux `drivers/iommu/iova.c` and',
     ' * `include/linux/iova.h` (v6.17), with v6.16+ rules and mm/hmm.c, v6.16–v6.18.',
+    ' * Fast path `alloc_iova_fast()` and `free_iova_fast`, not `IovaDomain` or `iova.h`.',
     ' * Deliberate differences: none worth naming.',
     ' */',
     "import x from 'y';",
@@ -17,6 +18,7 @@ describe('kernelMapEntry', () => {
       file: 'src/iova.ts',
       models: 'The IOVA allocator: hands out ranges.',
       kernelFiles: ['drivers/iommu/iova.c', 'include/linux/iova.h', 'mm/hmm.c'],
+      kernelSymbols: ['alloc_iova_fast', 'free_iova_fast'],
       versions: ['v6.17', 'v6.16+', 'v6.16–v6.18'],
       differs: true,
     });
