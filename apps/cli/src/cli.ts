@@ -185,11 +185,18 @@ function isMain(): boolean {
     return false;
   }
 }
-if (isMain()) {
+/**
+ * Runs the command line on `argv` (node's layout: executable, script, arguments) and reports a
+ * failure as `iovalink: <message>` on stderr with exit code 1. The installed `iovalink` command
+ * (`bin/iovalink.js`) calls this; no kernel counterpart.
+ */
+export async function main(argv: readonly string[] = process.argv): Promise<void> {
   try {
-    await buildProgram().parseAsync(process.argv);
+    await buildProgram().parseAsync([...argv]);
   } catch (e) {
     process.stderr.write(`iovalink: ${(e as Error).message}\n`);
     process.exitCode = 1;
   }
 }
+
+if (isMain()) await main();
