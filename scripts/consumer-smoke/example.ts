@@ -7,6 +7,7 @@ import {
   BlockDevice,
   blkRqDmaMapIterStart,
   blkRqMapSg,
+  createNvmeSystem,
   type NvmeDev,
   nvmeProbe,
   type Request,
@@ -14,9 +15,12 @@ import {
   type WorkloadResult,
 } from '@iovalink/blk-mq';
 import {
+  createDmaSystem,
+  createKindDevice,
   Device,
   DMA_TO_DEVICE,
   DmaIovaState,
+  type DmaSystem,
   dmaIovaLink,
   dmaIovaTryAlloc,
   dmaMapSgtable,
@@ -25,6 +29,7 @@ import {
 } from '@iovalink/dma-api';
 import {
   type CounterSnapshot,
+  fragmentMemory,
   IOMMU_DOMAIN_DMA,
   IOMMU_READ,
   IommuDevice,
@@ -79,6 +84,14 @@ export function mapRequest(rq: Request, sglist: Scatterlist): { legacySegments: 
     twoStep: blkRqDmaMapIterStart(rq, dev, new DmaIovaState(), new BlkDmaIter()),
   };
 }
+
+// the one-call builders
+const system: DmaSystem = createDmaSystem({ machine: { memSize: 128 << 20 } });
+const lazy: Device = createKindDevice(system, 'lazy');
+const scattered: number[] = fragmentMemory(system.machine, 16);
+export const nvmeSystem: { bdev: BlockDevice; teardown(): void } = createNvmeSystem({ dma: system });
+void lazy;
+void scattered;
 
 // rdma-odp: an mlx5-style device in either ODP mode, an address space, a umem type
 const mode: OdpMode = 'hmm';
