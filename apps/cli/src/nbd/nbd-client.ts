@@ -7,11 +7,6 @@
  */
 import { connect, type Socket } from 'node:net';
 import {
-  decodeOptionReply,
-  encodeInfoRequest,
-  encodeMetaContextRequest,
-  encodeOption,
-  encodeRequest,
   NBD_CMD_BLOCK_STATUS,
   NBD_CMD_DISC,
   NBD_CMD_FLAG_FUA,
@@ -40,11 +35,16 @@ import {
   NBD_SIMPLE_REPLY_MAGIC,
   NBD_STRUCTURED_REPLY_MAGIC,
   NbdError,
-  type OptionReply,
-  readU16,
-  readU32,
-  readU64,
 } from './nbd-proto.js';
+import { readU16, readU32, readU64 } from './nbd-proto-fields.js';
+import {
+  decodeOptionReply,
+  encodeInfoRequest,
+  encodeMetaContextRequest,
+  encodeOption,
+  type OptionReply,
+} from './nbd-proto-handshake.js';
+import { encodeRequest } from './nbd-proto-transmission.js';
 
 /** Where to connect. */
 export type NbdClientAddress = { path: string } | { host: string; port: number };

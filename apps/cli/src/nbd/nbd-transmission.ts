@@ -32,7 +32,6 @@ import type { NbdWriteSink } from './nbd-export.js';
 import type { FlowControl } from './nbd-flow-control.js';
 import { Stall } from './nbd-flow-control.js';
 import {
-  decodeRequest,
   NBD_CMD_BLOCK_STATUS,
   NBD_CMD_DISC,
   NBD_CMD_FLAG_DF,
@@ -54,10 +53,10 @@ import {
   NBD_REQUEST_SIZE,
   NBD_STATE_HOLE,
   NBD_STATE_ZERO,
-  type NbdRequest,
   nbdCmdName,
   U64_TOO_BIG,
 } from './nbd-proto.js';
+import { decodeRequest, type NbdRequest } from './nbd-proto-transmission.js';
 import type { ReplyWriter } from './nbd-replies.js';
 
 /**
