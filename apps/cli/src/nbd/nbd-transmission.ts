@@ -28,7 +28,7 @@
  */
 import type { InputQueue } from './input-queue.js';
 import type { ServerCtx } from './nbd-context.js';
-import type { NbdWriteSink } from './nbd-export.js';
+import type { NbdWriteSink } from './nbd-export-data.js';
 import type { FlowControl } from './nbd-flow-control.js';
 import { Stall } from './nbd-flow-control.js';
 import {
