@@ -25,6 +25,10 @@
  * request magic or a write payload over 32 MiB (§ "Block size constraints": a denial of service)
  * is a violation: a hard disconnect after the commands in flight have been answered. A write's
  * payload is read (or skipped) before its error reply, so the stream stays in step.
+ *
+ * `Transmission` is about 330 lines because it is one table of commands: the request parser and one
+ * handler per command type (§ "Request types"), all sharing the in-flight count, the payload being
+ * received and the checks of § "Request message".
  */
 import type { InputQueue } from './input-queue.js';
 import type { ServerCtx } from './nbd-context.js';
