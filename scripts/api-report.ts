@@ -77,6 +77,16 @@ function isPublicMember(decl: ts.Declaration | undefined): boolean {
   return !(name !== undefined && ts.isPrivateIdentifier(name));
 }
 
+/**
+ * A member's name as the report prints it. A member keyed by a unique symbol (`readonly [MARKER]`)
+ * has the internal name `__@MARKER@<symbol id>`, whose id changes whenever any source file is added
+ * to the program; it is printed as `[MARKER]` so the report does not depend on unrelated files.
+ */
+function memberName(prop: ts.Symbol): string {
+  const m = /^__@(.+)@\d+$/.exec(prop.name);
+  return m === null ? prop.name : `[${m[1]}]`;
+}
+
 function memberLines(
   checker: ts.TypeChecker,
   type: ts.Type,
@@ -87,6 +97,7 @@ function memberLines(
   const lines: string[] = [];
   for (const prop of checker.getPropertiesOfType(type)) {
     if (prop.name === 'prototype') continue;
+    const name = memberName(prop);
     const decl = prop.valueDeclaration ?? prop.declarations?.[0];
     if (!isPublicMember(decl)) continue;
     const propType = checker.getTypeOfSymbolAtLocation(prop, at);
@@ -94,13 +105,13 @@ function memberLines(
     const optional = prop.flags & ts.SymbolFlags.Optional ? '?' : '';
     if (prop.flags & ts.SymbolFlags.Method) {
       for (const sig of propType.getCallSignatures()) {
-        lines.push(`${indent}${prefix}${prop.name}${optional}${checker.signatureToString(sig, at, FLAGS)};`);
+        lines.push(`${indent}${prefix}${name}${optional}${checker.signatureToString(sig, at, FLAGS)};`);
       }
     } else if (prop.flags & ts.SymbolFlags.GetAccessor && !(prop.flags & ts.SymbolFlags.SetAccessor)) {
-      lines.push(`${indent}${prefix}get ${prop.name}(): ${checker.typeToString(propType, at, FLAGS)};`);
+      lines.push(`${indent}${prefix}get ${name}(): ${checker.typeToString(propType, at, FLAGS)};`);
     } else {
       lines.push(
-        `${indent}${prefix}${readonly ? 'readonly ' : ''}${prop.name}${optional}: ${checker.typeToString(propType, at, FLAGS)};`,
+        `${indent}${prefix}${readonly ? 'readonly ' : ''}${name}${optional}: ${checker.typeToString(propType, at, FLAGS)};`,
       );
     }
   }

@@ -10,9 +10,11 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { formatServeStats } from '../src/commands/serve.js';
 import { NbdClient, type NbdClientAddress } from '../src/nbd/nbd-client.js';
-import { NbdExport, type NbdReadData } from '../src/nbd/nbd-export.js';
+import { NbdExport } from '../src/nbd/nbd-export.js';
+import type { NbdReadData } from '../src/nbd/nbd-export-data.js';
 import { OUTPUT_LIMIT } from '../src/nbd/nbd-flow-control.js';
-import { encodeRequest, NBD_CMD_READ } from '../src/nbd/nbd-proto.js';
+import { NBD_CMD_READ } from '../src/nbd/nbd-proto.js';
+import { encodeRequest } from '../src/nbd/nbd-proto-transmission.js';
 import { PIN_LIMIT } from '../src/nbd/nbd-replies.js';
 import { type NbdServerHandle, startNbdServer } from '../src/nbd/nbd-server.js';
 

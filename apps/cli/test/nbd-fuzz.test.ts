@@ -15,10 +15,6 @@ import fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
 import { NbdClient } from '../src/nbd/nbd-client.js';
 import {
-  encodeInfoRequest,
-  encodeMetaContextRequest,
-  encodeOption,
-  encodeRequest,
   NBD_CMD_BLOCK_STATUS,
   NBD_CMD_DISC,
   NBD_CMD_FLAG_DF,
@@ -39,8 +35,10 @@ import {
   NBD_OPT_LIST_META_CONTEXT,
   NBD_OPT_SET_META_CONTEXT,
   NBD_OPT_STRUCTURED_REPLY,
-  writeU32,
 } from '../src/nbd/nbd-proto.js';
+import { writeU32 } from '../src/nbd/nbd-proto-fields.js';
+import { encodeInfoRequest, encodeMetaContextRequest, encodeOption } from '../src/nbd/nbd-proto-handshake.js';
+import { encodeRequest } from '../src/nbd/nbd-proto-transmission.js';
 import { startNbdServer } from '../src/nbd/nbd-server.js';
 
 const MiB = 2 ** 20;

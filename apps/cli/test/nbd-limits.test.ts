@@ -12,8 +12,6 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { NbdClient } from '../src/nbd/nbd-client.js';
 import { printable } from '../src/nbd/nbd-context.js';
 import {
-  encodeInfoRequest,
-  encodeOption,
   NBD_CMD_TRIM,
   NBD_EPERM,
   NBD_FLAG_C_FIXED_NEWSTYLE,
@@ -24,6 +22,7 @@ import {
   NBD_OPT_LIST,
   NBD_REP_ERR_UNKNOWN,
 } from '../src/nbd/nbd-proto.js';
+import { encodeInfoRequest, encodeOption } from '../src/nbd/nbd-proto-handshake.js';
 import { type NbdServerHandle, startNbdServer } from '../src/nbd/nbd-server.js';
 import { ManualTimers } from './nbd-manual-timers.js';
 

@@ -14,8 +14,6 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { NbdClient, type NbdClientAddress } from '../src/nbd/nbd-client.js';
 import { RemoteNbdDevice } from '../src/nbd/nbd-device-remote.js';
 import {
-  decodeMetaContextRequest,
-  encodeMetaContextRequest,
   NBD_CMD_FLAG_DF,
   NBD_CMD_FLAG_FAST_ZERO,
   NBD_CMD_FLAG_FUA,
@@ -40,8 +38,9 @@ import {
   NBD_REP_META_CONTEXT,
   NBD_STATE_HOLE,
   NBD_STATE_ZERO,
-  readU32,
 } from '../src/nbd/nbd-proto.js';
+import { readU32 } from '../src/nbd/nbd-proto-fields.js';
+import { decodeMetaContextRequest, encodeMetaContextRequest } from '../src/nbd/nbd-proto-handshake.js';
 import { type NbdServerHandle, startNbdServer } from '../src/nbd/nbd-server.js';
 
 const MiB = 2 ** 20;

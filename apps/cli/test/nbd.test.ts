@@ -6,10 +6,6 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { NbdClient, type NbdClientAddress, parseInfoReplies } from '../src/nbd/nbd-client.js';
 import { RemoteNbdDevice } from '../src/nbd/nbd-device-remote.js';
 import {
-  decodeInfoRequest,
-  decodeRequest,
-  encodeInfoRequest,
-  encodeRequest,
   NBD_CMD_CACHE,
   NBD_CMD_FLAG_DF,
   NBD_CMD_FLAG_FUA,
@@ -50,12 +46,11 @@ import {
   NBD_REP_ERR_UNSUP,
   NBD_REP_INFO,
   NBD_REP_SERVER,
-  readU16,
-  readU32,
-  readU64,
   U64_TOO_BIG,
-  writeU32,
 } from '../src/nbd/nbd-proto.js';
+import { readU16, readU32, readU64, writeU32 } from '../src/nbd/nbd-proto-fields.js';
+import { decodeInfoRequest, encodeInfoRequest } from '../src/nbd/nbd-proto-handshake.js';
+import { decodeRequest, encodeRequest } from '../src/nbd/nbd-proto-transmission.js';
 import {
   isLoopbackAddress,
   type NbdServerHandle,

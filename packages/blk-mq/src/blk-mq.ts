@@ -12,6 +12,10 @@
  * not sequenced; a request requeued for BLK_STS_RESOURCE is retried after
  * BLK_MQ_RESOURCE_DELAY_NS of virtual time at most `q.resourceRetries` times, then fails with
  * that status (the kernel retries without bound).
+ *
+ * Size: about 590 lines, the bio-to-request path of block/blk-mq.c (about 5,000 lines in v6.x) with
+ * the bio checks of block/blk-core.c; the schedulers, software queues, timeouts and polling of
+ * blk-mq.c are not modelled.
  */
 import { Errno } from '@iovalink/iommu';
 import {

@@ -18,7 +18,7 @@
  * kernel clears only `sgl`); misuse the kernel would crash on (NULL dereference, BUG_ON) throws
  * `DmaError` with the state unchanged.
  *
- * Size: about 970 lines in one file because it mirrors one kernel file, lib/scatterlist.c (about
+ * Size: about 1,020 lines in one file because it mirrors one kernel file, lib/scatterlist.c (about
  * 1,400 lines in v6.x: `extract_kvec_to_sg` reaches line 1,260), with the inline helpers of
  * include/linux/scatterlist.h that its functions use; the iov_iter extraction and the sg_miter
  * page iterator are not modelled.

@@ -12,12 +12,9 @@ export {
   type NbdMetaContext,
   type NbdReply,
 } from './nbd-client.js';
-export {
-  blkStatusToNbd,
-  NbdExport,
-  type NbdExportOptions,
-  type NbdExportStats,
-} from './nbd-export.js';
+export { NbdExport } from './nbd-export.js';
+export { blkStatusToNbd } from './nbd-export-data.js';
+export type { NbdExportOptions, NbdExportStats } from './nbd-export-options.js';
 export {
   DEFAULT_GRACE_MS,
   DEFAULT_HANDSHAKE_LIMIT_MS,

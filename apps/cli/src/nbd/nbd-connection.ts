@@ -27,12 +27,8 @@ import { InputQueue } from './input-queue.js';
 import type { ServerCtx } from './nbd-context.js';
 import { FlowControl } from './nbd-flow-control.js';
 import { Negotiation } from './nbd-negotiation.js';
-import {
-  encodeGreeting,
-  NBD_FLAG_FIXED_NEWSTYLE,
-  NBD_FLAG_NO_ZEROES,
-  NBD_REQUEST_SIZE,
-} from './nbd-proto.js';
+import { NBD_FLAG_FIXED_NEWSTYLE, NBD_FLAG_NO_ZEROES, NBD_REQUEST_SIZE } from './nbd-proto.js';
+import { encodeGreeting } from './nbd-proto-handshake.js';
 import { ReplyWriter } from './nbd-replies.js';
 import { Transmission } from './nbd-transmission.js';
 import { adoptSocket, canAdopt } from './socket-reader.js';

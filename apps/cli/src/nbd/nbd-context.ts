@@ -3,7 +3,8 @@
  * and the server's own state (accepting or shutting down), plus the server's counter types. No
  * kernel counterpart (the server side of `drivers/block/nbd.c`'s peer).
  */
-import type { NbdExport, NbdExportStats } from './nbd-export.js';
+import type { NbdExport } from './nbd-export.js';
+import type { NbdExportStats } from './nbd-export-options.js';
 
 /** Counters of a server run. */
 export interface NbdServerStats {

@@ -14,7 +14,7 @@
 import type { Socket } from 'node:net';
 import type { InputQueue } from './input-queue.js';
 import type { NbdExport } from './nbd-export.js';
-import type { NbdRequest } from './nbd-proto.js';
+import type { NbdRequest } from './nbd-proto-transmission.js';
 
 /** Why a connection does not parse its next request. */
 export const Stall = {

@@ -23,16 +23,6 @@ import type { InputQueue } from './input-queue.js';
 import type { ServerCtx } from './nbd-context.js';
 import { printable } from './nbd-context.js';
 import {
-  decodeInfoRequest,
-  decodeMetaContextRequest,
-  decodeOptionHeader,
-  decodeString,
-  encodeExportNameReply,
-  encodeInfoBlockSize,
-  encodeInfoExport,
-  encodeInfoString,
-  encodeRepMetaContext,
-  encodeRepServer,
   NBD_CLIENT_FLAGS_SIZE,
   NBD_FLAG_C_FIXED_NEWSTYLE,
   NBD_FLAG_C_NO_ZEROES,
@@ -70,6 +60,18 @@ import {
   NBD_REP_SERVER,
   nbdOptName,
 } from './nbd-proto.js';
+import { decodeString } from './nbd-proto-fields.js';
+import {
+  decodeInfoRequest,
+  decodeMetaContextRequest,
+  decodeOptionHeader,
+  encodeExportNameReply,
+  encodeInfoBlockSize,
+  encodeInfoExport,
+  encodeInfoString,
+  encodeRepMetaContext,
+  encodeRepServer,
+} from './nbd-proto-handshake.js';
 import type { ReplyWriter } from './nbd-replies.js';
 
 /** Longest NBD_OPT_INFO/GO data: name length, a 4096-byte name, count, 65535 info types. */

@@ -7,9 +7,6 @@
 import type { Socket } from 'node:net';
 import type { ServerCtx } from './nbd-context.js';
 import {
-  encodeErrorChunk,
-  encodeOptionError,
-  encodeOptionReply,
   NBD_REP_ERR_INVALID,
   NBD_REP_ERR_SHUTDOWN,
   NBD_REP_ERR_TOO_BIG,
@@ -21,13 +18,16 @@ import {
   NBD_REPLY_TYPE_OFFSET_DATA,
   NBD_SIMPLE_REPLY_SIZE,
   NBD_STRUCTURED_REPLY_SIZE,
-  type NbdRequest,
   nbdErrName,
+} from './nbd-proto.js';
+import { writeU32, writeU64 } from './nbd-proto-fields.js';
+import { encodeOptionError, encodeOptionReply } from './nbd-proto-handshake.js';
+import {
+  encodeErrorChunk,
+  type NbdRequest,
   writeSimpleReply,
   writeStructuredReply,
-  writeU32,
-  writeU64,
-} from './nbd-proto.js';
+} from './nbd-proto-transmission.js';
 
 const REP_ERR_NAMES: Record<number, string> = {
   [NBD_REP_ERR_UNSUP]: 'NBD_REP_ERR_UNSUP',

@@ -21,7 +21,8 @@ import { existsSync, lstatSync, unlinkSync } from 'node:fs';
 import { createConnection, createServer, isIP, type Server } from 'node:net';
 import { NbdConnection } from './nbd-connection.js';
 import { type NbdServerStats, type NbdTimers, nodeTimers, printable, type ServerCtx } from './nbd-context.js';
-import { NbdExport, type NbdExportOptions, type NbdExportStats } from './nbd-export.js';
+import { NbdExport } from './nbd-export.js';
+import type { NbdExportOptions, NbdExportStats } from './nbd-export-options.js';
 import { NbdError } from './nbd-proto.js';
 
 export type { NbdServerStats, NbdTimers } from './nbd-context.js';

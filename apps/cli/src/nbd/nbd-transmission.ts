@@ -25,14 +25,17 @@
  * request magic or a write payload over 32 MiB (§ "Block size constraints": a denial of service)
  * is a violation: a hard disconnect after the commands in flight have been answered. A write's
  * payload is read (or skipped) before its error reply, so the stream stays in step.
+ *
+ * `Transmission` is about 330 lines because it is one table of commands: the request parser and one
+ * handler per command type (§ "Request types"), all sharing the in-flight count, the payload being
+ * received and the checks of § "Request message".
  */
 import type { InputQueue } from './input-queue.js';
 import type { ServerCtx } from './nbd-context.js';
-import type { NbdWriteSink } from './nbd-export.js';
+import type { NbdWriteSink } from './nbd-export-data.js';
 import type { FlowControl } from './nbd-flow-control.js';
 import { Stall } from './nbd-flow-control.js';
 import {
-  decodeRequest,
   NBD_CMD_BLOCK_STATUS,
   NBD_CMD_DISC,
   NBD_CMD_FLAG_DF,
@@ -54,10 +57,10 @@ import {
   NBD_REQUEST_SIZE,
   NBD_STATE_HOLE,
   NBD_STATE_ZERO,
-  type NbdRequest,
   nbdCmdName,
   U64_TOO_BIG,
 } from './nbd-proto.js';
+import { decodeRequest, type NbdRequest } from './nbd-proto-transmission.js';
 import type { ReplyWriter } from './nbd-replies.js';
 
 /**
