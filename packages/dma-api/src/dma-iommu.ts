@@ -380,11 +380,10 @@ function iommuDmaMapSgSwiotlb(
   for (const s of sgIter(sgl, nents)) {
     const addr = iommuDmaMapPhys(dev, s.page + s.offset, s.length, dir, attrs);
     if (addr === DMA_MAPPING_ERROR) {
+      iommuDmaUnmapSgSwiotlb(dev, sgl, i, dir, attrs | DMA_ATTR_SKIP_CPU_SYNC);
       for (const t of sgIter(sgl, i)) {
-        iommuDmaUnmapPhys(dev, t.dmaAddress, t.dmaLength, dir, attrs | DMA_ATTR_SKIP_CPU_SYNC);
         t.dmaAddress = DMA_MAPPING_ERROR;
         t.dmaLength = 0;
-        t.dmaFlags &= ~SG_DMA_SWIOTLB;
       }
       return -Errno.EIO;
     }
@@ -394,6 +393,20 @@ function iommuDmaMapSgSwiotlb(
     i++;
   }
   return nents;
+}
+
+/** Untrusted path of unmap_sg: every entry unmapped on its own (kernel: `iommu_dma_unmap_sg_swiotlb`). */
+function iommuDmaUnmapSgSwiotlb(
+  dev: Device,
+  sgl: Scatterlist,
+  nents: number,
+  dir: DmaDataDirection,
+  attrs: number,
+): void {
+  for (const s of sgIter(sgl, nents)) {
+    iommuDmaUnmapPhys(dev, s.dmaAddress, s.dmaLength, dir, attrs);
+    s.dmaFlags &= ~SG_DMA_SWIOTLB;
+  }
 }
 
 /**
@@ -513,10 +526,7 @@ export function iommuDmaUnmapSg(
   attrs: number,
 ): void {
   if ((sgl.dmaFlags & SG_DMA_SWIOTLB) !== 0) {
-    for (const s of sgIter(sgl, nents)) {
-      iommuDmaUnmapPhys(dev, s.dmaAddress, s.dmaLength, dir, attrs);
-      s.dmaFlags &= ~SG_DMA_SWIOTLB;
-    }
+    iommuDmaUnmapSgSwiotlb(dev, sgl, nents, dir, attrs);
     return;
   }
   let start = -1;

@@ -40,11 +40,7 @@ export class DmaEngine {
    * translated one by one; physically contiguous runs of them are copied at once.
    */
   read(bus: number, dst: Uint8Array): number {
-    const tr = this.machine.tracer;
-    tr?.instant('device_dma_read', 'device', { requester: this.requester, bus, len: dst.length });
-    const r = this.#transfer(bus, dst, false);
-    if (r === 0) this.machine.counters.dmaReadBytes += dst.length;
-    return r;
+    return this.#transfer(bus, dst, false);
   }
 
   /**
@@ -52,15 +48,19 @@ export class DmaEngine {
    * page faulted (bytes before it were written) or lies outside RAM.
    */
   write(bus: number, src: Uint8Array): number {
-    const tr = this.machine.tracer;
-    tr?.instant('device_dma_write', 'device', { requester: this.requester, bus, len: src.length });
-    const r = this.#transfer(bus, src, true);
-    if (r === 0) this.machine.counters.dmaWriteBytes += src.length;
-    return r;
+    return this.#transfer(bus, src, true);
   }
 
-  /** Translates `buf.length` bytes at `bus` page by page and moves them (`toMem`: buf → RAM). */
+  /**
+   * Traces the access, translates `buf.length` bytes at `bus` page by page and moves them (`toMem`:
+   * buf → RAM, a device write); a complete transfer counts its bytes as DMA read or written.
+   */
   #transfer(bus: number, buf: Uint8Array, toMem: boolean): number {
+    this.machine.tracer?.instant(toMem ? 'device_dma_write' : 'device_dma_read', 'device', {
+      requester: this.requester,
+      bus,
+      len: buf.length,
+    });
     const phys = this.machine.phys;
     const ram = phys.size;
     let runPa = 0;
@@ -86,6 +86,8 @@ export class DmaEngine {
       done += n;
     }
     if (runLen > 0) this.#move(runPa, buf, runOff, runLen, toMem);
+    if (toMem) this.machine.counters.dmaWriteBytes += buf.length;
+    else this.machine.counters.dmaReadBytes += buf.length;
     return 0;
   }
 

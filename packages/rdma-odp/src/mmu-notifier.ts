@@ -159,6 +159,15 @@ function mnItreeIsInvalidating(subs: MmuNotifierSubscriptions): boolean {
   return subs.invalidateSeq % 2 === 1;
 }
 
+/** The mm `sub` is inserted in; throws for a subscription not inserted (the kernel's use-after-remove). */
+function insertedMm(sub: MmuIntervalNotifier, fn: string): MmNotifierHost {
+  const mm = sub.mm;
+  if (mm === undefined) {
+    throw new OdpError(`${fn}: the subscription is not inserted`, { rule: `${fn}: not inserted` });
+  }
+  return mm;
+}
+
 function overlaps(sub: MmuIntervalNotifier, start: number, end: number): boolean {
   return sub.start < end && sub.last >= start;
 }
@@ -316,12 +325,7 @@ export function mmuIntervalNotifierInsert(
  * kernel would wait for the running invalidation to end, i.e. forever; the model throws.
  */
 export function mmuIntervalNotifierRemove(sub: MmuIntervalNotifier): void {
-  const mm = sub.mm;
-  if (mm === undefined) {
-    throw new OdpError('mmu_interval_notifier_remove: the subscription is not inserted', {
-      rule: 'mmu_interval_notifier_remove: not inserted',
-    });
-  }
+  const mm = insertedMm(sub, 'mmu_interval_notifier_remove');
   const subs = mm.notifierSubscriptions;
   if (mnItreeIsInvalidating(subs)) {
     if (!sub.inTree) {
@@ -355,12 +359,7 @@ export function mmuIntervalNotifierRemove(sub: MmuIntervalNotifier): void {
  * single-threaded model that can only be a call from inside the invalidation and throws.
  */
 export function mmuIntervalReadBegin(sub: MmuIntervalNotifier): number {
-  const mm = sub.mm;
-  if (mm === undefined) {
-    throw new OdpError('mmu_interval_read_begin: the subscription is not inserted', {
-      rule: 'mmu_interval_read_begin: not inserted',
-    });
-  }
+  const mm = insertedMm(sub, 'mmu_interval_read_begin');
   const seq = sub.invalidateSeq;
   if (seq === mm.notifierSubscriptions.invalidateSeq) {
     throw new OdpError(

@@ -29,12 +29,8 @@ export type KernelEventKind =
   | 'tbl_unmap'
   | 'mark';
 
-const KINDS: ReadonlySet<string> = new Set<KernelEventKind>([
-  'alloc_iova',
-  'alloc_iova_ret',
-  'free_iova',
-  'map',
-  'unmap',
+/** The kinds that are DMA API calls (and the flush-queue timer): each opens a segment of a DMA replay. */
+export const DMA_API_EVENT_KINDS: readonly KernelEventKind[] = [
   'map_page',
   'unmap_page',
   'map_sg',
@@ -42,6 +38,15 @@ const KINDS: ReadonlySet<string> = new Set<KernelEventKind>([
   'dma_alloc',
   'dma_free',
   'fq_timeout',
+];
+
+const KINDS: ReadonlySet<string> = new Set<KernelEventKind>([
+  'alloc_iova',
+  'alloc_iova_ret',
+  'free_iova',
+  'map',
+  'unmap',
+  ...DMA_API_EVENT_KINDS,
   'tbl_map',
   'tbl_map_ret',
   'tbl_unmap',

@@ -44,7 +44,7 @@ import {
 import { IommuError, type IovaDomain, type Machine, type TraceArgs, type Tracer } from '@iovalink/iommu';
 import { countCompared, type Divergence, DivergenceFound, hx, type ReplayResult } from './divergence.js';
 import { KERNEL_IOVA_GRANULE, kernelDevice, replayMachine } from './kernel-domain.js';
-import type { KernelEvent, KernelTrace } from './kernel-trace.js';
+import { DMA_API_EVENT_KINDS, type KernelEvent, type KernelTrace } from './kernel-trace.js';
 import { traceCpus } from './replay-iova.js';
 
 /** One allocator, map or unmap step, as a comparable line of text. */
@@ -94,15 +94,7 @@ function recordAllocator(iovad: IovaDomain, steps: Step[]): void {
 }
 
 /** The DMA API calls that open a segment of the trace. */
-const OPS: ReadonlySet<string> = new Set([
-  'map_page',
-  'unmap_page',
-  'map_sg',
-  'unmap_sg',
-  'dma_alloc',
-  'dma_free',
-  'fq_timeout',
-]);
+const OPS: ReadonlySet<string> = new Set(DMA_API_EVENT_KINDS);
 
 /** A DMA API call and the kernel events that followed it until the next call. */
 interface Segment {

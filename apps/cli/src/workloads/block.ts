@@ -29,14 +29,15 @@ import {
 } from '@iovalink/blk-mq';
 import { type Device, dmaDebugDeviceTeardown, IOVA_DEFAULT_FQ_TIMEOUT } from '@iovalink/dma-api';
 import { type CounterSnapshot, diffCounters, type Machine, PAGE_SIZE, Prng } from '@iovalink/iommu';
-import { type DmaPath, mappingMeta, type WorkloadResult } from '../results.js';
+import { type DmaPath, mappingMeta } from '../results.js';
 import {
+  bothPathsWorkload,
   type ChunkTime,
   createPathRig,
   fnv1a,
   type PathOutcome,
   type PathSession,
-  runBothPaths,
+  sameBytes,
   seededBytes,
 } from './both-paths.js';
 import type { Workload, WorkloadContext } from './types.js';
@@ -124,10 +125,6 @@ function readInto(machine: Machine, s: Slot): Uint8Array {
     off += seg.len;
   }
   return s.scratch;
-}
-
-function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
-  return Buffer.from(a.buffer, a.byteOffset, a.length).equals(b);
 }
 
 /** One I/O of the seeded sequence: its op, its block, and for a write the pool offset of its payload. */
@@ -339,26 +336,15 @@ export function blockWarmupIos(c: BlockCase, ios: number): number {
 
 /** A demo workload for one block case: both paths, interleaved rounds, same seeded I/O and data. */
 export function blockWorkload(c: BlockCase, queueDepth = 16): Workload {
-  return {
-    name: c.name,
-    subsystem: 'block',
-    async run(ctx: WorkloadContext): Promise<WorkloadResult> {
-      const ios = ctx.quick ? c.quickIos : c.ios;
-      const { sg, iova, sim } = await runBothPaths(
-        ctx,
-        (path, x, size: BlockCase) => openBlockPath(size, path, x, queueDepth),
-        { measured: c, units: ios, warmup: c, warmupUnits: blockWarmupIos(c, ios) },
-        `${c.name}: the two paths left different data on the device`,
-      );
-      return {
-        name: c.name,
-        subsystem: 'block',
-        bytesPerOp: c.blockSize,
-        paths: [sg.result, iova.result],
-        sim,
-      };
-    },
-  };
+  return bothPathsWorkload(c.name, 'block', (ctx) => {
+    const ios = ctx.quick ? c.quickIos : c.ios;
+    return {
+      open: (path, x, size: BlockCase) => openBlockPath(size, path, x, queueDepth),
+      sizes: { measured: c, units: ios, warmup: c, warmupUnits: blockWarmupIos(c, ios) },
+      mismatch: `${c.name}: the two paths left different data on the device`,
+      bytesPerOp: () => c.blockSize,
+    };
+  });
 }
 
 /** All block cases as workloads. */

@@ -8,15 +8,20 @@
 import type { CounterSnapshot } from '@iovalink/iommu';
 import { compareRounds, roundOrder, type SimComparison, splitUnits } from '../measure.js';
 import { yieldToEventLoop } from '../progress.js';
-import { type DmaPath, type PathResult, pathResult } from '../results.js';
+import { type DmaPath, type PathResult, pathResult, type WorkloadResult } from '../results.js';
 import { createRig, type Rig } from '../rig.js';
-import type { WorkloadContext } from './types.js';
+import type { Workload, WorkloadContext } from './types.js';
 
 /** FNV-1a over `b`, continuing from `h` (the offset basis by default). */
 export function fnv1a(b: Uint8Array, h = 2166136261): number {
   let x = h;
   for (let i = 0; i < b.length; i++) x = Math.imul(x ^ b[i]!, 16777619) >>> 0;
   return x;
+}
+
+/** True when `a` and `b` hold the same bytes (what a path read back against what it wrote). */
+export function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  return Buffer.from(a.buffer, a.byteOffset, a.length).equals(b);
 }
 
 /** `n` seeded xorshift bytes: written data that differs per write and is the same for a seed. */
@@ -190,4 +195,34 @@ export function createPathRig(ctx: WorkloadContext, path: DmaPath, memSize: numb
   });
   ctx.onMachine?.(rig.machine, path);
   return rig;
+}
+
+/** What one run of a both-paths workload measures: `runBothPaths`'s arguments and the bytes per op. */
+export interface BothPathsPlan<Z, S extends { digest: string }> {
+  open: OpenPath<Z, S>;
+  sizes: RunSizes<Z>;
+  /** The error message when the two paths' digests differ. */
+  mismatch: string;
+  /** Bytes one op moves, from the sg path's run. */
+  bytesPerOp: (sg: PathRun<S>) => number;
+}
+
+/**
+ * A workload named `name` whose run is `runBothPaths` over what `plan` gives for the context,
+ * reporting the sg path's result first, then the iova path's, and their simulator comparison.
+ */
+export function bothPathsWorkload<Z, S extends { digest: string }>(
+  name: string,
+  subsystem: Workload['subsystem'],
+  plan: (ctx: WorkloadContext) => BothPathsPlan<Z, S>,
+): Workload {
+  return {
+    name,
+    subsystem,
+    async run(ctx: WorkloadContext): Promise<WorkloadResult> {
+      const { open, sizes, mismatch, bytesPerOp } = plan(ctx);
+      const { sg, iova, sim } = await runBothPaths(ctx, open, sizes, mismatch);
+      return { name, subsystem, bytesPerOp: bytesPerOp(sg), paths: [sg.result, iova.result], sim };
+    },
+  };
 }

@@ -45,13 +45,15 @@ import {
   PROT_READ,
   PROT_WRITE,
 } from '@iovalink/rdma-odp';
-import type { DmaPath, WorkloadResult } from '../results.js';
+import type { DmaPath } from '../results.js';
 import {
+  bothPathsWorkload,
   type ChunkTime,
   createPathRig,
   fnv1a,
+  type PathRun,
   type PathSession,
-  runBothPaths,
+  sameBytes,
   seededBytes,
 } from './both-paths.js';
 import type { Workload, WorkloadContext } from './types.js';
@@ -100,10 +102,6 @@ export interface OdpRunStats {
 
 /** Bytes of the seeded data pool that writes take their data from (built before timing starts). */
 const POOL_BYTES = 1 << 20;
-
-function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
-  return Buffer.from(a.buffer, a.byteOffset, a.length).equals(b);
-}
 
 /** One path's ODP run in progress: the process, its MR, and the reference copy of its memory. */
 interface OdpRun {
@@ -326,25 +324,14 @@ export function openOdpPath(
  * machines, same seed, same request mix; one op = one NIC request. See the file header.
  */
 export function odpWorkload(sizes: { quick: OdpWorkloadSize; full: OdpWorkloadSize } = ODP_SIZES): Workload {
-  const name = 'RDMA ODP MR: faults, invalidations, migrations';
-  return {
-    name,
-    subsystem: 'odp',
-    async run(ctx: WorkloadContext): Promise<WorkloadResult> {
-      const size = ctx.quick ? sizes.quick : sizes.full;
-      const { sg, iova, sim } = await runBothPaths(
-        ctx,
-        openOdpPath,
-        { measured: size, units: size.steps, warmup: ODP_WARMUP, warmupUnits: ODP_WARMUP.steps },
-        'ODP: the two paths left different memory',
-      );
-      return {
-        name,
-        subsystem: 'odp',
-        bytesPerOp: sg.stats.nicOps > 0 ? sg.stats.nicBytes / sg.stats.nicOps : 0,
-        paths: [sg.result, iova.result],
-        sim,
-      };
-    },
-  };
+  return bothPathsWorkload('RDMA ODP MR: faults, invalidations, migrations', 'odp', (ctx) => {
+    const size = ctx.quick ? sizes.quick : sizes.full;
+    return {
+      open: openOdpPath,
+      sizes: { measured: size, units: size.steps, warmup: ODP_WARMUP, warmupUnits: ODP_WARMUP.steps },
+      mismatch: 'ODP: the two paths left different memory',
+      bytesPerOp: (sg: PathRun<OdpRunStats>) =>
+        sg.stats.nicOps > 0 ? sg.stats.nicBytes / sg.stats.nicOps : 0,
+    };
+  });
 }

@@ -47,8 +47,8 @@ import {
   mlx5vfPciCreateDevice,
   vfioMigrate,
 } from '@iovalink/vfio-migration';
-import type { DmaPath, WorkloadResult } from '../results.js';
-import { type ChunkTime, createPathRig, fnv1a, type PathSession, runBothPaths } from './both-paths.js';
+import type { DmaPath } from '../results.js';
+import { bothPathsWorkload, type ChunkTime, createPathRig, fnv1a, type PathSession } from './both-paths.js';
 import type { Workload, WorkloadContext } from './types.js';
 
 /** Metadata kinds of the data buffers on both paths (what `keptMetaBytes` sums). */
@@ -276,25 +276,13 @@ export function openVfioPath(
 export function vfioWorkload(
   sizes: { quick: VfioWorkloadSize; full: VfioWorkloadSize } = VFIO_SIZES,
 ): Workload {
-  const name = 'VFIO live migration: pre-copy + stop-copy';
-  return {
-    name,
-    subsystem: 'vfio',
-    async run(ctx: WorkloadContext): Promise<WorkloadResult> {
-      const size = ctx.quick ? sizes.quick : sizes.full;
-      const { sg, iova, sim } = await runBothPaths(
-        ctx,
-        openVfioPath,
-        { measured: size, units: VFIO_ROUNDS, rounds: VFIO_ROUNDS, warmup: VFIO_WARMUP, warmupUnits: 1 },
-        'VFIO: the two paths migrated different device states',
-      );
-      return {
-        name,
-        subsystem: 'vfio',
-        bytesPerOp: alignUp(size.stateBytes, PAGE_SIZE),
-        paths: [sg.result, iova.result],
-        sim,
-      };
-    },
-  };
+  return bothPathsWorkload('VFIO live migration: pre-copy + stop-copy', 'vfio', (ctx) => {
+    const size = ctx.quick ? sizes.quick : sizes.full;
+    return {
+      open: openVfioPath,
+      sizes: { measured: size, units: VFIO_ROUNDS, rounds: VFIO_ROUNDS, warmup: VFIO_WARMUP, warmupUnits: 1 },
+      mismatch: 'VFIO: the two paths migrated different device states',
+      bytesPerOp: () => alignUp(size.stateBytes, PAGE_SIZE),
+    };
+  });
 }
