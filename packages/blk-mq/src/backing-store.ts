@@ -14,7 +14,8 @@
  * zero pages, no memset), so a chunk's 4 KiB pages cost host memory only once written: random
  * 4 KiB writes cost about the bytes written, not 64 KiB each. A chunk that is discarded whole goes
  * to a free list and is zeroed when it is reused. The directory maps a chunk's index to its slot
- * (a number, no object per chunk).
+ * (a number, no object per chunk) in two levels of typed arrays, one second-level table per 256 MiB
+ * of the store that holds data, so a lookup is two array reads (no hashing).
  */
 import { BlkError } from './errors.js';
 
@@ -35,11 +36,14 @@ const FIRST_SLAB_SLOTS = 16;
  * allocators only lose that saving.
  */
 const SLAB_PAD = 4096 - 16;
+/** Chunks per second-level table of the directory (256 MiB of the store). */
+const DIR_SLOTS = 4096;
 
 /** A sparse byte store: 64 KiB chunks allocated on first write; unwritten bytes read as zero. */
 export class SparseStore {
-  /** Chunk index → its slot. */
-  readonly #chunks = new Map<number, number>();
+  /** Chunk index → its slot + 1 (0: a hole), in tables of `DIR_SLOTS` chunks. */
+  readonly #dir: Array<Int32Array | undefined> = [];
+  #nrChunks = 0;
   readonly #slabs: Uint8Array[] = [];
   /** Chunks handed out of the last slab. */
   #lastUsed = 0;
@@ -48,7 +52,25 @@ export class SparseStore {
 
   /** Chunks holding data. */
   get chunks(): number {
-    return this.#chunks.size;
+    return this.#nrChunks;
+  }
+
+  /** The slot of chunk `idx`, or -1 when it is a hole. */
+  #slotOf(idx: number): number {
+    const t = this.#dir[Math.floor(idx / DIR_SLOTS)];
+    return t === undefined ? -1 : t[idx % DIR_SLOTS]! - 1;
+  }
+
+  /** Makes `slot` the chunk `idx` (a hole until now). */
+  #setSlot(idx: number, slot: number): void {
+    const hi = Math.floor(idx / DIR_SLOTS);
+    let t = this.#dir[hi];
+    if (t === undefined) {
+      t = new Int32Array(DIR_SLOTS);
+      this.#dir[hi] = t;
+    }
+    t[idx % DIR_SLOTS] = slot + 1;
+    this.#nrChunks++;
   }
 
   /** The bytes of slot `slot` from `o`, `n` long. */
@@ -100,7 +122,7 @@ export class SparseStore {
     while (covered < len) {
       const a = off + covered;
       const n = chunkRun(a, len - covered);
-      const allocated = this.#chunks.has(Math.floor(a / CHUNK)) ? 1 : 0;
+      const allocated = this.#slotOf(Math.floor(a / CHUNK)) >= 0 ? 1 : 0;
       const last = out.length - 2;
       if (last >= 0 && out[last + 1] === allocated) out[last]! += n;
       else if (out.length / 2 >= maxRuns) break;
@@ -118,8 +140,8 @@ export class SparseStore {
   spanForRead(off: number, n: number): Uint8Array {
     const idx = Math.floor(off / CHUNK);
     const o = off - idx * CHUNK;
-    const slot = this.#chunks.get(idx);
-    if (slot === undefined) return o === 0 && n === CHUNK ? ZEROS : ZEROS.subarray(o, o + n);
+    const slot = this.#slotOf(idx);
+    if (slot < 0) return o === 0 && n === CHUNK ? ZEROS : ZEROS.subarray(o, o + n);
     return this.#view(slot, o, n);
   }
 
@@ -129,10 +151,10 @@ export class SparseStore {
    */
   spanForWrite(off: number, n: number): Uint8Array {
     const idx = Math.floor(off / CHUNK);
-    let slot = this.#chunks.get(idx);
-    if (slot === undefined) {
+    let slot = this.#slotOf(idx);
+    if (slot < 0) {
       slot = this.#allocSlot();
-      this.#chunks.set(idx, slot);
+      this.#setSlot(idx, slot);
     }
     return this.#view(slot, off - idx * CHUNK, n);
   }
@@ -163,10 +185,11 @@ export class SparseStore {
       const idx = Math.floor(a / CHUNK);
       const o = a - idx * CHUNK;
       const n = chunkRun(a, len - done);
-      const slot = this.#chunks.get(idx);
-      if (slot !== undefined) {
+      const slot = this.#slotOf(idx);
+      if (slot >= 0) {
         if (o === 0 && n === CHUNK) {
-          this.#chunks.delete(idx);
+          this.#dir[Math.floor(idx / DIR_SLOTS)]![idx % DIR_SLOTS] = 0;
+          this.#nrChunks--;
           this.#free.push(slot);
         } else {
           this.#view(slot, o, n).fill(0);

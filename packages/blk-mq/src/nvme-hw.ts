@@ -84,6 +84,8 @@ export class NvmeHw {
   readonly nsze: number;
   /** log2 of the logical block size. */
   readonly lbaShift: number;
+  /** Bytes of a logical block (`2 ** lbaShift`, computed once: `**` on a variable is a libm call per use). */
+  readonly #lbaSize: number;
   /** Completion latency. */
   latencyNs: number;
   /** SGL support. */
@@ -103,6 +105,7 @@ export class NvmeHw {
     this.dev = dev;
     this.nsze = options.nsze ?? 1 << 21;
     this.lbaShift = options.lbaShift ?? 9;
+    this.#lbaSize = 2 ** this.lbaShift;
     this.latencyNs = options.latencyNs ?? 10_000;
     this.sglSupported = options.sglSupported ?? false;
   }
@@ -182,13 +185,13 @@ export class NvmeHw {
   #rw(cmd: NvmeCommand): number {
     const nlb = cmd.length + 1;
     if (cmd.slba + nlb > this.nsze) return NVME_SC_LBA_RANGE;
-    const bytes = nlb * 2 ** this.lbaShift;
+    const bytes = nlb * this.#lbaSize;
     const ranges = this.#ranges;
     ranges.length = 0;
     const st = this.dataRanges(cmd, bytes, ranges);
     if (st !== NVME_SC_SUCCESS) return st;
     const write = cmd.opcode === NVME_CMD_WRITE;
-    let pos = cmd.slba * 2 ** this.lbaShift;
+    let pos = cmd.slba * this.#lbaSize;
     let runBus = 0;
     let runLen = 0;
     for (let i = 0; i < ranges.length; i += 2) {

@@ -136,6 +136,8 @@ export const NVME_SMALL_POOL_SIZE = 256;
 export const NVME_MAX_NR_DESCRIPTORS = 5;
 /** Segments a request may have from v6.17: one page of SGL descriptors (kernel: `NVME_MAX_SEGS`). */
 export const NVME_MAX_SEGS = NVME_CTRL_PAGE_SIZE / NVME_SGL_DESC_SIZE;
+/** `POW2[n]` is `2 ** n` for 0 ≤ n ≤ 52: a shift of a number beyond 32 bits without a libm call. */
+const POW2: readonly number[] = Array.from({ length: 53 }, (_, n) => 2 ** n);
 /** Segments a request could have before v6.17, sized so the sg array is one page (kernel ≤ v6.16: `NVME_MAX_SEGS`). */
 export const NVME_MAX_SEGS_LEGACY = 128;
 /** Inline scatterlist entries in the per-request data of fabrics drivers (kernel: `NVME_INLINE_SG_CNT`). */
@@ -478,13 +480,13 @@ export function nvmeSetupCmd(req: Request): BlkStatus {
   const cmd = iod.cmd;
   cmd.reset();
   cmd.commandId = req.tag;
-  const shift = nvme.hw.lbaShift - SECTOR_SHIFT;
   switch (reqOp(req)) {
     case REQ_OP_READ:
     case REQ_OP_WRITE:
       cmd.opcode = reqOp(req) === REQ_OP_WRITE ? NVME_CMD_WRITE : NVME_CMD_READ;
-      cmd.slba = Math.floor(blkRqPos(req) / 2 ** shift);
-      cmd.length = blkRqBytes(req) / 2 ** nvme.hw.lbaShift - 1;
+      // shifts as powers of two from a table: `2 ** shift` on a variable is a libm call per request
+      cmd.slba = Math.floor(blkRqPos(req) / POW2[nvme.hw.lbaShift - SECTOR_SHIFT]!);
+      cmd.length = blkRqBytes(req) / POW2[nvme.hw.lbaShift]! - 1;
       return BLK_STS_OK;
     case REQ_OP_FLUSH:
       cmd.opcode = NVME_CMD_FLUSH;

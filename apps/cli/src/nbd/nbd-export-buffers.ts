@@ -2,6 +2,8 @@
  * The request buffers of an NBD export: a byte budget that connections reserve before they take a
  * request's data (first come first served, so large requests do not starve), and the pages of the
  * machine that hold one piece of a request, laid out as one block or as single pages none adjacent.
+ * Blocks of freed pieces are kept for the next piece of their size (at most `PIECE_CACHE_BYTES`), as
+ * a server keeps its pinned I/O buffers instead of asking the kernel for pages per request.
  * Kernel counterpart: none as source; the buffers stand for the memory a user-space server on Linux
  * reads into and writes from with O_DIRECT (`block/fops.c`), whose pages the NVMe driver
  * (`drivers/nvme/host/pci.c`) DMA-maps, and the budget for the bound such a server (qemu-nbd,
@@ -19,6 +21,12 @@ export interface PieceBuf {
   bytes: number;
 }
 
+/**
+ * Bytes of freed contiguous blocks an export keeps for reuse; they go back to the machine when it
+ * runs short of pages (`allocPiece`) and when the export closes (`drainCache`).
+ */
+export const PIECE_CACHE_BYTES = 8 * 2 ** 20;
+
 /** The buffer budget of an export and the pages of its pieces. */
 export class NbdBufferPool {
   readonly #pages: BufferPages;
@@ -30,6 +38,9 @@ export class NbdBufferPool {
   #liveBufs = 0;
   readonly #memWaiters: Array<{ bytes: number; granted: () => void }> = [];
   #memoryWaits = 0;
+  /** Freed contiguous blocks by order (physical addresses), reused last in, first out. */
+  readonly #cache: number[][] = [];
+  #cachedBytes = 0;
 
   constructor(
     pages: BufferPages,
@@ -107,7 +118,7 @@ export class NbdBufferPool {
     const segs: IoSegment[] = [];
     if (this.#layout === 'contiguous') {
       const order = Math.ceil(Math.log2(pages));
-      const phys = mp.allocPages(order);
+      const phys = this.#takeBlock(order);
       if (phys === 0) return undefined;
       allocs.push(phys, order);
       segs.push({ phys, len: bytes });
@@ -139,10 +150,55 @@ export class NbdBufferPool {
     return { segs, allocs, bytes };
   }
 
-  /** Frees a piece's pages. */
+  /** Frees a piece's pages (a contiguous block is kept for reuse while the cache has room). */
   freePiece(p: PieceBuf): void {
     const mp = this.#pages;
-    for (let i = 0; i < p.allocs.length; i += 2) mp.freePages(p.allocs[i]!, p.allocs[i + 1]!);
+    const a = p.allocs;
     this.#liveBufs--;
+    if (this.#layout === 'contiguous' && a.length === 2) {
+      const order = a[1]!;
+      const bytes = PAGE_SIZE << order;
+      if (this.#cachedBytes + bytes <= PIECE_CACHE_BYTES) {
+        this.#cachedBytes += bytes;
+        let c = this.#cache[order];
+        if (c === undefined) {
+          c = [];
+          this.#cache[order] = c;
+        }
+        c.push(a[0]!);
+        return;
+      }
+    }
+    for (let i = 0; i < a.length; i += 2) mp.freePages(a[i]!, a[i + 1]!);
+  }
+
+  /** Bytes of freed blocks kept for reuse. */
+  get cachedBytes(): number {
+    return this.#cachedBytes;
+  }
+
+  /** Gives every kept block back to the machine. */
+  drainCache(): void {
+    const mp = this.#pages;
+    for (let order = 0; order < this.#cache.length; order++) {
+      const c = this.#cache[order];
+      if (c === undefined) continue;
+      for (const phys of c) mp.freePages(phys, order);
+      c.length = 0;
+    }
+    this.#cachedBytes = 0;
+  }
+
+  /** A block of 2^order pages: a kept one, else the machine's (all kept ones are returned first when it has none). */
+  #takeBlock(order: number): number {
+    const c = this.#cache[order];
+    if (c !== undefined && c.length > 0) {
+      this.#cachedBytes -= PAGE_SIZE << order;
+      return c.pop()!;
+    }
+    const phys = this.#pages.allocPages(order);
+    if (phys !== 0 || this.#cachedBytes === 0) return phys;
+    this.drainCache();
+    return this.#pages.allocPages(order);
   }
 }

@@ -325,6 +325,7 @@ export class NbdExport {
    */
   close(): NbdExportStats {
     if (this.#final === undefined) {
+      this.#buffers.drainCache();
       this.#final = this.device.close();
       this.#zeroWriter.release();
     }
