@@ -165,7 +165,7 @@ export class NbdConnection {
     if (this.#state !== ConnectionState.draining || this.#transmission.inFlight > 0) return;
     this.#state = ConnectionState.ending;
     if (this.#sock.destroyed) return;
-    this.#sock.end();
+    this.#out.end();
     this.#timer = this.#ctx.timers.set(() => this.#sock.destroy(), this.#ctx.graceMs);
   }
 

@@ -2,7 +2,8 @@
  * The output side of an NBD connection: option replies of the handshake (§ "Option reply types"),
  * and simple or structured replies of the transmission phase (§ "Simple reply message",
  * § "Structured reply chunk message"). Replies of one clock run of the export leave in one
- * corked batch. No kernel counterpart (the peer of `drivers/block/nbd.c`'s `nbd_handle_reply`).
+ * corked batch: small ones packed into a reused buffer (`nbd-reply-batch.ts`), the data of large
+ * READs sent from the request's pages. No kernel counterpart (the peer of `drivers/block/nbd.c`'s `nbd_handle_reply`).
  */
 import type { Socket } from 'node:net';
 import type { ServerCtx } from './nbd-context.js';
@@ -28,6 +29,7 @@ import {
   writeSimpleReply,
   writeStructuredReply,
 } from './nbd-proto-transmission.js';
+import { PACK_MAX, ReplyBatch } from './nbd-reply-batch.js';
 
 const REP_ERR_NAMES: Record<number, string> = {
   [NBD_REP_ERR_UNSUP]: 'NBD_REP_ERR_UNSUP',
@@ -49,6 +51,8 @@ export class ReplyWriter {
   readonly #ctx: ServerCtx;
   /** Replies are being batched until the export's clock run ends. */
   #batching = false;
+  /** Small replies of the batch, packed. */
+  readonly #packed: ReplyBatch;
   /** Structured replies were negotiated (NBD_OPT_STRUCTURED_REPLY). */
   structured = false;
   /** Id of `base:allocation` when NBD_OPT_SET_META_CONTEXT selected it, else 0. */
@@ -59,6 +63,9 @@ export class ReplyWriter {
   constructor(sock: Socket, ctx: ServerCtx) {
     this.#sock = sock;
     this.#ctx = ctx;
+    this.#packed = new ReplyBatch((b, written) => {
+      sock.write(b, () => written());
+    });
   }
 
   /** True while replies can still reach the client. */
@@ -68,12 +75,20 @@ export class ReplyWriter {
 
   /** Reply bytes queued in the socket, not yet taken by the kernel. */
   get queuedBytes(): number {
-    return this.#sock.writableLength;
+    return this.#sock.writableLength + this.#packed.packedBytes;
   }
 
   /** Sends handshake bytes at once (the greeting, option replies). */
   send(b: Uint8Array): void {
-    if (this.writable) this.#sock.write(b);
+    if (!this.writable) return;
+    this.#packed.flush();
+    this.#sock.write(b);
+  }
+
+  /** Ends the server's side of the stream after every reply queued so far. */
+  end(): void {
+    this.#packed.flush();
+    this.#sock.end();
   }
 
   /** An option reply of type `type` to option `opt`. */
@@ -89,50 +104,71 @@ export class ReplyWriter {
 
   /** A successful reply without data. */
   ok(r: NbdRequest): void {
-    const b = Buffer.allocUnsafe(NBD_SIMPLE_REPLY_SIZE);
-    writeSimpleReply(b, 0, 0, r.handleHi, r.handleLo);
-    this.#queue(b);
+    if (!this.#begin()) return;
+    writeSimpleReply(this.#packed.reserve(NBD_SIMPLE_REPLY_SIZE), 0, 0, r.handleHi, r.handleLo);
+    this.onQueued();
   }
 
   /**
    * A READ's reply: a simple reply, or one final NBD_REPLY_TYPE_OFFSET_DATA chunk (so
-   * NBD_CMD_FLAG_DF always holds), then the data `parts` as they are (views of the request's
-   * pages, sent without a copy); `sent` runs once the socket no longer needs them (written to the
-   * kernel, or dropped with the connection). A connection with over `PIN_LIMIT` bytes queued
+   * NBD_CMD_FLAG_DF always holds), then the data `parts` (views of the request's pages). Up to
+   * `PACK_MAX` bytes of data are copied into the batch's buffer and `sent` runs at once; larger
+   * data is sent from the pages without a copy and `sent` runs once the socket no longer needs
+   * them (written to the kernel, or dropped with the connection). A connection with over `PIN_LIMIT` bytes queued
    * (a client not reading its replies) gets a copy instead and `sent` runs at once, so the pages
    * that slow clients hold stay bounded.
    */
   read(r: NbdRequest, parts: readonly Uint8Array[], sent: () => void): void {
     this.#ctx.stats.bytes.read += r.length;
-    let b: Buffer;
-    if (!this.structured) {
-      b = Buffer.allocUnsafe(NBD_SIMPLE_REPLY_SIZE);
-      writeSimpleReply(b, 0, 0, r.handleHi, r.handleLo);
-    } else if (r.length === 0) {
-      // no content chunk can describe zero bytes: a lone final NBD_REPLY_TYPE_NONE
-      b = Buffer.allocUnsafe(NBD_STRUCTURED_REPLY_SIZE);
-      writeStructuredReply(b, 0, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_NONE, r.handleHi, r.handleLo, 0);
-    } else {
-      b = Buffer.allocUnsafe(NBD_STRUCTURED_REPLY_SIZE + 8);
-      writeStructuredReply(
-        b,
-        0,
-        NBD_REPLY_FLAG_DONE,
-        NBD_REPLY_TYPE_OFFSET_DATA,
-        r.handleHi,
-        r.handleLo,
-        8 + r.length,
-      );
-      writeU64(b, NBD_STRUCTURED_REPLY_SIZE, r.offset);
+    const hdr = !this.structured
+      ? NBD_SIMPLE_REPLY_SIZE
+      : r.length === 0
+        ? NBD_STRUCTURED_REPLY_SIZE
+        : NBD_STRUCTURED_REPLY_SIZE + 8;
+    const writeHeader = (b: Uint8Array): void => {
+      if (!this.structured) {
+        writeSimpleReply(b, 0, 0, r.handleHi, r.handleLo);
+      } else if (r.length === 0) {
+        // no content chunk can describe zero bytes: a lone final NBD_REPLY_TYPE_NONE
+        writeStructuredReply(b, 0, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_NONE, r.handleHi, r.handleLo, 0);
+      } else {
+        writeStructuredReply(
+          b,
+          0,
+          NBD_REPLY_FLAG_DONE,
+          NBD_REPLY_TYPE_OFFSET_DATA,
+          r.handleHi,
+          r.handleLo,
+          8 + r.length,
+        );
+        writeU64(b, NBD_STRUCTURED_REPLY_SIZE, r.offset);
+      }
+    };
+    if (!this.#begin()) {
+      sent();
+      return;
     }
     const s = this.#sock;
-    // a client behind on its replies gets a copy, so that it cannot pin the machine's pages
-    const copy = s.writableLength > PIN_LIMIT;
-    if (!this.#queue(b) || parts.length === 0 || copy) {
-      const queued = copy && this.writable && parts.length > 0;
-      if (queued) s.write(Buffer.concat(parts));
+    if (r.length <= PACK_MAX) {
+      // small data: a copy next to the other replies of the batch
+      const b = this.#packed.reserve(hdr + r.length);
+      writeHeader(b);
+      let at = hdr;
+      for (const p of parts) {
+        b.set(p, at);
+        at += p.length;
+      }
       sent();
-      if (queued) this.onQueued();
+      this.onQueued();
+      return;
+    }
+    writeHeader(this.#packed.reserve(hdr));
+    this.#packed.flush();
+    if (s.writableLength > PIN_LIMIT) {
+      // a client behind on its replies gets a copy, so that it cannot pin the machine's pages
+      s.write(Buffer.concat(parts));
+      sent();
+      this.onQueued();
       return;
     }
     const last = parts.length - 1;
@@ -179,18 +215,29 @@ export class ReplyWriter {
 
   /** Queues a transmission reply (false when it cannot be sent); replies of one clock run leave in one corked batch. */
   #queue(b: Uint8Array): boolean {
+    if (!this.#begin()) return false;
+    if (b.length <= PACK_MAX) this.#packed.reserve(b.length).set(b);
+    else {
+      this.#packed.flush();
+      this.#sock.write(b);
+    }
+    this.onQueued();
+    return true;
+  }
+
+  /** Opens the batch of this clock run if none is open; false when nothing can be sent. */
+  #begin(): boolean {
     if (!this.writable) return false;
-    const s = this.#sock;
     if (!this.#batching) {
       this.#batching = true;
+      const s = this.#sock;
       s.cork();
       this.#ctx.exp.afterRun(() => {
         this.#batching = false;
+        this.#packed.flush();
         s.uncork();
       });
     }
-    s.write(b);
-    this.onQueued();
     return true;
   }
 }
