@@ -1,6 +1,13 @@
 import { describe, expect, it } from 'vitest';
 import { PACK_MAX, ReplyBatch, SLAB_BYTES } from '../src/nbd/nbd-reply-batch.js';
 
+/** Packs `n` bytes of value `v`; returns the slab they went to. */
+function pack(b: ReplyBatch, n: number, v: number): Buffer {
+  const at = b.reserve(n);
+  b.buf.fill(v, at, at + n);
+  return b.buf;
+}
+
 /** A sink that records each write and completes it when told. */
 function recorder() {
   const writes: Array<{ bytes: Uint8Array; copy: Buffer; done: () => void }> = [];
@@ -14,9 +21,9 @@ describe('ReplyBatch', () => {
   it('packs replies side by side and hands them to the socket as one write, in order', () => {
     const { writes, sink } = recorder();
     const b = new ReplyBatch(sink);
-    b.reserve(16).fill(1);
-    b.reserve(4096).fill(2);
-    b.reserve(16).fill(3);
+    pack(b, 16, 1);
+    pack(b, 4096, 2);
+    pack(b, 16, 3);
     expect(b.packedBytes).toBe(16 + 4096 + 16);
     expect(writes).toHaveLength(0);
     b.flush();
@@ -36,9 +43,9 @@ describe('ReplyBatch', () => {
     const { writes, sink } = recorder();
     const b = new ReplyBatch(sink);
     const n = Math.floor(SLAB_BYTES / PACK_MAX);
-    for (let i = 0; i < n; i++) b.reserve(PACK_MAX).fill(i);
+    for (let i = 0; i < n; i++) pack(b, PACK_MAX, i);
     expect(writes).toHaveLength(0);
-    b.reserve(PACK_MAX).fill(0xee); // one more than fits
+    pack(b, PACK_MAX, 0xee); // one more than fits
     expect(writes).toHaveLength(1);
     expect(writes[0]!.bytes.length).toBe(n * PACK_MAX);
     b.flush();
@@ -54,9 +61,7 @@ describe('ReplyBatch', () => {
     const slabs = new Set<ArrayBufferLike>();
     const fillSlab = (v: number) => {
       for (let i = 0; i < SLAB_BYTES / PACK_MAX; i++) {
-        const r = b.reserve(PACK_MAX);
-        r.fill(v);
-        slabs.add(r.buffer);
+        slabs.add(pack(b, PACK_MAX, v).buffer);
       }
     };
     fillSlab(1); // slab A

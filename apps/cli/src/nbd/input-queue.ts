@@ -39,6 +39,20 @@ export class InputQueue {
     return out;
   }
 
+  /**
+   * Where `n` ≤ length bytes lie contiguously: their offset in `front`, or -1 when they span
+   * chunks (then `take` copies them). Consume them with `discard(n)` after reading them.
+   */
+  contiguous(n: number): number {
+    const first = this.#chunks[0];
+    return first !== undefined && first.length - this.#off >= n ? this.#off : -1;
+  }
+
+  /** The first chunk (see `contiguous`). */
+  get front(): Buffer {
+    return this.#chunks[0] ?? EMPTY;
+  }
+
   /** Consumes up to `n` bytes from the first chunk (a view). */
   takeSome(n: number): Buffer {
     const first = this.#chunks[0]!;

@@ -105,7 +105,8 @@ export class ReplyWriter {
   /** A successful reply without data. */
   ok(r: NbdRequest): void {
     if (!this.#begin()) return;
-    writeSimpleReply(this.#packed.reserve(NBD_SIMPLE_REPLY_SIZE), 0, 0, r.handleHi, r.handleLo);
+    const at = this.#packed.reserve(NBD_SIMPLE_REPLY_SIZE);
+    writeSimpleReply(this.#packed.buf, at, 0, r.handleHi, r.handleLo);
     this.onQueued();
   }
 
@@ -125,36 +126,37 @@ export class ReplyWriter {
       : r.length === 0
         ? NBD_STRUCTURED_REPLY_SIZE
         : NBD_STRUCTURED_REPLY_SIZE + 8;
-    const writeHeader = (b: Uint8Array): void => {
-      if (!this.structured) {
-        writeSimpleReply(b, 0, 0, r.handleHi, r.handleLo);
-      } else if (r.length === 0) {
-        // no content chunk can describe zero bytes: a lone final NBD_REPLY_TYPE_NONE
-        writeStructuredReply(b, 0, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_NONE, r.handleHi, r.handleLo, 0);
-      } else {
-        writeStructuredReply(
-          b,
-          0,
-          NBD_REPLY_FLAG_DONE,
-          NBD_REPLY_TYPE_OFFSET_DATA,
-          r.handleHi,
-          r.handleLo,
-          8 + r.length,
-        );
-        writeU64(b, NBD_STRUCTURED_REPLY_SIZE, r.offset);
-      }
-    };
     if (!this.#begin()) {
       sent();
       return;
     }
     const s = this.#sock;
-    if (r.length <= PACK_MAX) {
-      // small data: a copy next to the other replies of the batch
-      const b = this.#packed.reserve(hdr + r.length);
-      writeHeader(b);
-      let at = hdr;
-      for (const p of parts) {
+    const packed = this.#packed;
+    const small = r.length <= PACK_MAX;
+    // small data is copied next to the other replies of the batch; large data follows its header
+    let at = packed.reserve(small ? hdr + r.length : hdr);
+    const b = packed.buf;
+    if (!this.structured) {
+      writeSimpleReply(b, at, 0, r.handleHi, r.handleLo);
+    } else if (r.length === 0) {
+      // no content chunk can describe zero bytes: a lone final NBD_REPLY_TYPE_NONE
+      writeStructuredReply(b, at, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_NONE, r.handleHi, r.handleLo, 0);
+    } else {
+      writeStructuredReply(
+        b,
+        at,
+        NBD_REPLY_FLAG_DONE,
+        NBD_REPLY_TYPE_OFFSET_DATA,
+        r.handleHi,
+        r.handleLo,
+        8 + r.length,
+      );
+      writeU64(b, at + NBD_STRUCTURED_REPLY_SIZE, r.offset);
+    }
+    if (small) {
+      at += hdr;
+      for (let i = 0; i < parts.length; i++) {
+        const p = parts[i]!;
         b.set(p, at);
         at += p.length;
       }
@@ -162,8 +164,7 @@ export class ReplyWriter {
       this.onQueued();
       return;
     }
-    writeHeader(this.#packed.reserve(hdr));
-    this.#packed.flush();
+    packed.flush();
     if (s.writableLength > PIN_LIMIT) {
       // a client behind on its replies gets a copy, so that it cannot pin the machine's pages
       s.write(Buffer.concat(parts));
@@ -216,8 +217,10 @@ export class ReplyWriter {
   /** Queues a transmission reply (false when it cannot be sent); replies of one clock run leave in one corked batch. */
   #queue(b: Uint8Array): boolean {
     if (!this.#begin()) return false;
-    if (b.length <= PACK_MAX) this.#packed.reserve(b.length).set(b);
-    else {
+    if (b.length <= PACK_MAX) {
+      const at = this.#packed.reserve(b.length);
+      this.#packed.buf.set(b, at);
+    } else {
       this.#packed.flush();
       this.#sock.write(b);
     }

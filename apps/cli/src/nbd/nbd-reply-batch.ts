@@ -43,10 +43,10 @@ export class ReplyBatch {
   }
 
   /**
-   * Room for `n` more bytes (n ≤ SLAB_BYTES): a view of the slab to fill, or, when the slab is
-   * full, the packed bytes are written first and a fresh slab is taken.
+   * Room for `n` more bytes (n ≤ SLAB_BYTES): their offset in `buf`, to fill before the next call.
+   * When the slab is full, the packed bytes are written first and a fresh slab is taken.
    */
-  reserve(n: number): Buffer {
+  reserve(n: number): number {
     let s = this.#cur;
     if (s === undefined || this.#end + n > SLAB_BYTES) {
       this.flush();
@@ -58,7 +58,12 @@ export class ReplyBatch {
     }
     const at = this.#end;
     this.#end = at + n;
-    return s.buf.subarray(at, at + n);
+    return at;
+  }
+
+  /** The slab `reserve` returned an offset into (valid until the next `reserve`). */
+  get buf(): Buffer {
+    return this.#cur!.buf;
   }
 
   /** Hands the packed bytes to the socket as one write. */

@@ -172,7 +172,9 @@ export class Transmission {
       return true;
     }
     if (q.length < NBD_REQUEST_SIZE) return false;
-    const r = decodeRequest(q.take(NBD_REQUEST_SIZE));
+    const at = q.contiguous(NBD_REQUEST_SIZE);
+    const r = at >= 0 ? decodeRequest(q.front, at) : decodeRequest(q.take(NBD_REQUEST_SIZE));
+    if (at >= 0) q.discard(NBD_REQUEST_SIZE);
     if (r === undefined) {
       this.#host.violation('request without NBD_REQUEST_MAGIC');
       return true;
