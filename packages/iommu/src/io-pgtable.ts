@@ -280,6 +280,33 @@ function defaultAddRun(gather: IommuIotlbGather, iova: number, len: number, pgsi
 }
 
 /**
+ * Writes leaf PTEs into the free entries of `w` from word index `i2` (an even index, step 2) up
+ * to `end` or the first valid entry, whichever comes first, and returns where it stopped. `lo` is
+ * the first leaf's low word with its flags (an int32 bit pattern), `hi` the high word, `step` the
+ * leaf size; the caller ends the run before the low word would wrap, so `hi` is constant. Kept
+ * apart from `mapPages` and free of calls so V8 holds the loop's values in registers, and two
+ * entries per pass halve the typed-array checks per leaf.
+ */
+function fillFree(w: Uint32Array, i2: number, end: number, lo: number, hi: number, step: number): number {
+  const step2 = step * 2;
+  for (; i2 + 2 < end; i2 += 4) {
+    if (((w[i2]! | w[i2 + 2]!) & 1) !== 0) break; // 1: IOPTE_VALID (a literal: no module-binding load per entry)
+    w[i2] = lo;
+    w[i2 + 1] = hi;
+    w[i2 + 2] = (lo + step) | 0;
+    w[i2 + 3] = hi;
+    lo = (lo + step2) | 0;
+  }
+  for (; i2 < end; i2 += 2) {
+    if ((w[i2]! & 1) !== 0) break; // 1: IOPTE_VALID (a literal: no module-binding load per entry)
+    w[i2] = lo;
+    w[i2 + 1] = hi;
+    lo = (lo + step) | 0;
+  }
+  return i2;
+}
+
+/**
  * One IOMMU page table (kernel: the `struct io_pgtable_ops` returned by `alloc_io_pgtable_ops`
  * for an ARM LPAE-like format, or a generic_pt domain's table). Not thread-aware: the model is
  * single-threaded.
@@ -415,9 +442,10 @@ export class IoPgtable {
 
     const flags = IOPTE_VALID | IOPTE_LEAF | (protToPte(prot) & PROT_BITS);
     // The low address word as an int32 (bit pattern of the unsigned word): it wraps to 0 exactly
-    // when the address crosses a 4 GiB boundary, since pgsize divides 2^32.
+    // when the address crosses a 4 GiB boundary, since pgsize divides 2^32. The high word is below
+    // 2^20 (oas ≤ 52), so `| 0` keeps it a small integer rather than a double.
     let lo = lo32(paddr) | 0;
-    let hi = Math.floor(paddr * INV_TWO32);
+    let hi = Math.floor(paddr * INV_TWO32) | 0;
     const inv = LEVEL_INV[leafLevel]!;
     let pos = iova;
     let remaining = pgcount;
@@ -433,17 +461,31 @@ export class IoPgtable {
       const idx = Math.floor(pos * inv) & PTE_IDX_MASK;
       let n = IO_PGTABLE_PTES_PER_TABLE - idx;
       if (n > remaining) n = remaining;
-      // Leaf by leaf: the entries before a collision are written, the rest are not.
+      // Leaf by leaf: the entries before a collision are written, the rest are not. `fillFree`
+      // writes the free run up to the next occupied entry (or the point where the output address
+      // crosses 4 GiB and the high word changes); an occupied entry is handled here.
       const first = idx << 1;
       const stop = first + (n << 1);
       let i2 = first;
-      for (; i2 < stop; i2 += 2) {
-        if ((w[i2] & IOPTE_VALID) !== 0 && !(leafLevel > 0 && this.#freeEmptySubtree(t, i2 >> 1))) {
+      for (;;) {
+        // Leaves left before the low word wraps (exact: pgsize divides 2^32 and lo is aligned).
+        const untilWrap = (TWO32 - (lo >>> 0)) * inv;
+        const segEnd = untilWrap < (stop - i2) >> 1 ? i2 + untilWrap * 2 : stop;
+        const end = fillFree(w, i2, segEnd, lo | flags, hi, pgsize);
+        const k = (end - i2) >> 1;
+        lo = (lo + Math.imul(k, pgsize)) | 0;
+        if (k === untilWrap) hi++;
+        i2 = end;
+        if (i2 === stop) break;
+        if (i2 === segEnd) continue; // crossed 4 GiB: go on with the new high word
+        // An occupied entry: only a table with no leaf below it may be replaced by a block.
+        if (!(leafLevel > 0 && this.#freeEmptySubtree(t, i2 >> 1))) {
           ret = -Errno.EEXIST;
           break;
         }
         w[i2] = lo | flags;
         w[i2 + 1] = hi;
+        i2 += 2;
         lo = (lo + pgsize) | 0;
         if (lo === 0) hi++;
       }
