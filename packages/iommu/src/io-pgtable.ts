@@ -183,6 +183,14 @@ class PtTable {
    * followed when its PTE still holds this child's address.
    */
   readonly kids: (PtTable | undefined)[];
+  /**
+   * Bounds on where valid entries can be: every valid entry's index lies in `[usedLo, usedHi)`
+   * (empty when `usedLo >= usedHi`). Widened wherever an entry becomes valid (only this file
+   * writes valid entries), never narrowed on clear, and reset when `live` drops to 0, so a map
+   * into a range outside it knows every entry there is free without reading them.
+   */
+  usedLo = IO_PGTABLE_PTES_PER_TABLE;
+  usedHi = 0;
 
   constructor(phys: number, level: number, words: Uint32Array) {
     this.phys = phys;
@@ -307,6 +315,31 @@ function fillFree(w: Uint32Array, i2: number, end: number, lo: number, hi: numbe
 }
 
 /**
+ * Writes leaf PTEs into word indexes `[i2, end)` of `w` (step 2), all known free, with the same
+ * words as `fillFree` (low word from `lo` by `step`, constant high word `hi`): stores only.
+ */
+function fillKnownFree(w: Uint32Array, i2: number, end: number, lo: number, hi: number, step: number): void {
+  const step2 = step * 2;
+  for (; i2 + 2 < end; i2 += 4) {
+    w[i2] = lo;
+    w[i2 + 1] = hi;
+    w[i2 + 2] = (lo + step) | 0;
+    w[i2 + 3] = hi;
+    lo = (lo + step2) | 0;
+  }
+  if (i2 < end) {
+    w[i2] = lo;
+    w[i2 + 1] = hi;
+  }
+}
+
+/** Widens `t`'s bounds on valid entries to take in `[idx, idx + n)` (see `PtTable.usedLo`). */
+function markUsed(t: PtTable, idx: number, n: number): void {
+  if (idx < t.usedLo) t.usedLo = idx;
+  if (idx + n > t.usedHi) t.usedHi = idx + n;
+}
+
+/**
  * One IOMMU page table (kernel: the `struct io_pgtable_ops` returned by `alloc_io_pgtable_ops`
  * for an ARM LPAE-like format, or a generic_pt domain's table). Not thread-aware: the model is
  * single-threaded.
@@ -401,6 +434,12 @@ export class IoPgtable {
     if ((w[i2]! & IOPTE_VALID) !== 0) return -Errno.EEXIST;
     w[i2] = lo32(paddr) | 0 | IOPTE_VALID | IOPTE_LEAF | (protToPte(prot) & PROT_BITS);
     w[i2 + 1] = Math.floor(paddr * INV_TWO32);
+    if (t.live === 0) {
+      t.usedLo = i2 >> 1;
+      t.usedHi = (i2 >> 1) + 1;
+    } else {
+      markUsed(t, i2 >> 1, 1);
+    }
     t.live++;
     this.#leaves++;
     this.#machine.counters.pteWrites++;
@@ -467,11 +506,23 @@ export class IoPgtable {
       const first = idx << 1;
       const stop = first + (n << 1);
       let i2 = first;
+      if (t.live === 0) {
+        t.usedLo = IO_PGTABLE_PTES_PER_TABLE;
+        t.usedHi = 0;
+      }
+      // A range outside the bounds on valid entries is all free: stores only, no reads.
+      const knownFree = idx >= t.usedHi || idx + n <= t.usedLo;
       for (;;) {
         // Leaves left before the low word wraps (exact: pgsize divides 2^32 and lo is aligned).
         const untilWrap = (TWO32 - (lo >>> 0)) * inv;
         const segEnd = untilWrap < (stop - i2) >> 1 ? i2 + untilWrap * 2 : stop;
-        const end = fillFree(w, i2, segEnd, lo | flags, hi, pgsize);
+        let end: number;
+        if (knownFree) {
+          fillKnownFree(w, i2, segEnd, lo | flags, hi, pgsize);
+          end = segEnd;
+        } else {
+          end = fillFree(w, i2, segEnd, lo | flags, hi, pgsize);
+        }
         const k = (end - i2) >> 1;
         lo = (lo + Math.imul(k, pgsize)) | 0;
         if (k === untilWrap) hi++;
@@ -490,6 +541,7 @@ export class IoPgtable {
         if (lo === 0) hi++;
       }
       const k = (i2 - first) >> 1;
+      if (k > 0) markUsed(t, idx, k);
       t.live += k;
       written += k;
       pos += k * pgsize;
@@ -800,6 +852,12 @@ export class IoPgtable {
     const lo = lo32(phys);
     parent.words[idx << 1] = lo + IOPTE_VALID;
     parent.words[(idx << 1) + 1] = (phys - lo) / TWO32;
+    if (parent.live === 0) {
+      parent.usedLo = idx;
+      parent.usedHi = idx + 1;
+    } else {
+      markUsed(parent, idx, 1);
+    }
     parent.live++;
     m.counters.pteWrites++;
     return t;
