@@ -186,8 +186,9 @@ class PtTable {
   /**
    * Bounds on where valid entries can be: every valid entry's index lies in `[usedLo, usedHi)`
    * (empty when `usedLo >= usedHi`). Widened wherever an entry becomes valid (only this file
-   * writes valid entries), never narrowed on clear, and reset when `live` drops to 0, so a map
-   * into a range outside it knows every entry there is free without reading them.
+   * writes valid entries), never narrowed when entries are cleared, and started afresh by the next
+   * write once `live` is 0, so a map into a range outside it knows every entry there is free
+   * without reading them.
    */
   usedLo = IO_PGTABLE_PTES_PER_TABLE;
   usedHi = 0;
@@ -291,9 +292,10 @@ function defaultAddRun(gather: IommuIotlbGather, iova: number, len: number, pgsi
  * Writes leaf PTEs into the free entries of `w` from word index `i2` (an even index, step 2) up
  * to `end` or the first valid entry, whichever comes first, and returns where it stopped. `lo` is
  * the first leaf's low word with its flags (an int32 bit pattern), `hi` the high word, `step` the
- * leaf size; the caller ends the run before the low word would wrap, so `hi` is constant. Kept
- * apart from `mapPages` and free of calls so V8 holds the loop's values in registers, and two
- * entries per pass halve the typed-array checks per leaf.
+ * leaf size; the caller ends the run before the low word would wrap, so `hi` is constant. The
+ * loop makes no calls: when the per-leaf loop in `mapPages` could call `#freeEmptySubtree`, V8
+ * reloaded the view's map, length and data pointer and spilled the low word for every entry. Two
+ * entries per pass share one set of the view's checks.
  */
 function fillFree(w: Uint32Array, i2: number, end: number, lo: number, hi: number, step: number): number {
   const step2 = step * 2;
@@ -501,8 +503,9 @@ export class IoPgtable {
       let n = IO_PGTABLE_PTES_PER_TABLE - idx;
       if (n > remaining) n = remaining;
       // Leaf by leaf: the entries before a collision are written, the rest are not. `fillFree`
-      // writes the free run up to the next occupied entry (or the point where the output address
-      // crosses 4 GiB and the high word changes); an occupied entry is handled here.
+      // writes the free run up to the next occupied entry (`fillKnownFree` the whole run, when it
+      // lies outside the table's used range), stopping where the output address crosses 4 GiB and
+      // the high word changes; an occupied entry is handled here.
       const first = idx << 1;
       const stop = first + (n << 1);
       let i2 = first;
