@@ -183,6 +183,15 @@ class PtTable {
    * followed when its PTE still holds this child's address.
    */
   readonly kids: (PtTable | undefined)[];
+  /**
+   * Bounds on where valid entries can be: every valid entry's index lies in `[usedLo, usedHi)`
+   * (empty when `usedLo >= usedHi`). Widened wherever an entry becomes valid (only this file
+   * writes valid entries), never narrowed when entries are cleared, and started afresh by the next
+   * write once `live` is 0, so a map into a range outside it knows every entry there is free
+   * without reading them.
+   */
+  usedLo = IO_PGTABLE_PTES_PER_TABLE;
+  usedHi = 0;
 
   constructor(phys: number, level: number, words: Uint32Array) {
     this.phys = phys;
@@ -280,6 +289,59 @@ function defaultAddRun(gather: IommuIotlbGather, iova: number, len: number, pgsi
 }
 
 /**
+ * Writes leaf PTEs into the free entries of `w` from word index `i2` (an even index, step 2) up
+ * to `end` or the first valid entry, whichever comes first, and returns where it stopped. `lo` is
+ * the first leaf's low word with its flags (an int32 bit pattern), `hi` the high word, `step` the
+ * leaf size; the caller ends the run before the low word would wrap, so `hi` is constant. The
+ * loop makes no calls: when the per-leaf loop in `mapPages` could call `#freeEmptySubtree`, V8
+ * reloaded the view's map, length and data pointer and spilled the low word for every entry. Two
+ * entries per pass share one set of the view's checks.
+ */
+function fillFree(w: Uint32Array, i2: number, end: number, lo: number, hi: number, step: number): number {
+  const step2 = step * 2;
+  for (; i2 + 2 < end; i2 += 4) {
+    if (((w[i2]! | w[i2 + 2]!) & 1) !== 0) break; // 1: IOPTE_VALID (a literal: no module-binding load per entry)
+    w[i2] = lo;
+    w[i2 + 1] = hi;
+    w[i2 + 2] = (lo + step) | 0;
+    w[i2 + 3] = hi;
+    lo = (lo + step2) | 0;
+  }
+  for (; i2 < end; i2 += 2) {
+    if ((w[i2]! & 1) !== 0) break; // 1: IOPTE_VALID (a literal: no module-binding load per entry)
+    w[i2] = lo;
+    w[i2 + 1] = hi;
+    lo = (lo + step) | 0;
+  }
+  return i2;
+}
+
+/**
+ * Writes leaf PTEs into word indexes `[i2, end)` of `w` (step 2), all known free, with the same
+ * words as `fillFree` (low word from `lo` by `step`, constant high word `hi`): stores only.
+ */
+function fillKnownFree(w: Uint32Array, i2: number, end: number, lo: number, hi: number, step: number): void {
+  const step2 = step * 2;
+  for (; i2 + 2 < end; i2 += 4) {
+    w[i2] = lo;
+    w[i2 + 1] = hi;
+    w[i2 + 2] = (lo + step) | 0;
+    w[i2 + 3] = hi;
+    lo = (lo + step2) | 0;
+  }
+  if (i2 < end) {
+    w[i2] = lo;
+    w[i2 + 1] = hi;
+  }
+}
+
+/** Widens `t`'s bounds on valid entries to take in `[idx, idx + n)` (see `PtTable.usedLo`). */
+function markUsed(t: PtTable, idx: number, n: number): void {
+  if (idx < t.usedLo) t.usedLo = idx;
+  if (idx + n > t.usedHi) t.usedHi = idx + n;
+}
+
+/**
  * One IOMMU page table (kernel: the `struct io_pgtable_ops` returned by `alloc_io_pgtable_ops`
  * for an ARM LPAE-like format, or a generic_pt domain's table). Not thread-aware: the model is
  * single-threaded.
@@ -374,6 +436,12 @@ export class IoPgtable {
     if ((w[i2]! & IOPTE_VALID) !== 0) return -Errno.EEXIST;
     w[i2] = lo32(paddr) | 0 | IOPTE_VALID | IOPTE_LEAF | (protToPte(prot) & PROT_BITS);
     w[i2 + 1] = Math.floor(paddr * INV_TWO32);
+    if (t.live === 0) {
+      t.usedLo = i2 >> 1;
+      t.usedHi = (i2 >> 1) + 1;
+    } else {
+      markUsed(t, i2 >> 1, 1);
+    }
     t.live++;
     this.#leaves++;
     this.#machine.counters.pteWrites++;
@@ -415,9 +483,10 @@ export class IoPgtable {
 
     const flags = IOPTE_VALID | IOPTE_LEAF | (protToPte(prot) & PROT_BITS);
     // The low address word as an int32 (bit pattern of the unsigned word): it wraps to 0 exactly
-    // when the address crosses a 4 GiB boundary, since pgsize divides 2^32.
+    // when the address crosses a 4 GiB boundary, since pgsize divides 2^32. The high word is below
+    // 2^20 (oas ≤ 52), so `| 0` keeps it a small integer rather than a double.
     let lo = lo32(paddr) | 0;
-    let hi = Math.floor(paddr * INV_TWO32);
+    let hi = Math.floor(paddr * INV_TWO32) | 0;
     const inv = LEVEL_INV[leafLevel]!;
     let pos = iova;
     let remaining = pgcount;
@@ -433,21 +502,49 @@ export class IoPgtable {
       const idx = Math.floor(pos * inv) & PTE_IDX_MASK;
       let n = IO_PGTABLE_PTES_PER_TABLE - idx;
       if (n > remaining) n = remaining;
-      // Leaf by leaf: the entries before a collision are written, the rest are not.
+      // Leaf by leaf: the entries before a collision are written, the rest are not. `fillFree`
+      // writes the free run up to the next occupied entry (`fillKnownFree` the whole run, when it
+      // lies outside the table's used range), stopping where the output address crosses 4 GiB and
+      // the high word changes; an occupied entry is handled here.
       const first = idx << 1;
       const stop = first + (n << 1);
       let i2 = first;
-      for (; i2 < stop; i2 += 2) {
-        if ((w[i2] & IOPTE_VALID) !== 0 && !(leafLevel > 0 && this.#freeEmptySubtree(t, i2 >> 1))) {
+      if (t.live === 0) {
+        t.usedLo = IO_PGTABLE_PTES_PER_TABLE;
+        t.usedHi = 0;
+      }
+      // A range outside the bounds on valid entries is all free: stores only, no reads.
+      const knownFree = idx >= t.usedHi || idx + n <= t.usedLo;
+      for (;;) {
+        // Leaves left before the low word wraps (exact: pgsize divides 2^32 and lo is aligned).
+        const untilWrap = (TWO32 - (lo >>> 0)) * inv;
+        const segEnd = untilWrap < (stop - i2) >> 1 ? i2 + untilWrap * 2 : stop;
+        let end: number;
+        if (knownFree) {
+          fillKnownFree(w, i2, segEnd, lo | flags, hi, pgsize);
+          end = segEnd;
+        } else {
+          end = fillFree(w, i2, segEnd, lo | flags, hi, pgsize);
+        }
+        const k = (end - i2) >> 1;
+        lo = (lo + Math.imul(k, pgsize)) | 0;
+        if (k === untilWrap) hi++;
+        i2 = end;
+        if (i2 === stop) break;
+        if (i2 === segEnd) continue; // crossed 4 GiB: go on with the new high word
+        // An occupied entry: only a table with no leaf below it may be replaced by a block.
+        if (!(leafLevel > 0 && this.#freeEmptySubtree(t, i2 >> 1))) {
           ret = -Errno.EEXIST;
           break;
         }
         w[i2] = lo | flags;
         w[i2 + 1] = hi;
+        i2 += 2;
         lo = (lo + pgsize) | 0;
         if (lo === 0) hi++;
       }
       const k = (i2 - first) >> 1;
+      if (k > 0) markUsed(t, idx, k);
       t.live += k;
       written += k;
       pos += k * pgsize;
@@ -758,6 +855,12 @@ export class IoPgtable {
     const lo = lo32(phys);
     parent.words[idx << 1] = lo + IOPTE_VALID;
     parent.words[(idx << 1) + 1] = (phys - lo) / TWO32;
+    if (parent.live === 0) {
+      parent.usedLo = idx;
+      parent.usedHi = idx + 1;
+    } else {
+      markUsed(parent, idx, 1);
+    }
     parent.live++;
     m.counters.pteWrites++;
     return t;

@@ -502,6 +502,41 @@ describe('arm_lpae_map_pages', () => {
     expect(pt.leafCount).toBe(6);
   });
 
+  it('-EEXIST: the collision is found wherever the occupied entry came from (page, run, table link)', () => {
+    const { m, pt } = setup();
+    const out = { mapped: 0 };
+    // a single page from mapOne4K, at an even and at an odd index
+    expect(pt.mapOne4K(8 * SZ_4K, 0x500000, RW)).toBe(0);
+    expect(pt.mapPages(0, 0x100000, SZ_4K, 20, RW, out)).toBe(-Errno.EEXIST);
+    expect(out.mapped).toBe(8 * SZ_4K);
+    expect(pt.mapOne4K(SZ_2M + 7 * SZ_4K, 0x500000, RW)).toBe(0);
+    expect(pt.mapPages(SZ_2M, 0x100000, SZ_4K, 20, RW, out)).toBe(-Errno.EEXIST);
+    expect(out.mapped).toBe(7 * SZ_4K);
+    // after a partial unmap the rest of the run still collides; the freed part maps again
+    expect(pt.mapPages(2 * SZ_2M, 0x100000, SZ_4K, 300, RW, out)).toBe(0);
+    expect(unmapSync(m, pt, 2 * SZ_2M, SZ_4K, 100)).toBe(100 * SZ_4K);
+    expect(pt.mapPages(2 * SZ_2M, 0x100000, SZ_4K, 101, RW, out)).toBe(-Errno.EEXIST);
+    expect(out.mapped).toBe(100 * SZ_4K);
+    expect(pt.mapPages(2 * SZ_2M + 300 * SZ_4K, 0x100000, SZ_4K, 212, RW, out)).toBe(0);
+    // 2 MiB blocks over a level-1 table whose entry 3 links a level-0 table holding a page
+    expect(pt.mapPages(SZ_1G + 3 * SZ_2M + 5 * SZ_4K, 0, SZ_4K, 1, RW, out)).toBe(0);
+    expect(pt.mapPages(SZ_1G, 0, SZ_2M, 8, RW, out)).toBe(-Errno.EEXIST);
+    expect(out.mapped).toBe(3 * SZ_2M);
+    expect(pt.iovaToPhys(SZ_1G + 3 * SZ_2M + 5 * SZ_4K)).toBe(0);
+    expect(pt.iovaToPhys(SZ_1G + 2 * SZ_2M + 1)).toBe(2 * SZ_2M + 1);
+  });
+
+  it('carries the output address across 4 GiB for 2 MiB and 1 GiB leaves too', () => {
+    const { pt } = setup();
+    const out = { mapped: 0 };
+    expect(pt.mapPages(SZ_1G, 2 ** 32 - 2 * SZ_2M, SZ_2M, 5, RW, out)).toBe(0);
+    for (let i = 0; i < 5; i++)
+      expect(pt.iovaToPhys(SZ_1G + i * SZ_2M + 8)).toBe(2 ** 32 - 2 * SZ_2M + i * SZ_2M + 8);
+    expect(pt.mapPages(4 * SZ_1G, 2 ** 33 - SZ_1G, SZ_1G, 3, RW, out)).toBe(0);
+    for (let i = 0; i < 3; i++)
+      expect(pt.iovaToPhys(4 * SZ_1G + i * SZ_1G + 8)).toBe(2 ** 33 - SZ_1G + i * SZ_1G + 8);
+  });
+
   it('-EEXIST: a page inside a block, a block over a table, a 1 GiB block over a level-1 table', () => {
     const { pt } = setup();
     const out = { mapped: 0 };
@@ -1066,9 +1101,14 @@ describe('map_pages/unmap_pages against a reference model (fast-check)', () => {
         model.leaves++;
         written++;
       }
-      const out = { mapped: -1 };
-      expect(real.pt.mapPages(iova, paddr, this.pgsize, this.count, RW, out)).toBe(expectRet);
-      expect(out.mapped).toBe(written * this.pgsize);
+      if (this.pgsize === SZ_4K && this.count === 1 && this.physIdx % 2 === 1) {
+        // the one-page entry point must agree, and leave the table as mapPages would
+        expect(real.pt.mapOne4K(iova, paddr, RW)).toBe(expectRet);
+      } else {
+        const out = { mapped: -1 };
+        expect(real.pt.mapPages(iova, paddr, this.pgsize, this.count, RW, out)).toBe(expectRet);
+        expect(out.mapped).toBe(written * this.pgsize);
+      }
       expect(real.pt.leafCount).toBe(model.leaves);
       checkPages(model, real.pt, this.first * per - 1, (this.first + this.count) * per + 1);
     }
@@ -1121,6 +1161,21 @@ describe('map_pages/unmap_pages against a reference model (fast-check)', () => {
         phys: fc.nat(1 << 20),
       })
       .map(({ first, count, phys }) => new MapCmd(SZ_4K, first, Math.min(count, WINDOW_PAGES - first), phys)),
+    // output runs that cross a 4 GiB boundary (PHYS_BASE + 2^20 pages), where the PTE high word steps
+    fc
+      .record({
+        first: fc.nat(WINDOW_PAGES - 1),
+        count: fc.integer({ min: 1, max: 600 }),
+        phys: fc.integer({ min: (1 << 20) - 600, max: (1 << 20) - 1 }),
+      })
+      .map(({ first, count, phys }) => new MapCmd(SZ_4K, first, Math.min(count, WINDOW_PAGES - first), phys)),
+    fc
+      .record({
+        first: fc.nat(3),
+        count: fc.integer({ min: 1, max: 4 }),
+        phys: fc.integer({ min: 2045, max: 2047 }),
+      })
+      .map(({ first, count, phys }) => new MapCmd(SZ_2M, first, Math.min(count, 4 - first), phys)),
     fc
       .record({ first: fc.nat(3), count: fc.integer({ min: 1, max: 2 }), phys: fc.nat(1 << 10) })
       .map(({ first, count, phys }) => new MapCmd(SZ_2M, first, Math.min(count, 4 - first), phys)),
