@@ -338,7 +338,9 @@ export function blkMqFlushPlugList(plug: BlkPlug): void {
 
 /** Adds a request to a plug, flushing first when it is full (kernel: `blk_add_rq_to_plug`). */
 function blkAddRqToPlug(plug: BlkPlug, rq: Request): void {
-  const last = plug.mqList[plug.mqList.length - 1];
+  // an empty list has no last entry: index -1 would be a (slow) named-property lookup
+  const n = plug.mqList.length;
+  const last = n === 0 ? undefined : plug.mqList[n - 1];
   const max = plug.multipleQueues ? 2 * BLK_MAX_REQUEST_COUNT : BLK_MAX_REQUEST_COUNT;
   if (
     last !== undefined &&
@@ -353,7 +355,7 @@ function blkAddRqToPlug(plug: BlkPlug, rq: Request): void {
 
 /** Tries to merge a bio into the plug's last request of the same queue (kernel: `blk_attempt_plug_merge`). */
 function blkAttemptPlugMerge(q: RequestQueue, bio: Bio, nrSegs: number, plug: BlkPlug | undefined): boolean {
-  if (plug === undefined || q.nomerges) return false;
+  if (plug === undefined || q.nomerges || plug.mqList.length === 0) return false;
   const rq = plug.mqList[plug.mqList.length - 1];
   if (rq === undefined || rq.q !== q) return false;
   if (blkAttemptBioMerge(rq, bio, nrSegs) !== BIO_MERGE_OK) return false;
