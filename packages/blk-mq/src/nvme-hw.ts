@@ -287,7 +287,9 @@ export class NvmeHw {
     let list = cmd.prp2;
     if (list % 8 !== 0) return NVME_SC_PRP_INVALID_OFFSET;
     for (;;) {
-      const slots = (ps - (list % ps)) / 8;
+      // The entries left in the list's page; the controller fetches only those it will use (the
+      // data pages still needed, or the whole rest of the page when it ends in a chain pointer).
+      const slots = Math.min((ps - (list % ps)) / 8, Math.ceil(left / ps));
       if (!this.#fetch(list, slots * 8)) return NVME_SC_DATA_XFER_ERROR;
       this.stats.prpListReads++;
       const v = this.#scratch;

@@ -77,6 +77,11 @@ export class Iotlb {
   readonly #next: Int32Array;
   #free = 0;
   #size = 0;
+  /**
+   * Cached entries whose leaf is larger than 4 KiB. While it is 0 a lookup or an invalidation
+   * probes only the 4 KiB keys: a 2 MiB or 1 GiB key can hold nothing.
+   */
+  #large = 0;
 
   /** An empty IOTLB of `entries` slots. */
   constructor(machine: Machine, entries: number) {
@@ -133,7 +138,7 @@ export class Iotlb {
     const base = domainKeyBase(domainId);
     const page = Math.floor(iova / SZ_4K);
     let s = this.#covering(base + page, iova);
-    if (s < 0) {
+    if (s < 0 && this.#large > 0) {
       const p2m = page - (page % PAGES_2M);
       if (p2m !== page) s = this.#covering(base + p2m, iova);
       if (s < 0) {
@@ -208,12 +213,15 @@ export class Iotlb {
       this.#free = this.#next[s]!;
       this.#size++;
       this.#key[s] = key;
+      this.#leafSize[s] = SZ_4K; // a free slot's size is stale: count it as small until set below
       const b = hashKey(key, this.#shift);
       this.#chain[s] = this.#buckets[b]!;
       this.#buckets[b] = s;
     }
     this.#iova[s] = leafIova;
     this.#phys[s] = leafPhys;
+    if (this.#leafSize[s] !== SZ_4K) this.#large--;
+    if (leafSize !== SZ_4K) this.#large++;
     this.#leafSize[s] = leafSize;
     this.#prot[s] = prot;
     this.#present[s] = present ? 1 : 0;
@@ -271,6 +279,7 @@ export class Iotlb {
     this.#prev[cap] = cap;
     this.#free = 0;
     this.#size = 0;
+    this.#large = 0;
   }
 
   /** The slot holding `key`, or -1. */
@@ -319,6 +328,7 @@ export class Iotlb {
       chain[at] = chain[s]!;
     }
     this.#unlinkLru(s);
+    if (this.#leafSize[s] !== SZ_4K) this.#large--;
     this.#next[s] = this.#free;
     this.#free = s;
     this.#size--;
@@ -331,6 +341,7 @@ export class Iotlb {
     const last = Math.ceil(end / SZ_4K) - 1;
     if (last - first + 1 <= this.#size) {
       for (let p = first; p <= last; p++) this.#dropKey(base, p, iova, end, onlyNonPresent);
+      if (this.#large === 0) return;
       const p2m = first - (first % PAGES_2M);
       if (p2m !== first) this.#dropKey(base, p2m, iova, end, onlyNonPresent);
       const p1g = first - (first % PAGES_1G);
