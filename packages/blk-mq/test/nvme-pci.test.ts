@@ -31,6 +31,8 @@ interface Mapped {
   lists: number[][];
   /** What the controller reads through the data pointer. */
   bytes: Uint8Array;
+  /** Bytes of descriptor lists the controller fetched to resolve the data pointer. */
+  fetched: number;
   /** IOVA base of a coalesced mapping, granule-aligned (0 when direct). */
   base: number;
   iova: boolean;
@@ -73,7 +75,9 @@ function mapLayout(
     lists.push(words);
   }
   const ranges: number[] = [];
+  const before = m.counters.dmaReadBytes;
   expect(r.nvme.hw.dataRanges(cmd, total, ranges)).toBe(0);
+  const fetched = m.counters.dmaReadBytes - before;
   const bytes = new Uint8Array(total);
   off = 0;
   for (let i = 0; i < ranges.length; i += 2) {
@@ -88,6 +92,7 @@ function mapLayout(
     sglLength: cmd.sglLength,
     lists,
     bytes,
+    fetched,
     base: iod.dmaState.size !== 0 ? iod.dmaState.addr - (iod.dmaState.addr % 4096) : 0,
     iova: iod.dmaState.size !== 0,
   };
@@ -135,6 +140,7 @@ describe('nvme_pci_setup_data_prp', () => {
       expect(r.lists).toHaveLength(1);
       expect(r.lists[0]!.length).toBe(256 / 8);
       expect(r.lists[0]!.slice(0, 2)).toEqual([r.prp1 + 4096, r.prp1 + 8192]);
+      expect(r.fetched).toBe(2 * 8); // the controller reads the two entries it uses, not the block
     }
     const d = mapLayout('none', 'iova', (_a, s) => pages(s(3)));
     expect(d.lists[0]!.slice(0, 2).every((e) => e % 4096 === 0)).toBe(true);
@@ -160,6 +166,7 @@ describe('nvme_pci_setup_data_prp', () => {
     const r = mapLayout('strict', 'iova', (_a, s) => pages(s(32)));
     expect(r.lists).toHaveLength(1);
     expect(r.lists[0]!.slice(0, 31)).toEqual(Array.from({ length: 31 }, (_, i) => r.base + (i + 1) * 4096));
+    expect(r.fetched).toBe(31 * 8);
   });
 
   // drivers/nvme/host/pci.c: the list comes from the 256-byte small pool when the bytes after PRP1
@@ -180,6 +187,7 @@ describe('nvme_pci_setup_data_prp', () => {
       expect(r.lists).toHaveLength(1);
       expect(r.lists[0]!.length).toBe(4096 / 8);
       expect(r.lists[0]!.slice(0, 33)).toEqual(Array.from({ length: 33 }, (_, i) => r.prp1 + (i + 1) * 4096));
+      expect(r.fetched).toBe(33 * 8); // 33 of the page's 512 slots
       // PRP1 covers 3584 bytes, so 33 * 4096 bytes leave 32 pages and 512 bytes: 33 entries
       const o = mapLayout('strict', mapping, (a) => [[a(6), 33 * 4096, 512]]);
       expect(o.lists[0]!.length).toBe(4096 / 8);
@@ -199,6 +207,8 @@ describe('nvme_pci_setup_data_prp', () => {
         expect(r.lists[0]![511]! % 4096).toBe(0);
         expect(r.lists[1]![0]).toBe(r.prp1 + 512 * 4096);
         expect(r.lists[1]![511]).toBe(r.prp1 + 1023 * 4096);
+        // 511 entries and the chain pointer, then the 512 entries left
+        expect(r.fetched).toBe(1024 * 8);
       }
     }
   });
