@@ -950,8 +950,24 @@ export class IoPgtable {
     return c;
   }
 
-  /** Walks from the root to the leaf mapping `iova`; on success sets #fTable/#fIdx/#fLevel. */
+  /**
+   * Walks from the root to the leaf mapping `iova`; on success sets #fTable/#fIdx/#fLevel. When the
+   * walk cache holds the level-0 table of `iova`'s 2 MiB region, the walk starts there: that
+   * region is mapped through a table, so no larger leaf can cover `iova` and the entry there is
+   * the answer (a device streaming through a buffer walks the same table page after page). A
+   * level-0 table the walk reaches becomes the cached one; `#unlink` forgets it.
+   */
   #find(iova: number): boolean {
+    const key0 = Math.floor(iova * LEVEL_INV[1]!);
+    const cached = this.#cacheTable[0];
+    if (cached !== undefined && this.#cacheKey[0] === key0) {
+      const idx = Math.floor(iova * LEVEL_INV[0]!) & PTE_IDX_MASK;
+      if ((cached.words[idx << 1]! & IOPTE_VALID) === 0) return false;
+      this.#fTable = cached;
+      this.#fIdx = idx;
+      this.#fLevel = 0;
+      return true;
+    }
     if (!(iova >= 0 && iova < this.#iasLimit)) return false;
     let t = this.#root;
     for (let lvl = TOP_LEVEL; ; lvl--) {
@@ -959,6 +975,10 @@ export class IoPgtable {
       const lo = t.words[idx << 1];
       if ((lo & IOPTE_VALID) === 0) return false;
       if (lvl === 0 || (lo & IOPTE_LEAF) !== 0) {
+        if (lvl === 0) {
+          this.#cacheKey[0] = key0;
+          this.#cacheTable[0] = t;
+        }
         this.#fTable = t;
         this.#fIdx = idx;
         this.#fLevel = lvl;
