@@ -142,6 +142,31 @@ function pteAddress([lo, hi]: [number, number]): number {
   return Math.floor(lo / SZ_4K) * SZ_4K + hi * 2 ** 32;
 }
 
+/**
+ * The free-entry invariant `mapPages` relies on (io-pgtable.ts): every entry without VALID has both
+ * words zero, so a leaf below 4 GiB is written with its low word alone. Walks the whole tree
+ * from the root through physical memory and returns the entries that break it.
+ */
+function staleFreeEntries(m: Machine, pt: IoPgtable): string[] {
+  const bad: string[] = [];
+  const walk = (phys: number, level: number): void => {
+    const b = m.phys.read(phys, SZ_4K);
+    const w = new Uint32Array(b.buffer, b.byteOffset, SZ_4K / 4);
+    for (let i = 0; i < 512; i++) {
+      const lo = w[2 * i]!;
+      const hi = w[2 * i + 1]!;
+      if ((lo & IOPTE_VALID) === 0) {
+        if (lo !== 0 || hi !== 0)
+          bad.push(`level ${level} table ${phys.toString(16)} entry ${i}: ${hi}:${lo}`);
+      } else if (level > 0 && (lo & IOPTE_LEAF) === 0) {
+        walk(pteAddress([lo, hi]), level - 1);
+      }
+    }
+  };
+  walk(pt.rootPhys, 3);
+  return bad;
+}
+
 describe('arm_lpae_run_tests (io-pgtable-arm selftest, ported)', () => {
   const addressSizes = [32, 36, 40, 42, 44, 48];
   const bitmaps: Array<[string, number]> = [
@@ -1046,6 +1071,8 @@ describe('map_pages/unmap_pages against a reference model (fast-check)', () => {
     /** 4 KiB page index (relative to BASE) → the leaf covering it. */
     pages: Map<number, Leaf>;
     leaves: number;
+    /** Check the free-entry invariant after every command. */
+    checkFree?: boolean;
   }
   interface Real {
     m: Machine;
@@ -1073,11 +1100,13 @@ describe('map_pages/unmap_pages against a reference model (fast-check)', () => {
     readonly first: number;
     readonly count: number;
     readonly physIdx: number;
-    constructor(pgsize: number, first: number, count: number, physIdx: number) {
+    readonly physBase: number;
+    constructor(pgsize: number, first: number, count: number, physIdx: number, physBase = PHYS_BASE) {
       this.pgsize = pgsize;
       this.first = first;
       this.count = count;
       this.physIdx = physIdx;
+      this.physBase = physBase;
     }
     check(): boolean {
       return true;
@@ -1085,7 +1114,7 @@ describe('map_pages/unmap_pages against a reference model (fast-check)', () => {
     run(model: Model, real: Real): void {
       const per = this.pgsize / SZ_4K;
       const iova = BASE + this.first * this.pgsize;
-      const paddr = PHYS_BASE + this.physIdx * this.pgsize;
+      const paddr = this.physBase + this.physIdx * this.pgsize;
       let expectRet = 0;
       let written = 0;
       for (let k = 0; k < this.count; k++) {
@@ -1111,6 +1140,7 @@ describe('map_pages/unmap_pages against a reference model (fast-check)', () => {
       }
       expect(real.pt.leafCount).toBe(model.leaves);
       checkPages(model, real.pt, this.first * per - 1, (this.first + this.count) * per + 1);
+      if (model.checkFree) expect(staleFreeEntries(real.m, real.pt)).toEqual([]);
     }
     toString(): string {
       return `map(${this.pgsize === SZ_4K ? '4K' : '2M'} #${this.first} ×${this.count})`;
@@ -1143,10 +1173,16 @@ describe('map_pages/unmap_pages against a reference model (fast-check)', () => {
         expected += leaf.size;
         pos += leaf.size;
       }
-      expect(unmapSync(real.m, real.pt, iova, this.pgsize, this.count)).toBe(expected);
+      if (this.pgsize === SZ_4K && this.count === 1 && this.first % 2 === 1) {
+        // the one-page entry point (never frees a table)
+        expect(real.pt.unmapOne4K(iova, iommuIotlbGatherInit())).toBe(expected);
+      } else {
+        expect(unmapSync(real.m, real.pt, iova, this.pgsize, this.count)).toBe(expected);
+      }
       expect(real.pt.leafCount).toBe(model.leaves);
       const p0 = (iova - BASE) / SZ_4K;
       checkPages(model, real.pt, p0 - 512, p0 + expected / SZ_4K + 512);
+      if (model.checkFree) expect(staleFreeEntries(real.m, real.pt)).toEqual([]);
     }
     toString(): string {
       return `unmap(${this.pgsize === SZ_4K ? '4K' : '2M'} #${this.first} ×${this.count})`;
@@ -1217,5 +1253,78 @@ describe('map_pages/unmap_pages against a reference model (fast-check)', () => {
       }),
       { numRuns: 100 },
     );
+  });
+
+  // Outputs below 4 GiB (high word 0, written with one store) mixed with outputs above (high word
+  // set), so an entry freed by any path and reused below 4 GiB would show a stale high word.
+  const lowCommands = [
+    fc
+      .record({
+        first: fc.nat(WINDOW_PAGES - 1),
+        count: fc.integer({ min: 1, max: 600 }),
+        phys: fc.nat(1 << 16),
+      })
+      .map(
+        ({ first, count, phys }) => new MapCmd(SZ_4K, first, Math.min(count, WINDOW_PAGES - first), phys, 0),
+      ),
+    fc
+      .record({
+        first: fc.nat(WINDOW_PAGES - 1),
+        count: fc.integer({ min: 1, max: 8 }),
+        phys: fc.nat(1 << 16),
+      })
+      .map(
+        ({ first, count, phys }) => new MapCmd(SZ_4K, first, Math.min(count, WINDOW_PAGES - first), phys, 0),
+      ),
+    fc
+      .record({ first: fc.nat(3), count: fc.integer({ min: 1, max: 2 }), phys: fc.nat(1 << 10) })
+      .map(({ first, count, phys }) => new MapCmd(SZ_2M, first, Math.min(count, 4 - first), phys, 0)),
+    fc
+      .record({ first: fc.nat(WINDOW_PAGES - 1), count: fc.integer({ min: 1, max: 4 }) })
+      .map(({ first, count }) => new UnmapCmd(SZ_4K, first, Math.min(count, WINDOW_PAGES - first))),
+  ];
+
+  it('free entries have both words zero after any map/unmap sequence (the one-store leaf write relies on it)', () => {
+    fc.assert(
+      fc.property(fc.commands([...commands, ...lowCommands], { maxCommands: 40 }), (cmds) => {
+        const m = new Machine({ memSize: 16 << 20 });
+        const pt = IoPgtable.create(m, { pgsizeBitmap: ALL, ias: 48, oas: 48 })!;
+        const model: Model = { pages: new Map(), leaves: 0, checkFree: true };
+        fc.modelRun(() => ({ model, real: { m, pt } }), cmds);
+        checkPages(model, pt, 0, WINDOW_PAGES);
+        for (const leaf of new Set(model.pages.values())) {
+          expect(unmapSync(m, pt, leaf.start, leaf.size, 1)).toBe(leaf.size);
+        }
+        expect(staleFreeEntries(m, pt)).toEqual([]);
+        // a 2 MiB block over each slot replaces whatever empty tables are left
+        const out = { mapped: 0 };
+        expect(pt.mapPages(BASE, 0, SZ_2M, 4, RW, out)).toBe(0);
+        expect(staleFreeEntries(m, pt)).toEqual([]);
+        expect(unmapSync(m, pt, BASE, SZ_2M, 4)).toBe(4 * SZ_2M);
+        expect(staleFreeEntries(m, pt)).toEqual([]);
+        pt.destroy();
+      }),
+      { numRuns: 100 },
+    );
+  });
+
+  it('free entries have both words zero after a failed map is pruned, and a leaf below 4 GiB reuses them', () => {
+    const m = new Machine({ memSize: 16 << 20 });
+    const pt = IoPgtable.create(m, { pgsizeBitmap: ALL, ias: 48, oas: 48 })!;
+    const out = { mapped: 0 };
+    // a leaf above 4 GiB; then a walk that allocates one table and fails on the next is pruned
+    expect(pt.mapPages(BASE, PHYS_BASE, SZ_4K, 1, RW, out)).toBe(0);
+    m.faults.failNth('pgtable_page', 2);
+    expect(pt.mapPages(BASE + 8 * SZ_1G, PHYS_BASE, SZ_4K, 1, RW, out)).toBe(-Errno.ENOMEM);
+    expect(staleFreeEntries(m, pt)).toEqual([]);
+    expect(pt.tablePages).toBe(4);
+    // the leaf above 4 GiB is cleared; its table stays, and a run below 4 GiB (one store a leaf)
+    // reuses the entry
+    expect(unmapSync(m, pt, BASE, SZ_4K, 1)).toBe(SZ_4K);
+    expect(staleFreeEntries(m, pt)).toEqual([]);
+    expect(pt.mapPages(BASE, 0x5000, SZ_4K, 512, RW, out)).toBe(0);
+    expect(pt.iovaToPhys(BASE + 511 * SZ_4K + 3)).toBe(0x5000 + 511 * SZ_4K + 3);
+    expect(pt.iovaToPhys(BASE + 3)).toBe(0x5000 + 3);
+    pt.destroy();
   });
 });
