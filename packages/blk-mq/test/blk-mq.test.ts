@@ -186,6 +186,9 @@ describe('BlockDevice', () => {
     expect((await r.bdev.flush()).status).toBe(BLK_STS_OK);
     expect((await r.bdev.discard(0, 64)).status).toBe(BLK_STS_OK);
     expect(r.disk.stats.ios).toEqual([0, 8, 1, 1]);
+    expect(r.bdev.stats.ios).toEqual({ read: 0, write: 8, flush: 1, discard: 1 });
+    expect(r.bdev.stats.bytes).toEqual({ read: 0, write: 8 * 8192, flush: 0, discard: 64 * 512 });
+    expect(r.bdev.stats.latencyNs.flush).toBeGreaterThan(0);
     for (const b of bufs) b.free();
     r.teardown();
   });
