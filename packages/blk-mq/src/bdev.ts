@@ -25,6 +25,7 @@ import {
   REQ_PREFLUSH,
   REQ_SYNC,
   SECTOR_SIZE,
+  UINT_MAX,
 } from './bio.js';
 import { blkFinishPlug, blkQueueNextEventNs, blkStartPlug, submitBio } from './blk-mq.js';
 import { BLK_STS_INVAL, BLK_STS_NOTSUPP, BLK_STS_OK, type BlkStatus, blkStatusToStr } from './blk-status.js';
@@ -360,7 +361,10 @@ export class BlockDevice {
       let left = seg.len;
       while (left > 0) {
         const off = phys % PAGE_SIZE;
-        const n = Math.min(left, PAGE_SIZE - off);
+        // The rest of the segment in one call when the bio's size allows it: page by page, each
+        // page would merge into the same bvec (physically contiguous), so the bvecs come out the
+        // same (kernel: `bio_iov_add_folio` adds a folio's contiguous run in one call).
+        const n = bio.biIter.biSize + left <= UINT_MAX ? left : Math.min(left, PAGE_SIZE - off);
         if (bioAddPage(bio, phys - off, n, off) === 0) {
           bios.push(bio);
           sector += bio.biIter.biSize / SECTOR_SIZE;

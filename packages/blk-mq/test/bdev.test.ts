@@ -4,7 +4,10 @@ import { describe, expect, it } from 'vitest';
 import { allocIoPages, type IoBuffer } from '../src/bdev.js';
 import { REQ_OP_WRITE } from '../src/bio.js';
 import { blkRqMapSg } from '../src/blk-mq-dma.js';
+import { BLK_STS_OK } from '../src/blk-status.js';
+import { allocIoBuffer } from '../src/nvme-system.js';
 import { createNvmeRig, makeBio, makeRequest } from '../src/testing/index.js';
+import { pattern, sameBytes } from './helpers.js';
 
 /** Page-aligned physical address of each page the buffer touches, in buffer order. */
 function pagesOf(buf: IoBuffer): number[] {
@@ -84,5 +87,33 @@ describe('allocIoPages through blk_rq_map_sg', () => {
       // the NVMe queue's max_segment_size is UINT_MAX: nothing splits a contiguous buffer
       expect(sgEntries('contiguous', pages * PAGE_SIZE)).toBe(1);
     });
+  }
+});
+
+describe('BlockDevice bios (kernel: __blkdev_direct_IO building bios from the buffer)', () => {
+  // A contiguous run becomes one multi-page bvec; scattered pages one bvec each, BIO_MAX_VECS
+  // (256) to a bio. The data must arrive either way.
+  for (const layout of ['contiguous', 'scattered'] as const) {
+    for (const offset of [0, 512]) {
+      for (const pages of [1, 5, 300]) {
+        it(`${layout}, ${pages} pages at offset ${offset}: the data round-trips, bios as the kernel builds them`, async () => {
+          const r = createNvmeRig({ kind: 'strict', memSize: 64 << 20 });
+          const bytes = pages * PAGE_SIZE;
+          const src = allocIoBuffer(r.machine, bytes, layout, offset);
+          const dst = allocIoBuffer(r.machine, bytes, layout === 'contiguous' ? 'scattered' : 'contiguous');
+          const data = pattern(bytes, pages + offset);
+          src.buf.write(r.machine, data);
+          const touched = Math.ceil((bytes + offset) / PAGE_SIZE);
+          const bios0 = r.bdev.stats.bios;
+          expect((await r.bdev.write(8, src.buf)).status).toBe(BLK_STS_OK);
+          expect(r.bdev.stats.bios - bios0).toBe(layout === 'contiguous' ? 1 : Math.ceil(touched / 256));
+          expect((await r.bdev.read(8, dst.buf)).status).toBe(BLK_STS_OK);
+          expect(sameBytes(dst.buf.read(r.machine), data)).toBe(true);
+          src.free();
+          dst.free();
+          r.teardown();
+        });
+      }
+    }
   }
 });
