@@ -27,13 +27,6 @@ export class DmaEngine {
     this.domain = domain;
   }
 
-  /** Physical address for one access, or -1 on an IOMMU fault. */
-  #translate(bus: number, write: boolean): number {
-    const d = this.domain;
-    if (d === undefined) return bus;
-    return d.iommu.translate(d, bus, write, this.requester);
-  }
-
   /**
    * Device read of `dst.length` bytes at bus address `bus` (memory → device). Returns 0, or
    * -EFAULT when a page faulted (bytes before it were read) or lies outside RAM. Pages are
@@ -61,16 +54,19 @@ export class DmaEngine {
       bus,
       len: buf.length,
     });
-    const phys = this.machine.phys;
-    const ram = phys.size;
+    const ram = this.machine.phys.size;
+    const len = buf.length;
+    // A fault ends the transfer, so the domain cannot change under the loop.
+    const d = this.domain;
+    const requester = this.requester;
     let runPa = 0;
     let runOff = 0;
     let runLen = 0;
     let done = 0;
-    while (done < buf.length) {
+    while (done < len) {
       const a = bus + done;
-      const n = Math.min(PAGE_SIZE - modPow2(a, PAGE_SIZE), buf.length - done);
-      const pa = this.#translate(a, toMem);
+      const n = Math.min(PAGE_SIZE - modPow2(a, PAGE_SIZE), len - done);
+      const pa = d === undefined ? a : d.iommu.translate(d, a, toMem, requester);
       if (pa < 0 || pa + n > ram) {
         if (runLen > 0) this.#move(runPa, buf, runOff, runLen, toMem);
         return this.#fail(a);
@@ -86,8 +82,8 @@ export class DmaEngine {
       done += n;
     }
     if (runLen > 0) this.#move(runPa, buf, runOff, runLen, toMem);
-    if (toMem) this.machine.counters.dmaWriteBytes += buf.length;
-    else this.machine.counters.dmaReadBytes += buf.length;
+    if (toMem) this.machine.counters.dmaWriteBytes += len;
+    else this.machine.counters.dmaReadBytes += len;
     return 0;
   }
 

@@ -109,6 +109,7 @@ const LEVEL_SIZE: readonly number[] = [SZ_4K, SZ_2M, SZ_1G, 2 ** 39, 2 ** 48];
 /** Exact reciprocals of LEVEL_SIZE (multiplying by them is exact and avoids division). */
 const LEVEL_INV: readonly number[] = LEVEL_SIZE.map((x) => 1 / x);
 const INV_2M = 1 / SZ_2M;
+const INV_4K = 1 / SZ_4K;
 const PTE_IDX_MASK = 511;
 const TOP_LEVEL = IO_PGTABLE_LEVELS - 1;
 /** The low PTE word's flag bits that `mapPages` may set from a prot. */
@@ -229,6 +230,9 @@ function pteToProt(lo: number): number {
   if (lo & IOPTE_MMIO) prot |= IOMMU_MMIO;
   return prot;
 }
+
+/** `pteToProt(lo)` for every low byte of a PTE (the permission bits are bits 2–7): one load. */
+const PTE_TO_PROT = Uint8Array.from({ length: 256 }, (_, lo) => pteToProt(lo));
 
 /** Output address held by a PTE given its two words. */
 function pteAddr(lo: number, hi: number): number {
@@ -820,15 +824,27 @@ export class IoPgtable {
    */
   lookup(iova: number, out: PteLookup): boolean {
     if (this.#destroyed) this.#useAfterFree('walk');
-    if (!this.#find(iova)) return false;
-    const w = this.#fTable!.words;
-    const i2 = this.#fIdx << 1;
-    const lo = w[i2];
-    const size = LEVEL_SIZE[this.#fLevel];
+    let w: Uint32Array;
+    let i2: number;
+    let size: number;
+    const cached = this.#cacheTable[0];
+    if (cached !== undefined && this.#cacheKey[0] === Math.floor(iova * INV_2M)) {
+      // `#find`'s walk-cache hit, inline, without recording where the walk ended.
+      w = cached.words;
+      i2 = (Math.floor(iova * INV_4K) & PTE_IDX_MASK) << 1;
+      if ((w[i2]! & IOPTE_VALID) === 0) return false;
+      size = SZ_4K;
+    } else {
+      if (!this.#find(iova)) return false;
+      w = this.#fTable!.words;
+      i2 = this.#fIdx << 1;
+      size = LEVEL_SIZE[this.#fLevel]!;
+    }
+    const lo = w[i2]!;
     out.leafIova = iova - modPow2(iova, size);
-    out.leafPhys = pteAddr(lo, w[i2 + 1]);
+    out.leafPhys = pteAddr(lo, w[i2 + 1]!);
     out.leafSize = size;
-    out.prot = pteToProt(lo);
+    out.prot = PTE_TO_PROT[lo & 0xff]!;
     out.dirty = (lo & IOPTE_DIRTY) !== 0;
     return true;
   }
@@ -1046,10 +1062,10 @@ export class IoPgtable {
    * level-0 table the walk reaches becomes the cached one; `#unlink` forgets it.
    */
   #find(iova: number): boolean {
-    const key0 = Math.floor(iova * LEVEL_INV[1]!);
+    const key0 = Math.floor(iova * INV_2M);
     const cached = this.#cacheTable[0];
     if (cached !== undefined && this.#cacheKey[0] === key0) {
-      const idx = Math.floor(iova * LEVEL_INV[0]!) & PTE_IDX_MASK;
+      const idx = Math.floor(iova * INV_4K) & PTE_IDX_MASK;
       if ((cached.words[idx << 1]! & IOPTE_VALID) === 0) return false;
       this.#fTable = cached;
       this.#fIdx = idx;

@@ -32,7 +32,7 @@ import {
 } from './iommu-gather.js';
 import { DEFAULT_IOMMU_HW, type IommuHw, type IommuInvalidation, iommuHwPreset } from './iommu-hw.js';
 import { IOMMU_READ, IOMMU_WRITE } from './iommu-prot.js';
-import { Iotlb } from './iotlb.js';
+import { Iotlb, walkFill, walkLookup } from './iotlb.js';
 import type { Machine } from './machine.js';
 
 /** 4 KiB | 2 MiB | 1 GiB: the page sizes of our format (x86-64 / ARM 4K granule). */
@@ -277,25 +277,29 @@ export class IommuDevice {
    * IOMMU hardware does; faults reach `report_iommu_fault`.
    */
   translate(domain: IommuDomain, iova: number, write: boolean, requester: string): number {
-    if (domain.type === IOMMU_DOMAIN_IDENTITY) return iova;
-    if (domain.type === IOMMU_DOMAIN_BLOCKED || domain.pgtbl === undefined) {
+    const type = domain.type;
+    if (type === IOMMU_DOMAIN_IDENTITY) return iova;
+    const pgtbl = domain.pgtbl;
+    if (type === IOMMU_DOMAIN_BLOCKED || pgtbl === undefined) {
       return this.#fault(domain, iova, write, 'blocked', requester);
     }
     const need = write ? IOMMU_WRITE : IOMMU_READ;
     const iotlb = this.iotlb;
-    let slot = iotlb.lookupSlot(domain.id, iova);
+    // `lookupSlot` and `insertLeaf` without re-checking the domain id or the leaf the page table
+    // returned (always a valid, aligned leaf).
+    let slot = walkLookup(iotlb, domain.id, iova);
     if (slot < 0) {
       const l = this.#lookup;
-      if (!domain.pgtbl.lookup(iova, l)) {
+      if (!pgtbl.lookup(iova, l)) {
         if (this.cachesNonPresent) iotlb.insertLeaf(domain.id, iova - (iova % SZ_4K), 0, SZ_4K, 0, false);
         return this.#fault(domain, iova, write, 'not-present', requester);
       }
-      slot = iotlb.insertLeaf(domain.id, l.leafIova, l.leafPhys, l.leafSize, l.prot, true);
+      slot = walkFill(iotlb, domain.id, l);
     }
     if (!iotlb.slotPresent(slot)) return this.#fault(domain, iova, write, 'not-present', requester);
     if ((iotlb.slotProt(slot) & need) === 0) return this.#fault(domain, iova, write, 'permission', requester);
     const pa = iotlb.slotPhys(slot, iova);
-    if (write && domain.dirtyTracking) domain.pgtbl.setDirty(iova);
+    if (write && domain.dirtyTracking) pgtbl.setDirty(iova);
     return pa;
   }
 

@@ -27,8 +27,10 @@
  * forms that share them.
  */
 
+import { modPow2 } from './bits.js';
 import type { Counters } from './counters.js';
 import { hex, IommuError } from './errors.js';
+import type { PteLookup } from './io-pgtable.js';
 import type { Machine } from './machine.js';
 
 /** Key stride of one domain: 2^36 pages of 4 KiB cover the 48-bit IOVA space. */
@@ -39,6 +41,21 @@ const SZ_4K = 4096;
 const PAGES_2M = 512;
 const PAGES_1G = 262144;
 const TWO_32 = 2 ** 32;
+const INV_4K = 1 / SZ_4K;
+const INV_TWO_32 = 1 / TWO_32;
+const HASH_HI = 0x85ebca6b;
+const HASH_MUL = 0x9e3779b1;
+
+/**
+ * The hardware walk's IOTLB steps (`IommuDevice.translate`), internal to this package (not exported
+ * from its entry points). `walkLookup` is `lookupSlot`. `walkFill` is `insertLeaf(domainId, …,
+ * true)` for `leaf`, a leaf the walk just read from the page table after `walkLookup` of the same
+ * domain missed: it skips the argument checks (the domain id passed `walkLookup`'s; a page-table
+ * leaf is 4 KiB, 2 MiB or 1 GiB and aligned to its size). Both take the leaf by reference and the
+ * domain by id so that no double is boxed to cross the call.
+ */
+export let walkLookup: (tlb: Iotlb, domainId: number, iova: number) => number;
+export let walkFill: (tlb: Iotlb, domainId: number, leaf: PteLookup) => number;
 
 /** One cached translation (kernel counterpart: an IOTLB entry in hardware). */
 export interface IotlbEntry {
@@ -68,6 +85,8 @@ export class Iotlb {
   readonly #present: Uint8Array;
   /** Next slot in the same hash bucket, or -1. */
   readonly #chain: Int32Array;
+  /** Bucket of each slot's key (saves rehashing it when the slot is removed). */
+  readonly #bucketOf: Int32Array;
   /** Bucket heads (slot or -1); length a power of two, at least twice the capacity. */
   readonly #buckets: Int32Array;
   /** 32 - log2(bucket count): the hash keeps the top bits of a 32-bit product. */
@@ -82,6 +101,13 @@ export class Iotlb {
    * probes only the 4 KiB keys: a 2 MiB or 1 GiB key can hold nothing.
    */
   #large = 0;
+  /**
+   * The key of the last `walkLookup` miss on its own page, and its bucket, or -1: that key is not
+   * cached until something inserts (every insert resets it), so `walkFill` of that key skips the
+   * bucket search. Removals keep it true.
+   */
+  #missKey = -1;
+  #missBucket = 0;
 
   /** An empty IOTLB of `entries` slots. */
   constructor(machine: Machine, entries: number) {
@@ -99,6 +125,7 @@ export class Iotlb {
     this.#prot = new Int32Array(entries);
     this.#present = new Uint8Array(entries);
     this.#chain = new Int32Array(entries);
+    this.#bucketOf = new Int32Array(entries);
     let bits = 1;
     while (2 ** bits < 2 * entries) bits++;
     this.#buckets = new Int32Array(2 ** bits);
@@ -135,25 +162,7 @@ export class Iotlb {
    * becomes the most recently used entry. Non-present entries are returned too.
    */
   lookupSlot(domainId: number, iova: number): number {
-    const base = domainKeyBase(domainId);
-    const page = Math.floor(iova / SZ_4K);
-    let s = this.#covering(base + page, iova);
-    if (s < 0 && this.#large > 0) {
-      const p2m = page - (page % PAGES_2M);
-      if (p2m !== page) s = this.#covering(base + p2m, iova);
-      if (s < 0) {
-        const p1g = page - (page % PAGES_1G);
-        if (p1g !== p2m) s = this.#covering(base + p1g, iova);
-      }
-    }
-    if (s < 0) {
-      this.#counters.iotlbMisses++;
-      return -1;
-    }
-    this.#counters.iotlbHits++;
-    this.#unlinkLru(s);
-    this.#linkMru(s);
-    return s;
+    return this.#walkLookup(domainKeyBase(domainId), iova);
   }
 
   /** Physical address of `iova` through the leaf cached in `slot` (the hardware's output address). */
@@ -198,35 +207,146 @@ export class Iotlb {
         rule: 'iotlb: leaf size',
       });
     }
-    if (!(Number.isSafeInteger(leafIova) && leafIova >= 0 && leafIova % leafSize === 0)) {
+    if (
+      !(
+        Number.isSafeInteger(leafIova) &&
+        leafIova >= 0 &&
+        ((leafIova - Math.floor(leafIova * INV_TWO_32) * TWO_32) & (leafSize - 1)) === 0
+      )
+    ) {
       throw new IommuError(`iotlb: leaf IOVA ${hex(leafIova)} not aligned to its size ${hex(leafSize)}`, {
         rule: 'iotlb: leaf alignment',
       });
     }
-    const key = base + leafIova / SZ_4K;
-    let s = this.#find(key);
-    if (s >= 0) {
-      this.#unlinkLru(s);
-    } else {
-      if (this.#size >= this.capacity) this.#remove(this.#next[this.capacity]!);
-      s = this.#free;
-      this.#free = this.#next[s]!;
-      this.#size++;
-      this.#key[s] = key;
-      this.#leafSize[s] = SZ_4K; // a free slot's size is stale: count it as small until set below
-      const b = hashKey(key, this.#shift);
-      this.#chain[s] = this.#buckets[b]!;
-      this.#buckets[b] = s;
+    this.#missKey = -1;
+    const key = base + leafIova * INV_4K;
+    return this.#fill(key, hashKey(key, this.#shift), leafIova, leafPhys, leafSize, prot, present);
+  }
+
+  /**
+   * `lookupSlot` with the domain's first key `base`. A miss remembers the probed 4 KiB key and its
+   * bucket for `walkFill`.
+   */
+  #walkLookup(base: number, iova: number): number {
+    const page = Math.floor(iova * INV_4K);
+    const key = base + page;
+    const b = hashKey(key, this.#shift);
+    const keys = this.#key;
+    const chain = this.#chain;
+    let s = this.#buckets[b]!;
+    while (s >= 0 && keys[s] !== key) s = chain[s]!;
+    // A leaf keyed at `page` starts there, so it covers `iova`: no size check needed.
+    if (s < 0 && this.#large > 0) {
+      const p2m = page - modPow2(page, PAGES_2M);
+      if (p2m !== page) s = this.#covering(base + p2m, iova);
+      if (s < 0) {
+        const p1g = page - modPow2(page, PAGES_1G);
+        if (p1g !== p2m) s = this.#covering(base + p1g, iova);
+      }
     }
+    if (s < 0) {
+      this.#missKey = key;
+      this.#missBucket = b;
+      this.#counters.iotlbMisses++;
+      return -1;
+    }
+    this.#counters.iotlbHits++;
+    this.#unlinkLru(s);
+    this.#linkMru(s);
+    return s;
+  }
+
+  /**
+   * `insertLeaf(domain, leafIova, leafPhys, leafSize, prot, true)` for a leaf the hardware walk
+   * just read from the page table (a valid size, aligned): skips the argument checks, and the
+   * bucket search when the leaf's key is the one `walkLookup` just missed.
+   */
+  #walkFill(base: number, leafIova: number, leafPhys: number, leafSize: number, prot: number): number {
+    const key = base + leafIova * INV_4K;
+    if (key === this.#missKey) {
+      this.#missKey = -1;
+      return this.#fillNew(key, this.#missBucket, leafIova, leafPhys, leafSize, prot, true);
+    }
+    this.#missKey = -1;
+    return this.#fill(key, hashKey(key, this.#shift), leafIova, leafPhys, leafSize, prot, true);
+  }
+
+  /** Caches a leaf at `key` (in bucket `b`), replacing the entry already there. */
+  #fill(
+    key: number,
+    b: number,
+    leafIova: number,
+    leafPhys: number,
+    leafSize: number,
+    prot: number,
+    present: boolean,
+  ): number {
+    const keys = this.#key;
+    const chain = this.#chain;
+    let s = this.#buckets[b]!;
+    while (s >= 0 && keys[s] !== key) s = chain[s]!;
+    if (s < 0) return this.#fillNew(key, b, leafIova, leafPhys, leafSize, prot, present);
+    this.#unlinkLru(s);
+    this.#set(s, leafIova, leafPhys, leafSize, prot, present);
+    return s;
+  }
+
+  /** Caches a leaf at `key` (in bucket `b`), which holds no entry: takes a free slot or the LRU one. */
+  #fillNew(
+    key: number,
+    b: number,
+    leafIova: number,
+    leafPhys: number,
+    leafSize: number,
+    prot: number,
+    present: boolean,
+  ): number {
+    const cap = this.capacity;
+    const next = this.#next;
+    if (this.#size >= cap) this.#remove(next[cap]!);
+    const s = this.#free;
+    this.#free = next[s]!;
+    this.#size++;
+    this.#key[s] = key;
+    this.#bucketOf[s] = b;
+    const buckets = this.#buckets;
+    this.#chain[s] = buckets[b]!;
+    buckets[b] = s;
+    // As `#set`, for a slot whose stale size must not count.
     this.#iova[s] = leafIova;
     this.#phys[s] = leafPhys;
-    if (this.#leafSize[s] !== SZ_4K) this.#large--;
     if (leafSize !== SZ_4K) this.#large++;
     this.#leafSize[s] = leafSize;
     this.#prot[s] = prot;
     this.#present[s] = present ? 1 : 0;
     this.#linkMru(s);
     return s;
+  }
+
+  /** Stores the leaf fields of slot `s` and makes it the most recently used entry. */
+  #set(
+    s: number,
+    leafIova: number,
+    leafPhys: number,
+    leafSize: number,
+    prot: number,
+    present: boolean,
+  ): void {
+    this.#iova[s] = leafIova;
+    this.#phys[s] = leafPhys;
+    const sizes = this.#leafSize;
+    if (sizes[s] !== SZ_4K) this.#large--;
+    if (leafSize !== SZ_4K) this.#large++;
+    sizes[s] = leafSize;
+    this.#prot[s] = prot;
+    this.#present[s] = present ? 1 : 0;
+    this.#linkMru(s);
+  }
+
+  static {
+    walkLookup = (t, domainId, iova) => t.#walkLookup(domainKeyBase(domainId), iova);
+    walkFill = (t, domainId, leaf) =>
+      t.#walkFill(domainId * DOMAIN_STRIDE, leaf.leafIova, leaf.leafPhys, leaf.leafSize, leaf.prot);
   }
 
   /**
@@ -318,7 +438,7 @@ export class Iotlb {
 
   /** Takes slot `s` out of its bucket and the LRU list and pushes it on the free stack. */
   #remove(s: number): void {
-    const b = hashKey(this.#key[s]!, this.#shift);
+    const b = this.#bucketOf[s]!;
     const chain = this.#chain;
     let at = this.#buckets[b]!;
     if (at === s) {
@@ -337,14 +457,56 @@ export class Iotlb {
   #drop(base: number, iova: number, size: number, onlyNonPresent: boolean): void {
     if (!(size > 0) || this.#size === 0) return;
     const end = iova + size;
-    const first = Math.floor(iova / SZ_4K);
-    const last = Math.ceil(end / SZ_4K) - 1;
-    if (last - first + 1 <= this.#size) {
-      for (let p = first; p <= last; p++) this.#dropKey(base, p, iova, end, onlyNonPresent);
+    const first = Math.floor(iova * INV_4K);
+    const pages = Math.ceil(end * INV_4K) - first;
+    if (pages <= this.#size) {
+      // Probe the pages' keys in order, hashing incrementally: `hashKey` of consecutive keys.
+      const keys = this.#key;
+      const chain = this.#chain;
+      const buckets = this.#buckets;
+      const shift = this.#shift;
+      let key = base + first;
+      let hi = Math.floor(key * INV_TWO_32);
+      let lo = (key - hi * TWO_32) | 0;
+      let hx = Math.imul(hi, HASH_HI);
+      const iovas = this.#iova;
+      const sizes = this.#leafSize;
+      const present = this.#present;
+      const limit = base + DOMAIN_STRIDE;
+      for (let n = pages; n > 0; n--) {
+        const b = Math.imul(lo ^ hx, HASH_MUL) >>> shift;
+        let s = buckets[b]!;
+        while (s >= 0 && keys[s] !== key) s = chain[s]!;
+        // `#dropSlot` and `#remove`, inline: the slot's key and bucket are known.
+        if (s >= 0 && key >= base && key < limit && !(onlyNonPresent && present[s] === 1)) {
+          const leafIova = iovas[s]!;
+          const size = sizes[s]!;
+          if (leafIova < end && leafIova + size > iova) {
+            let at = buckets[b]!;
+            if (at === s) {
+              buckets[b] = chain[s]!;
+            } else {
+              while (chain[at] !== s) at = chain[at]!;
+              chain[at] = chain[s]!;
+            }
+            this.#unlinkLru(s);
+            if (size !== SZ_4K) this.#large--;
+            this.#next[s] = this.#free;
+            this.#free = s;
+            this.#size--;
+          }
+        }
+        key++;
+        lo = (lo + 1) | 0;
+        if (lo === 0) {
+          hi++;
+          hx = Math.imul(hi, HASH_HI);
+        }
+      }
       if (this.#large === 0) return;
-      const p2m = first - (first % PAGES_2M);
+      const p2m = first - modPow2(first, PAGES_2M);
       if (p2m !== first) this.#dropKey(base, p2m, iova, end, onlyNonPresent);
-      const p1g = first - (first % PAGES_1G);
+      const p1g = first - modPow2(first, PAGES_1G);
       if (p1g !== p2m && p1g !== first) this.#dropKey(base, p1g, iova, end, onlyNonPresent);
       return;
     }
@@ -375,7 +537,7 @@ export class Iotlb {
 function hashKey(key: number, shift: number): number {
   const hi = Math.floor(key / TWO_32);
   const lo = key - hi * TWO_32;
-  return Math.imul(lo ^ Math.imul(hi, 0x85ebca6b), 0x9e3779b1) >>> shift;
+  return Math.imul(lo ^ Math.imul(hi, HASH_HI), HASH_MUL) >>> shift;
 }
 
 /** First key of a domain; throws for an id outside 0..IOTLB_MAX_DOMAIN_ID. */

@@ -6,7 +6,7 @@ import { IommuError } from '../src/errors.js';
 import { freeTablePage, IoPgtable, type PteLookup } from '../src/io-pgtable.js';
 import { iommuIotlbGatherInit } from '../src/iommu-gather.js';
 import { IOMMU_READ, IOMMU_WRITE } from '../src/iommu-prot.js';
-import { IOTLB_MAX_DOMAIN_ID, Iotlb, type IotlbEntry } from '../src/iotlb.js';
+import { IOTLB_MAX_DOMAIN_ID, Iotlb, type IotlbEntry, walkFill, walkLookup } from '../src/iotlb.js';
 import { Machine } from '../src/machine.js';
 
 const SZ_4K = 0x1000;
@@ -315,6 +315,15 @@ describe('Iotlb slot storage (hash index, LRU list, free slots)', () => {
         fast: boolean;
       }
     | { t: 'lookup'; dom: number; iova: number; pick: number | null; fast: boolean }
+    | {
+        t: 'walk';
+        dom: number;
+        leafIova: number;
+        leafSize: number;
+        off: number;
+        phys: number;
+        pick: number | null;
+      }
     | { t: 'invRange' | 'invNonPresent'; dom: number; iova: number; size: number }
     | { t: 'invAll'; dom: number | undefined };
   const domArb = fc.nat(2);
@@ -376,6 +385,27 @@ describe('Iotlb slot storage (hash index, LRU list, free slots)', () => {
           size: fc.oneof(fc.integer({ min: 1, max: 8 * SZ_4K }), fc.integer({ min: 1, max: 2 * SZ_1G })),
         }),
       },
+      {
+        // The hardware walk's path (`IommuDevice.translate`): walkLookup, and on a miss walkFill of
+        // a leaf covering the IOVA (as the page table would return).
+        weight: 6,
+        arbitrary: fc
+          .record({
+            dom: domArb,
+            leaf: leafArb,
+            off: fc.nat(SZ_1G - 1),
+            phys: fc.nat(2 ** 20),
+            pick: fc.option(fc.nat(), { freq: 3 }),
+          })
+          .map(({ dom, leaf, off, phys, pick }) => ({
+            t: 'walk' as const,
+            dom,
+            ...leaf,
+            off: off % leaf.leafSize,
+            phys: phys * SZ_4K,
+            pick,
+          })),
+      },
       { weight: 1, arbitrary: fc.record({ t: fc.constant('invAll' as const), dom: fc.option(domArb) }) },
     )
     .map((op) => (op.t === 'invAll' ? { t: 'invAll' as const, dom: op.dom ?? undefined } : op));
@@ -429,6 +459,39 @@ describe('Iotlb slot storage (hash index, LRU list, free slots)', () => {
               } else {
                 expect(tlb.lookup(dom, iova)).toEqual(want);
               }
+            } else if (op.t === 'walk') {
+              let { dom } = op;
+              let iova = op.leafIova + op.off;
+              const cached = [...ref.map.values()];
+              if (op.pick !== null && cached.length > 0) {
+                const c = cached[op.pick % cached.length]!;
+                dom = c.dom;
+                iova = c.e.leafIova + (op.off % c.e.leafSize);
+              }
+              let want = ref.lookup(dom, iova);
+              let s = walkLookup(tlb, dom, iova);
+              expect(s >= 0).toBe(want !== undefined);
+              if (want === undefined) {
+                misses++;
+                // On a miss the walk fills the leaf the page table holds: here the op's leaf, or
+                // (for a picked iova that missed, impossible) none.
+                expect(op.pick === null || cached.length === 0).toBe(true);
+                want = {
+                  leafIova: op.leafIova,
+                  leafPhys: op.phys,
+                  leafSize: op.leafSize,
+                  prot: RW,
+                  present: true,
+                };
+                s = walkFill(tlb, dom, { ...want, dirty: false });
+                ref.insert(dom, want);
+                expect(s >= 0 && s < cap).toBe(true);
+              } else {
+                hits++;
+              }
+              expect(tlb.slotPhys(s, iova)).toBe(want.leafPhys + (iova - want.leafIova));
+              expect(tlb.slotPresent(s)).toBe(want.present);
+              expect(tlb.slotProt(s)).toBe(want.prot);
             } else if (op.t === 'invAll') {
               tlb.invalidateAll(op.dom);
               ref.drop(op.dom, 0, 2 ** 48, false);
