@@ -97,7 +97,7 @@ describe('BlockDevice bios (kernel: __blkdev_direct_IO building bios from the bu
     for (const offset of [0, 512]) {
       for (const pages of [1, 5, 300]) {
         it(`${layout}, ${pages} pages at offset ${offset}: the data round-trips, bios as the kernel builds them`, async () => {
-          const r = createNvmeRig({ kind: 'strict', memSize: 64 << 20 });
+          const r = createNvmeRig({ kind: 'strict' });
           const bytes = pages * PAGE_SIZE;
           const src = allocIoBuffer(r.machine, bytes, layout, offset);
           const dst = allocIoBuffer(r.machine, bytes, layout === 'contiguous' ? 'scattered' : 'contiguous');
