@@ -10,6 +10,7 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { BLK_STS_IOERR, type IoSegment } from '@iovalink/blk-mq';
 import { MAX_PAGE_ORDER, PAGE_SIZE } from '@iovalink/iommu';
+import { createDevicePump } from './device-pump.js';
 import { LocalNbdDevice } from './nbd-device.js';
 import { type DeviceReady, type DeviceWorkerData, RING_OPS } from './nbd-device-ring.js';
 import { WordRing } from './word-ring.js';
@@ -80,28 +81,18 @@ function main(d: DeviceWorkerData): void {
   const drain = (): void => {
     while (sq.consume(onSubmission) > 0) {}
   };
-  /**
-   * The device loop: take every record there is, run the device, publish the completions; then
-   * poll a little and block in `Atomics.wait` (a wake-up within microseconds, where the event
-   * loop's `waitAsync` takes far longer), giving the event loop a turn now and then for the
-   * `stats`/`close` messages; after a while with no work, sleep on the event loop instead.
-   */
-  const pump = (): void => {
-    if (closed) return;
-    const start = performance.now();
-    let idleSince = start;
-    for (;;) {
-      drain();
-      const now = performance.now();
-      if (now - idleSince > IDLE_MS) break; // idle for a while: let the event loop wait
-      if (now - start > SLICE_MS) {
-        setImmediate(pump); // busy: a turn for the message port, then on
-        return;
-      }
-      if (sq.waitSync(SPINS, WAIT_MS)) idleSince = performance.now();
-    }
-    sq.sleep(pump);
-  };
+  /** The device loop (`device-pump.ts`): drain, poll, block briefly, sleep when idle. */
+  const pump = createDevicePump(
+    {
+      drain,
+      waitSync: () => sq.waitSync(SPINS, WAIT_MS),
+      sleep: (wake) => sq.sleep(wake),
+      yieldTurn: (fn) => setImmediate(fn),
+      now: () => performance.now(),
+      closed: () => closed,
+    },
+    { sliceMs: SLICE_MS, idleMs: IDLE_MS },
+  );
 
   d.port.on('message', (m: { t: 'stats' | 'close' }) => {
     let reply: unknown;
