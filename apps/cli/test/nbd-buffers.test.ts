@@ -66,3 +66,62 @@ describe('NbdBufferPool piece cache', () => {
     expect(mp.out.size).toBe(0);
   });
 });
+
+describe('NbdBufferPool pieces kept with their blocks', () => {
+  it('hands a freed contiguous piece to the next piece of its order with none of its old state', () => {
+    const mp = pages();
+    const pool = new NbdBufferPool(mp, 'contiguous', 2 ** 25, (fn) => fn());
+    const a = pool.allocPiece(3 * PAGE_SIZE)!;
+    const other = pool.allocPiece(PAGE_SIZE)!;
+    const owner = { pieceDone: () => {} };
+    a.owner = owner;
+    a.next = other;
+    const oldSeg = a.segs[0]!;
+    pool.freePiece(a);
+    expect(a.live).toBe(false);
+    const b = pool.allocPiece(4 * PAGE_SIZE)!;
+    expect(b).toBe(a); // the same object, as the kernel reuses per-tag request state
+    expect(b.live).toBe(true);
+    expect(b.owner).toBeUndefined();
+    expect(b.next).toBeUndefined();
+    expect(b.bytes).toBe(4 * PAGE_SIZE);
+    expect(b.segs).toEqual([{ phys: oldSeg.phys, len: 4 * PAGE_SIZE }]);
+    expect(oldSeg.len).toBe(3 * PAGE_SIZE); // a segment handed out before is never changed
+    expect(pool.liveBufs).toBe(2);
+    pool.freePiece(b);
+    pool.freePiece(other);
+    pool.drainCache();
+    expect(mp.out.size).toBe(0);
+  });
+
+  it('refuses to free a piece twice, kept or not, so its pages are never handed out twice', () => {
+    for (const layout of ['contiguous', 'scattered'] as const) {
+      const mp = pages();
+      const pool = new NbdBufferPool(mp, layout, 2 ** 25, (fn) => fn());
+      const a = pool.allocPiece(2 * PAGE_SIZE)!;
+      pool.freePiece(a);
+      expect(() => pool.freePiece(a)).toThrow(/freed twice/);
+      expect(pool.liveBufs).toBe(0);
+      const b = pool.allocPiece(2 * PAGE_SIZE)!;
+      const c = pool.allocPiece(2 * PAGE_SIZE)!;
+      expect(c).not.toBe(b);
+      expect(c.segs[0]!.phys).not.toBe(b.segs[0]!.phys);
+      pool.freePiece(b);
+      pool.freePiece(c);
+      pool.drainCache();
+      expect(mp.out.size).toBe(0);
+    }
+  });
+
+  it("runs a piece's completion once per block request: a second completion throws", () => {
+    const pool = new NbdBufferPool(pages(), 'contiguous', 2 ** 25, (fn) => fn());
+    const p = pool.allocPiece(PAGE_SIZE)!;
+    const seen: number[] = [];
+    p.owner = { pieceDone: (q, status) => seen.push(q === p ? status : -1) };
+    p.endIo(7);
+    expect(seen).toEqual([7]);
+    expect(p.owner).toBeUndefined();
+    expect(() => p.endIo(0)).toThrow(/no block request in flight/);
+    expect(seen).toEqual([7]);
+  });
+});

@@ -10,10 +10,12 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { formatServeStats } from '../src/commands/serve.js';
 import { NbdClient, type NbdClientAddress } from '../src/nbd/nbd-client.js';
+import { LocalNbdDevice, type NbdBlockDevice } from '../src/nbd/nbd-device.js';
 import { NbdExport } from '../src/nbd/nbd-export.js';
 import type { NbdReadData } from '../src/nbd/nbd-export-data.js';
+import { deviceOptions } from '../src/nbd/nbd-export-options.js';
 import { OUTPUT_LIMIT } from '../src/nbd/nbd-flow-control.js';
-import { NBD_CMD_READ } from '../src/nbd/nbd-proto.js';
+import { NBD_CMD_READ, NBD_EIO, NBD_ENOMEM } from '../src/nbd/nbd-proto.js';
 import { encodeRequest } from '../src/nbd/nbd-proto-transmission.js';
 import { PIN_LIMIT } from '../src/nbd/nbd-replies.js';
 import { type NbdServerHandle, startNbdServer } from '../src/nbd/nbd-server.js';
@@ -173,6 +175,146 @@ describe('NbdExport.read', () => {
     got.release(); // idempotent
     expect(exp.stats().leaks).toEqual([]);
     expect(exp.close().leaks).toEqual([]);
+  });
+});
+
+describe('NbdExport request state reused across requests', () => {
+  /** Reads `len` bytes at `off`; the data stays held until released. */
+  const read = (exp: NbdExport, off: number, len: number) =>
+    new Promise<NbdReadData>((resolve, reject) =>
+      exp.read(off, len, (e, d) => (e === 0 ? resolve(d!) : reject(new Error(`read ${e}`)))),
+    );
+  const write = (exp: NbdExport, off: number, data: Uint8Array, fua = false) =>
+    new Promise<void>((resolve, reject) => {
+      const sink = exp.write(off, data.length, fua, (e) =>
+        e === 0 ? resolve() : reject(new Error(`write ${e}`)),
+      );
+      sink.push(data);
+    });
+
+  /** An export whose machine hands out request pages `blocks` more times, then none. */
+  function starved(blocks: number): NbdExport {
+    const inner = new LocalNbdDevice(deviceOptions({ size: 16 * MiB }));
+    let left = blocks;
+    const dev: NbdBlockDevice = {
+      info: inner.info,
+      phys: inner.phys,
+      pages: {
+        allocPages: (order) => (left-- > 0 ? inner.pages.allocPages(order) : 0),
+        freePages: (phys, order) => inner.pages.freePages(phys, order),
+      },
+      submit: (op, offset, length, segs, done) => inner.submit(op, offset, length, segs, done),
+      allocation: (offset, length, maxRuns, done) => inner.allocation(offset, length, maxRuns, done),
+      run: () => inner.run(),
+      set onReady(fn: () => void) {
+        inner.onReady = fn;
+      },
+      get onReady() {
+        return inner.onReady;
+      },
+      set onInternalError(fn: (e: unknown) => void) {
+        inner.onInternalError = fn;
+      },
+      get onInternalError() {
+        return inner.onInternalError;
+      },
+      get pending() {
+        return inner.pending;
+      },
+      stats: () => inner.stats(),
+      close: () => inner.close(),
+    };
+    return new NbdExport({ size: 16 * MiB }, dev);
+  }
+
+  it('without machine memory a write swallows the rest of its payload and fails with ENOMEM; a read fails at once', async () => {
+    const exp = starved(1);
+    const len = 2 * exp.maxPiece;
+    const data = new Uint8Array(len).fill(9);
+    // the first piece gets the one block and is written; the second finds none
+    const err = await new Promise<number>((resolve) => {
+      const sink = exp.write(0, len, false, resolve);
+      sink.push(data.subarray(0, exp.maxPiece + 4096));
+      expect(sink.span(len)).toBeUndefined(); // swallowing: no pages to receive into
+      sink.advance(len - exp.maxPiece - 8192);
+      sink.push(data.subarray(0, 4096));
+    });
+    expect(err).toBe(NBD_ENOMEM);
+    const got = await new Promise<[number, NbdReadData | null]>((resolve) =>
+      exp.read(0, 4096, (e, d) => resolve([e, d])),
+    );
+    expect(got).toEqual([NBD_ENOMEM, null]);
+    const s = exp.close();
+    expect(s.leaks).toEqual([]);
+    expect(s.blockRequests.write).toBe(1);
+    expect(s.blockRequests.read).toBe(0);
+  });
+
+  it('an aborted write completes with EIO once its submitted pieces have; the next write of the kept pages is whole', async () => {
+    const exp = new NbdExport({ size: 16 * MiB });
+    const len = 2 * exp.maxPiece;
+    const calls: number[] = [];
+    const first = new Promise<void>((resolve) => {
+      const sink = exp.write(0, len, false, (e) => {
+        calls.push(e);
+        resolve();
+      });
+      sink.push(new Uint8Array(exp.maxPiece + 4096).fill(5)); // the first piece is submitted
+      sink.abort();
+      sink.abort(); // nothing more
+      sink.push(new Uint8Array(4096)); // ignored
+      expect(sink.span(4096)).toBeUndefined();
+      expect(calls).toEqual([]); // the first piece is still in flight
+    });
+    await first;
+    expect(calls).toEqual([NBD_EIO]);
+    expect(exp.stats().leaks).toEqual([]);
+    // FUA: the pages of the aborted write serve the next one, which is flushed after its pieces
+    const flushes = exp.stats().blockRequests.flush;
+    const data = new Uint8Array(len);
+    for (let i = 0; i < len; i++) data[i] = (i * 13) & 0xff;
+    await write(exp, 0, data, true);
+    expect(exp.stats().blockRequests.flush).toBe(flushes + 1);
+    const got = await read(exp, 0, len);
+    expect(Buffer.concat(got.parts).equals(Buffer.from(data))).toBe(true);
+    got.release();
+    expect(exp.close().leaks).toEqual([]);
+  });
+
+  it('a released read whose pages went to the next read frees nothing of it when released again', async () => {
+    const exp = new NbdExport({ size: 16 * MiB });
+    const one = new Uint8Array(4096).fill(1);
+    const two = new Uint8Array(4096).fill(2);
+    await write(exp, 0, one);
+    await write(exp, 4096, two);
+    const a = await read(exp, 0, 4096);
+    expect(Buffer.from(a.parts[0]!).equals(Buffer.from(one))).toBe(true);
+    a.release();
+    const b = await read(exp, 4096, 4096); // the pages a had
+    a.release(); // idempotent: b keeps its pages
+    expect(exp.stats().leaks).toEqual(['nbd buffers: 1 still allocated']);
+    await write(exp, 0, new Uint8Array(4096).fill(3)); // must not land in b's pages
+    expect(Buffer.concat(b.parts).equals(Buffer.from(two))).toBe(true);
+    b.release();
+    expect(exp.close().leaks).toEqual([]);
+  });
+
+  it('functions queued after a run by one that runs after it wait for the next run', async () => {
+    const exp = new NbdExport({ size: 16 * MiB });
+    const order: string[] = [];
+    await new Promise<void>((resolve) => {
+      exp.afterRun(() => {
+        order.push('a');
+        setImmediate(() => order.push('turn')); // the next event-loop turn, before the next run
+        exp.afterRun(() => {
+          order.push('c');
+          resolve();
+        });
+      });
+      exp.afterRun(() => order.push('b'));
+    });
+    expect(order).toEqual(['a', 'b', 'turn', 'c']);
+    expect(exp.close().internalErrors).toBe(0);
   });
 });
 

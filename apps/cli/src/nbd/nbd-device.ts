@@ -135,6 +135,27 @@ export interface NbdBlockDevice {
   close(): NbdDeviceStats;
 }
 
+/**
+ * Hands a `BlockDevice` completion on to an `NbdBlockDone` as its status. Kept for the next
+ * request once it has run (kernel: state preallocated per request tag), so a request allocates
+ * no completion of its own.
+ */
+class BlkDoneRelay {
+  done: NbdBlockDone | undefined = undefined;
+  readonly #free: BlkDoneRelay[];
+  readonly cb = (r: BlkIoResult): void => {
+    const done = this.done;
+    if (done === undefined) throw new Error('nbd device: a block request completed twice');
+    this.done = undefined;
+    this.#free.push(this);
+    done(r.status);
+  };
+
+  constructor(free: BlkDoneRelay[]) {
+    this.#free = free;
+  }
+}
+
 /** The device on the calling thread: submissions run the controller, `run` runs the virtual clock. */
 export class LocalNbdDevice implements NbdBlockDevice {
   readonly info: NbdDeviceInfo;
@@ -148,6 +169,8 @@ export class LocalNbdDevice implements NbdBlockDevice {
   onInternalError: (e: unknown) => void = () => {};
   #internalErrors = 0;
   #closed = false;
+  /** Completion relays not in use. */
+  readonly #relays: BlkDoneRelay[] = [];
 
   /** Builds the machine, probes the NVMe driver on its controller and opens the namespace. */
   constructor(o: NbdDeviceOptions) {
@@ -184,7 +207,9 @@ export class LocalNbdDevice implements NbdBlockDevice {
     segs: readonly IoSegment[] | null,
     done: NbdBlockDone,
   ): void {
-    const cb = (r: BlkIoResult) => done(r.status);
+    const relay = this.#relays.pop() ?? new BlkDoneRelay(this.#relays);
+    relay.done = done;
+    const cb = relay.cb;
     if (op === 'flush') this.bdev.submit('flush', 0, 0, cb);
     else if (segs === null) this.bdev.submit(op, offset / SECTOR_SIZE, length / SECTOR_SIZE, cb);
     else this.bdev.submit(op, offset / SECTOR_SIZE, new IoBuffer(segs), cb);

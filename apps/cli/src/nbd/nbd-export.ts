@@ -73,7 +73,11 @@ export class NbdExport {
   /** Zero writes from the zero page. */
   readonly #zeroWriter: NbdZeroWriter;
   #scheduled = false;
-  readonly #afterRun: Array<() => void> = [];
+  /** Functions to run after the next clock run: the first `#afterRunCount` slots (the rest are free). */
+  #afterRun: Array<(() => void) | undefined> = [];
+  #afterRunCount = 0;
+  /** A list with no functions for the next run (the two swap at every run); none while a run uses it. */
+  #afterRunSpare: Array<(() => void) | undefined> | undefined = [];
   /** The device's counters at close (set once closed). */
   #final: NbdDeviceStats | undefined;
   #internalErrors = 0;
@@ -107,6 +111,7 @@ export class NbdExport {
       buffers: this.#buffers,
       kick: () => this.#kick(),
       guard,
+      fault: (e) => this.#fault(e),
       flush: (done) => this.flush(done),
     };
     this.#zeroWriter = new NbdZeroWriter(this.#io);
@@ -261,7 +266,7 @@ export class NbdExport {
 
   /** Runs `fn` after the next clock run (replies are corked until then); schedules a run. */
   afterRun(fn: () => void): void {
-    this.#afterRun.push(fn);
+    this.#afterRun[this.#afterRunCount++] = fn;
     this.#kick();
   }
 
@@ -274,17 +279,33 @@ export class NbdExport {
   readonly #run = (): void => {
     this.#scheduled = false;
     this.device.run();
-    const after = this.#afterRun.splice(0);
-    for (const fn of after) this.#guard(fn);
+    const n = this.#afterRunCount;
+    if (n === 0) return;
+    // functions queued while these run wait for the next run, in the other list
+    const after = this.#afterRun;
+    this.#afterRun = this.#afterRunSpare ?? [];
+    this.#afterRunCount = 0;
+    this.#afterRunSpare = undefined;
+    for (let i = 0; i < n; i++) {
+      const fn = after[i]!;
+      after[i] = undefined;
+      this.#guard(fn);
+    }
+    this.#afterRunSpare = after;
   };
 
   #guard(fn: () => void): void {
     try {
       fn();
     } catch (e) {
-      this.#internalErrors++;
-      this.onInternalError(e);
+      this.#fault(e);
     }
+  }
+
+  /** Counts and reports an exception a completion callback threw. */
+  #fault(e: unknown): void {
+    this.#internalErrors++;
+    this.onInternalError(e);
   }
 
   /** Block requests not yet completed. */

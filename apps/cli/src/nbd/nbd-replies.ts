@@ -174,8 +174,9 @@ export class ReplyWriter {
     }
     const last = parts.length - 1;
     for (let i = 0; i < last; i++) s.write(parts[i]!);
-    // a stream runs write callbacks in order, and with an error when it is destroyed first
-    s.write(parts[last]!, () => sent());
+    // a stream runs write callbacks in order, and with an error when it is destroyed first (`sent`
+    // takes no argument: the pages are freed either way)
+    s.write(parts[last]!, sent);
     this.onQueued();
   }
 
@@ -233,14 +234,16 @@ export class ReplyWriter {
     if (!this.writable) return false;
     if (!this.#batching) {
       this.#batching = true;
-      const s = this.#sock;
-      s.cork();
-      this.#ctx.exp.afterRun(() => {
-        this.#batching = false;
-        this.#packed.flush();
-        s.uncork();
-      });
+      this.#sock.cork();
+      this.#ctx.exp.afterRun(this.#endBatch);
     }
     return true;
   }
+
+  /** Closes the batch once the clock run has ended: the replies leave (one function for every batch). */
+  readonly #endBatch = (): void => {
+    this.#batching = false;
+    this.#packed.flush();
+    this.#sock.uncork();
+  };
 }

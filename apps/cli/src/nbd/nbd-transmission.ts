@@ -85,9 +85,12 @@ export interface TransmissionHost {
   commandDone(): void;
 }
 
-/** A write payload being received: into `sink`, or (with `sink` undefined) skipped before `error`. */
+/**
+ * A write payload being received: into `sink`, or (with `sink` undefined) skipped before `error`.
+ * A connection receives one payload at a time, so it keeps one of these and refills it.
+ */
 interface Payload {
-  req: NbdRequest;
+  req: NbdRequest | undefined;
   left: number;
   sink: NbdWriteSink | undefined;
   error: number;
@@ -100,8 +103,10 @@ export class Transmission {
   readonly #out: ReplyWriter;
   readonly #flow: FlowControl;
   readonly #host: TransmissionHost;
-  /** The write whose payload is being received or skipped, if any. */
+  /** The write whose payload is being received or skipped, if any (`#pay` when there is one). */
   #payload: Payload | undefined;
+  /** The payload record, refilled for every write with a payload. */
+  readonly #pay: Payload = { req: undefined, left: 0, sink: undefined, error: 0, message: '' };
   /** A write whose payload never arrived whole (its completion sends no reply). */
   #abandoned: NbdRequest | undefined;
   #inFlight = 0;
@@ -188,22 +193,41 @@ export class Transmission {
   abandon(): void {
     const p = this.#payload;
     this.#payload = undefined;
-    if (p?.sink === undefined) return;
-    this.#abandoned = p.req;
-    p.sink.abort();
+    if (p === undefined) return;
+    const { req, sink } = p;
+    p.req = undefined;
+    p.sink = undefined;
+    if (sink === undefined) return;
+    this.#abandoned = req;
+    sink.abort();
   }
 
   #payloadConsumed(p: Payload, n: number): void {
+    if (this.#payload !== p) return; // abandoned meanwhile: the record is no longer this payload's
     p.left -= n;
     if (p.left > 0) return;
     this.#payload = undefined;
-    if (p.sink === undefined) this.#out.error(p.req, p.error, p.message);
+    const r = p.req!;
+    p.req = undefined;
+    if (p.sink === undefined) this.#out.error(r, p.error, p.message);
+    else p.sink = undefined;
+  }
+
+  /** Receives `r`'s payload into `sink`, or (`sink` undefined) skips it before replying `error`. */
+  #expectPayload(r: NbdRequest, sink: NbdWriteSink | undefined, error: number, message: string): void {
+    const p = this.#pay;
+    p.req = r;
+    p.left = r.length;
+    p.sink = sink;
+    p.error = error;
+    p.message = message;
+    this.#payload = p;
   }
 
   /** Skips a write's payload, then answers `error`. */
   #skipPayload(r: NbdRequest, error: number, message: string): void {
     if (r.length === 0) this.#out.error(r, error, message);
-    else this.#payload = { req: r, left: r.length, sink: undefined, error, message };
+    else this.#expectPayload(r, undefined, error, message);
   }
 
   /** The error (value and message) for a data command's flags, range and alignment, if any. */
@@ -312,7 +336,7 @@ export class Transmission {
       }
       this.#end();
     });
-    if (r.length > 0) this.#payload = { req: r, left: r.length, sink, error: 0, message: '' };
+    if (r.length > 0) this.#expectPayload(r, sink, 0, '');
   }
 
   #flush(r: NbdRequest): void {
