@@ -15,10 +15,11 @@ import { type Machine, PAGE_SIZE } from '@iovalink/iommu';
 import { allocScatteredPageList } from '@iovalink/iommu/internal';
 import {
   BIO_MAX_VECS,
-  type Bio,
+  Bio,
   bioAddPage,
   bioAlloc,
   bioPut,
+  bioReuse,
   REQ_OP_DISCARD,
   REQ_OP_READ,
   REQ_OP_WRITE,
@@ -27,7 +28,14 @@ import {
   SECTOR_SIZE,
   UINT_MAX,
 } from './bio.js';
-import { blkFinishPlug, blkQueueNextEventNs, blkStartPlug, submitBio } from './blk-mq.js';
+import {
+  type BlkPlug,
+  blkFinishPlug,
+  blkQueueNextEventNs,
+  blkStartPlug,
+  blkStartPlugOn,
+  submitBio,
+} from './blk-mq.js';
 import { BLK_STS_INVAL, BLK_STS_NOTSUPP, BLK_STS_OK, type BlkStatus, blkStatusToStr } from './blk-status.js';
 import type { Gendisk } from './blkdev.js';
 import { BlkError } from './errors.js';
@@ -162,14 +170,33 @@ function addByOp(r: Record<BlkIoOp, number>, op: BlkIoOp, n: number): void {
   else r.discard += n;
 }
 
-interface PendingIo {
-  op: BlkIoOp;
-  sector: number;
-  buf: IoBuffer | null;
-  nrSectors: number;
-  done: (r: BlkIoResult) => void;
+/**
+ * One I/O of the face (kernel: `struct blkdev_dio`, block/fops.c): the caller's request, the bios
+ * still out (`ref`), the first error, and its first bio embedded (the kernel allocates the dio as
+ * front padding of that bio from `blkdev_dio_pool`). The block device keeps finished dios, bio
+ * included, and hands them to later I/Os, as that bio_set's mempool does.
+ */
+class BlkdevDio {
+  readonly bdev: BlockDevice;
+  op: BlkIoOp = 'read';
+  sector = 0;
+  buf: IoBuffer | null = null;
+  nrSectors = 0;
+  done: ((r: BlkIoResult) => void) | null = null;
   /** Virtual time of submission (latency includes waiting for queue depth). */
-  submitNs: number;
+  submitNs = 0;
+  /** Bios built and not yet completed (kernel: `ref`). */
+  ref = 0;
+  /** The first error status of its bios (kernel: the first `bi_status` kept in `dio->bio`). */
+  status: BlkStatus = BLK_STS_OK;
+  /** Bytes requested. */
+  bytes = 0;
+  /** The first bio (kernel: `dio->bio`, the last member of `struct blkdev_dio`). */
+  readonly bio = new Bio(BIO_MAX_VECS, REQ_OP_READ);
+
+  constructor(bdev: BlockDevice) {
+    this.bdev = bdev;
+  }
 }
 
 /** Options of the face. */
@@ -185,7 +212,12 @@ export class BlockDevice {
   readonly queueDepth: number;
   readonly stats = new BdevStats();
   #inFlight = 0;
-  readonly #backlog: PendingIo[] = [];
+  readonly #backlog: BlkdevDio[] = [];
+  /** Finished dios for later I/Os (kernel: the mempool of `blkdev_dio_pool`). */
+  readonly #freeDios: BlkdevDio[] = [];
+  /** One plug per nesting level of submission (kernel: the submitter's on-stack plug). */
+  readonly #plugs: BlkPlug[] = [];
+  #plugDepth = 0;
   #pumpScheduled = false;
 
   constructor(disk: Gendisk, options: BlockDeviceOptions = {}) {
@@ -246,19 +278,38 @@ export class BlockDevice {
    * buffer for reads and writes, the sector count for discards, ignored for flushes.
    */
   submit(op: BlkIoOp, sector: number, data: IoBuffer | number, done: (r: BlkIoResult) => void): void {
-    const io: PendingIo = {
-      op,
-      sector,
-      buf: typeof data === 'number' ? null : data,
-      nrSectors: typeof data === 'number' ? data : 0,
-      done,
-      submitNs: this.machine.clock.nowNs,
-    };
+    const io = this.#freeDios.pop() ?? new BlkdevDio(this);
+    io.op = op;
+    io.sector = sector;
+    io.buf = typeof data === 'number' ? null : data;
+    io.nrSectors = typeof data === 'number' ? data : 0;
+    io.done = done;
+    io.submitNs = this.machine.clock.nowNs;
+    io.ref = 0;
+    io.status = BLK_STS_OK;
+    io.bytes = 0;
     if (this.#inFlight >= this.queueDepth) this.#backlog.push(io);
     else this.#start(io);
   }
 
-  #finish(io: PendingIo, status: BlkStatus, bytes: number): void {
+  /**
+   * Completion of one bio of a dio (kernel: `blkdev_bio_end_io`): the first error sticks, the bio
+   * is put, and the last one ends the I/O. Throws for a bio of a dio that has no bio out (ended
+   * twice, or after its I/O finished).
+   */
+  static readonly #bioEndIo = (b: Bio): void => {
+    const io = b.biPrivate as BlkdevDio;
+    if (io.ref <= 0) {
+      throw new BlkError('block device: a bio completed after its I/O had finished (ended twice?)', {
+        rule: 'bdev: bio ended twice',
+      });
+    }
+    if (b.biStatus !== BLK_STS_OK && io.status === BLK_STS_OK) io.status = b.biStatus;
+    bioPut(b);
+    if (--io.ref === 0) io.bdev.#finish(io, io.status, io.bytes);
+  };
+
+  #finish(io: BlkdevDio, status: BlkStatus, bytes: number): void {
     const latency = this.machine.clock.nowNs - io.submitNs;
     const s = this.stats;
     addByOp(s.ios, io.op, 1);
@@ -270,12 +321,17 @@ export class BlockDevice {
       s.errors[k] = (s.errors[k] ?? 0) + 1;
     }
     this.#inFlight--;
+    const done = io.done!;
+    // the dio goes back to the pool before anything can submit again (its bios are all put)
+    io.buf = null;
+    io.done = null;
+    this.#freeDios.push(io);
     const next = this.#backlog.shift();
     if (next !== undefined) this.#start(next);
-    io.done({ status, bytes, latencyNs: latency });
+    done({ status, bytes, latencyNs: latency });
   }
 
-  #start(io: PendingIo): void {
+  #start(io: BlkdevDio): void {
     this.#inFlight++;
     if (this.#inFlight > this.stats.maxInFlight) this.stats.maxInFlight = this.#inFlight;
     const q = this.disk.queue;
@@ -318,20 +374,31 @@ export class BlockDevice {
       }
       opf = io.op === 'write' ? REQ_OP_WRITE | REQ_SYNC : REQ_OP_READ;
     }
-    const bios = this.#buildBios(io, opf);
-    let remaining = bios.length;
-    let status: BlkStatus = BLK_STS_OK;
-    for (const bio of bios) {
-      bio.biEndIo = (b: Bio) => {
-        if (b.biStatus !== BLK_STS_OK && status === BLK_STS_OK) status = b.biStatus;
-        bioPut(b);
-        if (--remaining === 0) this.#finish(io, status, bytes);
-      };
+    io.bytes = bytes;
+    // every bio is counted in `ref` before the first is submitted, so none can end the I/O early
+    let bio: Bio | null = this.#buildBios(io, opf);
+    this.stats.bios += io.ref;
+    const plug = this.#takePlug();
+    while (bio !== null) {
+      const next: Bio | null = bio.biNext;
+      bio.biNext = null;
+      submitBio(this.disk, bio, plug);
+      bio = next;
     }
-    this.stats.bios += bios.length;
-    const plug = blkStartPlug();
-    for (const bio of bios) submitBio(this.disk, bio, plug);
     blkFinishPlug(plug);
+    this.#plugDepth--;
+  }
+
+  /** The plug of this submission level, started (kernel: `blk_start_plug` on the stack). */
+  #takePlug(): BlkPlug {
+    const depth = this.#plugDepth++;
+    let plug = this.#plugs[depth];
+    if (plug === undefined) {
+      plug = blkStartPlug();
+      this.#plugs.push(plug);
+      return plug;
+    }
+    return blkStartPlugOn(plug);
   }
 
   #aligned(buf: IoBuffer): boolean {
@@ -343,20 +410,27 @@ export class BlockDevice {
     return true;
   }
 
-  /** Builds the bios of one I/O (kernel: `__blkdev_direct_IO` / `bio_iov_iter_get_pages`). */
-  #buildBios(io: PendingIo, opf: number): Bio[] {
+  /**
+   * Builds the bios of one I/O (kernel: `__blkdev_direct_IO` / `bio_iov_iter_get_pages`): the
+   * dio's own bio first, further ones from `bioAlloc` when the buffer needs more than
+   * BIO_MAX_VECS bvecs. Returns the first; the rest follow through `biNext` until submitted (a
+   * `struct bio_list`), and `io.ref` counts them all.
+   */
+  #buildBios(io: BlkdevDio, opf: number): Bio {
     const machine = this.machine;
     if (io.buf === null) {
-      const bio = bioAlloc(machine, 0, opf);
+      const bio = this.#dioBio(io, 0, opf);
       bio.biIter.biSector = io.sector;
       bio.biIter.biSize = io.nrSectors * SECTOR_SIZE;
-      return [bio];
+      return bio;
     }
-    const bios: Bio[] = [];
     let sector = io.sector;
-    let bio = bioAlloc(machine, BIO_MAX_VECS, opf);
+    const first = this.#dioBio(io, BIO_MAX_VECS, opf);
+    let bio = first;
     bio.biIter.biSector = sector;
-    for (const seg of io.buf.segments) {
+    const segs = io.buf.segments;
+    for (let i = 0; i < segs.length; i++) {
+      const seg = segs[i]!;
       let phys = seg.phys;
       let left = seg.len;
       while (left > 0) {
@@ -366,9 +440,13 @@ export class BlockDevice {
         // same (kernel: `bio_iov_add_folio` adds a folio's contiguous run in one call).
         const n = bio.biIter.biSize + left <= UINT_MAX ? left : Math.min(left, PAGE_SIZE - off);
         if (bioAddPage(bio, phys - off, n, off) === 0) {
-          bios.push(bio);
           sector += bio.biIter.biSize / SECTOR_SIZE;
-          bio = bioAlloc(machine, BIO_MAX_VECS, opf);
+          const more = bioAlloc(machine, BIO_MAX_VECS, opf);
+          more.biEndIo = BlockDevice.#bioEndIo;
+          more.biPrivate = io;
+          io.ref++;
+          bio.biNext = more;
+          bio = more;
           bio.biIter.biSector = sector;
           continue;
         }
@@ -376,8 +454,16 @@ export class BlockDevice {
         left -= n;
       }
     }
-    bios.push(bio);
-    return bios;
+    return first;
+  }
+
+  /** The dio's embedded bio, taken back for this I/O with `nrVecs` slots and counted as `bioAlloc` counts. */
+  #dioBio(io: BlkdevDio, nrVecs: number, opf: number): Bio {
+    const bio = bioReuse(io.bio, this.machine, nrVecs, opf);
+    bio.biEndIo = BlockDevice.#bioEndIo;
+    bio.biPrivate = io;
+    io.ref = 1;
+    return bio;
   }
 
   /** Runs the virtual clock to the next device or requeue event; false when nothing is pending. */

@@ -5,8 +5,9 @@
  * the next bio of a request (`biNext`), and a completion callback. Splitting clones the bio
  * over the same bvec table with a shorter iterator and chains it to the original, whose
  * completion then waits for both (`__bi_remaining`).
- * Differs on purpose: no bio sets/mempools (a bio is counted as metadata kind `"bio"` when made
- * with `bioAlloc`), no reference counts (`bi_cnt`), no cgroup/crypto/integrity payloads, no
+ * Differs on purpose: no bio_set objects (a bio is counted as metadata kind `"bio"` when made
+ * with `bioAlloc`, or taken back with `bioReuse` by an owner that keeps its put bios as a mempool
+ * would), no reference counts (`bi_cnt`), no cgroup/crypto/integrity payloads, no
  * `bio_iov_iter_get_pages` (callers add physical pages themselves).
  */
 import type { Machine } from '@iovalink/iommu';
@@ -155,6 +156,46 @@ export function bioAlloc(machine: Machine, nrVecs: number, opf: number): Bio {
   return bio;
 }
 
+/**
+ * Takes back a bio its owner keeps for reuse, as `bioAlloc` hands out a new one (kernel:
+ * `bio_alloc_bioset` taking the bio from its bio_set's mempool, then `bio_init`): every field as a
+ * fresh bio's, `nrVecs` slots, counted in the ledger exactly like `bioAlloc`. The bvec table keeps
+ * its `BioVec` objects for `bioAddPage` to refill (the bvec memory a mempool hands out again).
+ * Throws for a bio that was not put since its last use (the owner's pool would hand out a live
+ * bio) or for more than BIO_MAX_VECS slots.
+ */
+export function bioReuse(bio: Bio, machine: Machine, nrVecs: number, opf: number): Bio {
+  if (bio.metaBytes !== 0) {
+    throw new BlkError('bio_alloc: the pooled bio is still in use (not put since its last allocation)', {
+      rule: 'bio_alloc: pooled bio in use',
+    });
+  }
+  if (!(Number.isInteger(nrVecs) && nrVecs >= 0 && nrVecs <= BIO_MAX_VECS)) {
+    throw new BlkError(`bio_alloc: ${nrVecs} vecs is not in 0..${BIO_MAX_VECS}`, {
+      rule: 'bio_alloc: nr_vecs',
+    });
+  }
+  bio.biNext = null;
+  bio.biOpf = opf;
+  bio.biFlags = 0;
+  bio.biStatus = BLK_STS_OK;
+  const it = bio.biIter;
+  it.biSector = 0;
+  it.biSize = 0;
+  it.biIdx = 0;
+  it.biBvecDone = 0;
+  bio.biVcnt = 0;
+  bio.biMaxVecs = nrVecs;
+  bio.biEndIo = null;
+  bio.biPrivate = null;
+  bio.biBvecGapBit = 0;
+  bio.remaining = 1;
+  bio.metaBytes = BIO_STRUCT_SIZE + nrVecs * BIO_VEC_SIZE;
+  bio.biPool = machine;
+  machine.counters.kmalloc(BIO_META_KIND, bio.metaBytes);
+  return bio;
+}
+
 /** Releases a bio from `bioAlloc` or `bioSplit` (kernel: `bio_put` dropping the last reference). */
 export function bioPut(bio: Bio): void {
   if (bio.metaBytes > 0 && bio.biPool !== null) {
@@ -203,7 +244,16 @@ export function bioAddPage(bio: Bio, page: number, len: number, offset: number):
     return len;
   }
   if (bio.biVcnt >= bio.biMaxVecs) return 0;
-  bio.biIoVec[bio.biVcnt++] = new BioVec(page, len, offset);
+  // a reused bio (`bioReuse`) refills the slots it had; a new one grows its table
+  const slot = bio.biIoVec[bio.biVcnt];
+  if (slot === undefined) {
+    bio.biIoVec[bio.biVcnt] = new BioVec(page, len, offset);
+  } else {
+    slot.page = page;
+    slot.len = len;
+    slot.offset = offset;
+  }
+  bio.biVcnt++;
   bio.biIter.biSize += len;
   return len;
 }

@@ -58,6 +58,7 @@ import {
 } from './blk-status.js';
 import {
   BlkMqHwCtx,
+  type BlkMqQueueData,
   type BlkMqTagSet,
   blkRqBytes,
   Gendisk,
@@ -94,6 +95,20 @@ export class BlkPlug {
 /** Starts plugging (kernel: `blk_start_plug`): bios submitted with the plug gather before dispatch. */
 export function blkStartPlug(): BlkPlug {
   return new BlkPlug();
+}
+
+/**
+ * Starts plugging on a plug the caller keeps (kernel: `blk_start_plug` on the submitter's
+ * on-stack plug). Throws when the plug still holds requests (it was not finished).
+ */
+export function blkStartPlugOn(plug: BlkPlug): BlkPlug {
+  if (plug.mqList.length !== 0) {
+    throw new BlkError(`blk_start_plug: the plug still holds ${plug.mqList.length} request(s)`, {
+      rule: 'blk_start_plug: plug not finished',
+    });
+  }
+  plug.multipleQueues = false;
+  return plug;
 }
 
 /** Dispatches everything plugged (kernel: `blk_finish_plug` → `blk_mq_flush_plug_list`). */
@@ -298,13 +313,36 @@ export function blkMqStartRequest(rq: Request): void {
   if (rq.q.disk !== null) rq.q.disk.stats.inFlight++;
 }
 
+/**
+ * The `queueRq` argument of each dispatch level (kernel: the `struct blk_mq_queue_data` on the
+ * dispatcher's stack): valid only during the call; a driver that completes inline and so
+ * dispatches again from inside `queueRq` gets the next level's.
+ */
+const queueData: BlkMqQueueData[] = [];
+let queueDataDepth = 0;
+
 /** Hands one request to the driver and acts on its answer (kernel: `blk_mq_dispatch_rq_list` for one request). */
 function blkMqIssue(rq: Request, last: boolean): void {
   const q = rq.q;
   const hctx = rq.mqHctx!;
   q.stats.dispatched++;
   hctx.dispatched++;
-  const ret = q.mqOps.queueRq(hctx, { rq, last });
+  const depth = queueDataDepth;
+  let bd = queueData[depth];
+  if (bd === undefined) {
+    bd = { rq, last };
+    queueData.push(bd);
+  } else {
+    bd.rq = rq;
+    bd.last = last;
+  }
+  queueDataDepth = depth + 1;
+  let ret: BlkStatus;
+  try {
+    ret = q.mqOps.queueRq(hctx, bd);
+  } finally {
+    queueDataDepth = depth;
+  }
   if (ret === BLK_STS_OK) return;
   if (ret === BLK_STS_RESOURCE || ret === BLK_STS_DEV_RESOURCE) {
     if (rq.requeues < q.resourceRetries) {
@@ -323,15 +361,43 @@ export function blkExecuteRqNowait(rq: Request): void {
   blkMqIssue(rq, true);
 }
 
+/**
+ * The requests each flush level dispatches (kernel: the on-stack list `blk_mq_flush_plug_list`
+ * splices the plug into), reused: a plug flushed from inside a dispatch (an inline completion
+ * that submits again) takes the next level's.
+ */
+const flushBatches: Request[][] = [];
+let flushDepth = 0;
+
+/** Moves every entry of `from` to the empty `to`, in order, keeping both arrays' storage. */
+function moveAll(from: Request[], to: Request[]): void {
+  const n = from.length;
+  for (let i = 0; i < n; i++) to.push(from[i]!);
+  while (from.length > 0) from.pop();
+}
+
 /** Dispatches every plugged request in order (kernel: `blk_mq_flush_plug_list`). */
 export function blkMqFlushPlugList(plug: BlkPlug): void {
   while (plug.mqList.length > 0) {
-    const list = plug.mqList.splice(0);
+    const depth = flushDepth;
+    let list = flushBatches[depth];
+    if (list === undefined) {
+      list = [];
+      flushBatches.push(list);
+    }
+    // requests plugged while this batch dispatches wait for the next round, as with a splice
+    moveAll(plug.mqList, list);
     plug.multipleQueues = false;
-    for (let i = 0; i < list.length; i++) {
-      const rq = list[i]!;
-      const next = list[i + 1];
-      blkMqIssue(rq, next === undefined || next.mqHctx !== rq.mqHctx);
+    flushDepth = depth + 1;
+    try {
+      for (let i = 0; i < list.length; i++) {
+        const rq = list[i]!;
+        const next = list[i + 1];
+        blkMqIssue(rq, next === undefined || next.mqHctx !== rq.mqHctx);
+      }
+    } finally {
+      flushDepth = depth;
+      while (list.length > 0) list.pop();
     }
   }
 }
@@ -383,6 +449,12 @@ function bioUnaligned(bio: Bio, q: RequestQueue): boolean {
 }
 
 /**
+ * The segment count `bioSplitToLimitsAt` leaves for `submitBio` (kernel: a local of
+ * `blk_mq_submit_bio`), read before anything can submit again.
+ */
+const submitSegs: SegCount = { nsegs: 0, bytes: 0 };
+
+/**
  * Submits a bio to a disk (kernel: `submit_bio` → `submit_bio_noacct` → `blk_mq_submit_bio`):
  * checks it, splits it to the queue limits (each split front processed before the remainder),
  * merges it into the plug's last request or gives it a request, and dispatches (now, or when the
@@ -394,9 +466,12 @@ function bioUnaligned(bio: Bio, q: RequestQueue): boolean {
  */
 export function submitBio(disk: Gendisk, bio: Bio, plug?: BlkPlug): void {
   const q = disk.queue;
-  const work: Bio[] = [bio];
-  while (work.length > 0) {
-    const b = work.shift()!;
+  const segs = submitSegs;
+  // the bio to process next: the remainder of a split goes after its front (current->bio_list)
+  let work: Bio | null = bio;
+  while (work !== null) {
+    const b: Bio = work;
+    work = null;
     if (bioBeyondEod(disk, b)) {
       bioEndWith(b, BLK_STS_IOERR);
       continue;
@@ -418,7 +493,6 @@ export function submitBio(disk: Gendisk, bio: Bio, plug?: BlkPlug): void {
       bioEndWith(b, BLK_STS_IOERR);
       continue;
     }
-    const segs: SegCount = { nsegs: 0, bytes: 0 };
     const split = bioSplitToLimitsAt(b, q.limits, segs);
     if (split < 0) {
       bioEndWith(b, errnoToBlkStatus(split));
@@ -429,7 +503,7 @@ export function submitBio(disk: Gendisk, bio: Bio, plug?: BlkPlug): void {
       front.biOpf |= REQ_NOMERGE;
       bioChain(front, b);
       q.stats.splits++;
-      work.unshift(b);
+      work = b;
       blkMqSubmitSplitBio(q, front, segs.nsegs, plug);
       continue;
     }

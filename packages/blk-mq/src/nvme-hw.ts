@@ -56,10 +56,10 @@ export interface NvmeHwOptions {
   sglSupported?: boolean;
 }
 
-/** A completion waiting for its virtual time. */
+/** A completion waiting for its virtual time: a slot of the completion queue the controller fills. */
 interface PendingCqe {
   atNs: number;
-  cqe: NvmeCompletion;
+  readonly cqe: NvmeCompletion;
 }
 
 /** Statistics of the controller. */
@@ -93,13 +93,24 @@ export class NvmeHw {
   /** The namespace's data. */
   readonly store = new SparseStore();
   readonly stats = new NvmeHwStats();
-  /** The driver's interrupt handler, called with each completion. */
+  /**
+   * The driver's interrupt handler, called with each completion. The entry is valid only during
+   * the call: the controller reuses it for a later completion (as it reuses a completion queue
+   * slot once the driver's head has moved past it).
+   */
   irq: ((cqe: NvmeCompletion) => void) | null = null;
   readonly #pending: PendingCqe[] = [];
+  /** Delivered entries, for later completions (the completion queue's slots). */
+  readonly #freeCqes: PendingCqe[] = [];
   #timerArmed = false;
+  /** The timer callback, made once. */
+  readonly #fireFn = (): void => this.#fire();
   readonly #scratch = new DataView(new ArrayBuffer(PAGE_SIZE));
-  /** The current command's `[bus, len, …]` data ranges (reused). */
-  readonly #ranges: number[] = [];
+  /** The view `#fetch` last made over the scratch page, reused while the length is the same. */
+  #fetchView = new Uint8Array(this.#scratch.buffer, 0, 0);
+  /** The current command's `[bus, len, …]` data ranges; `#nRanges` numbers are in use (reused). */
+  #ranges = new Float64Array(64);
+  #nRanges = 0;
 
   constructor(dev: Device, options: NvmeHwOptions = {}) {
     this.dev = dev;
@@ -124,10 +135,17 @@ export class NvmeHw {
   submit(sqId: number, cmd: NvmeCommand): void {
     const status = this.execute(cmd);
     const clock = this.dev.machine.clock;
-    this.#pending.push({
-      atNs: clock.nowNs + this.latencyNs,
-      cqe: { sqId, commandId: cmd.commandId, status },
-    });
+    const atNs = clock.nowNs + this.latencyNs;
+    const slot = this.#freeCqes.pop();
+    if (slot === undefined) {
+      this.#pending.push({ atNs, cqe: { sqId, commandId: cmd.commandId, status } });
+    } else {
+      slot.atNs = atNs;
+      slot.cqe.sqId = sqId;
+      slot.cqe.commandId = cmd.commandId;
+      slot.cqe.status = status;
+      this.#pending.push(slot);
+    }
     if (!this.#timerArmed) this.#arm();
   }
 
@@ -136,15 +154,16 @@ export class NvmeHw {
     if (head === undefined) return;
     const clock = this.dev.machine.clock;
     this.#timerArmed = true;
-    clock.setTimer(Math.max(0, head.atNs - clock.nowNs), () => this.#fire());
+    clock.setTimer(Math.max(0, head.atNs - clock.nowNs), this.#fireFn);
   }
 
   #fire(): void {
     this.#timerArmed = false;
     const now = this.dev.machine.clock.nowNs;
     while (this.#pending.length > 0 && this.#pending[0]!.atNs <= now) {
-      const { cqe } = this.#pending.shift()!;
-      this.irq?.(cqe);
+      const slot = this.#pending.shift()!;
+      this.irq?.(slot.cqe);
+      this.#freeCqes.push(slot);
     }
     if (!this.#timerArmed) this.#arm();
   }
@@ -186,15 +205,15 @@ export class NvmeHw {
     const nlb = cmd.length + 1;
     if (cmd.slba + nlb > this.nsze) return NVME_SC_LBA_RANGE;
     const bytes = nlb * this.#lbaSize;
-    const ranges = this.#ranges;
-    ranges.length = 0;
-    const st = this.dataRanges(cmd, bytes, ranges);
+    const st = this.#dataRanges(cmd, bytes);
     if (st !== NVME_SC_SUCCESS) return st;
+    const ranges = this.#ranges;
+    const n = this.#nRanges;
     const write = cmd.opcode === NVME_CMD_WRITE;
     let pos = cmd.slba * this.#lbaSize;
     let runBus = 0;
     let runLen = 0;
-    for (let i = 0; i < ranges.length; i += 2) {
+    for (let i = 0; i < n; i += 2) {
       const bus = this.#busFor(ranges[i]!);
       const len = ranges[i + 1]!;
       this.stats.dataRanges++;
@@ -230,13 +249,13 @@ export class NvmeHw {
   #dsm(cmd: NvmeCommand): number {
     const nr = cmd.dsmNr + 1;
     const bytes = nr * NVME_DSM_RANGE_SIZE;
-    const ranges = this.#ranges;
-    ranges.length = 0;
-    const st = this.dataRanges(cmd, bytes, ranges);
+    const st = this.#dataRanges(cmd, bytes);
     if (st !== NVME_SC_SUCCESS) return st;
+    const ranges = this.#ranges;
+    const n = this.#nRanges;
     const buf = new Uint8Array(bytes);
     let off = 0;
-    for (let i = 0; i < ranges.length; i += 2) {
+    for (let i = 0; i < n; i += 2) {
       if (this.dev.engine.read(this.#busFor(ranges[i]!), buf.subarray(off, off + ranges[i + 1]!)) !== 0) {
         return NVME_SC_DATA_XFER_ERROR;
       }
@@ -259,28 +278,56 @@ export class NvmeHw {
 
   /** Reads `len` bytes at bus address `bus` into the scratch view; false on a DMA fault. */
   #fetch(bus: number, len: number): boolean {
-    const dst = new Uint8Array(this.#scratch.buffer, 0, len);
+    let dst = this.#fetchView;
+    if (dst.length !== len) {
+      dst = new Uint8Array(this.#scratch.buffer, 0, len);
+      this.#fetchView = dst;
+    }
     return this.dev.engine.read(bus, dst) === 0;
   }
 
   /**
    * Resolves a command's data pointer into `[bus, len, …]` ranges covering `bytes` (what the
-   * controller's DMA unit does): PRPs or SGL. Returns an NVMe status.
+   * controller's DMA unit does): PRPs or SGL. Appends them to `out`; returns an NVMe status.
    */
   dataRanges(cmd: NvmeCommand, bytes: number, out: number[]): number {
-    if (nvmePciCmdUseSgl(cmd)) return this.#sglRanges(cmd, bytes, out);
-    return this.#prpRanges(cmd, bytes, out);
+    const st = this.#dataRanges(cmd, bytes);
+    const ranges = this.#ranges;
+    for (let i = 0; i < this.#nRanges; i++) out.push(ranges[i]!);
+    return st;
   }
 
-  #prpRanges(cmd: NvmeCommand, bytes: number, out: number[]): number {
+  /** `dataRanges` into the controller's own range buffer (`#ranges`, `#nRanges` numbers). */
+  #dataRanges(cmd: NvmeCommand, bytes: number): number {
+    this.#nRanges = 0;
+    if (nvmePciCmdUseSgl(cmd)) return this.#sglRanges(cmd, bytes);
+    return this.#prpRanges(cmd, bytes);
+  }
+
+  /** Appends one `[bus, len]` range, growing the buffer when full. */
+  #put(bus: number, len: number): void {
+    let r = this.#ranges;
+    const n = this.#nRanges;
+    if (n + 2 > r.length) {
+      const grown = new Float64Array(r.length * 2);
+      grown.set(r);
+      this.#ranges = grown;
+      r = grown;
+    }
+    r[n] = bus;
+    r[n + 1] = len;
+    this.#nRanges = n + 2;
+  }
+
+  #prpRanges(cmd: NvmeCommand, bytes: number): number {
     const ps = NVME_CTRL_PAGE_SIZE;
     const first = Math.min(bytes, ps - (cmd.prp1 % ps));
-    out.push(cmd.prp1, first);
+    this.#put(cmd.prp1, first);
     let left = bytes - first;
     if (left === 0) return NVME_SC_SUCCESS;
     if (left <= ps) {
       if (cmd.prp2 % ps !== 0) return NVME_SC_PRP_INVALID_OFFSET;
-      out.push(cmd.prp2, left);
+      this.#put(cmd.prp2, left);
       return NVME_SC_SUCCESS;
     }
     // PRP2 points to a list; entries run to the end of its page, the last one chaining on
@@ -302,7 +349,7 @@ export class NvmeHw {
         }
         if (e % ps !== 0) return NVME_SC_PRP_INVALID_OFFSET;
         const n = Math.min(left, ps);
-        out.push(e, n);
+        this.#put(e, n);
         left -= n;
         if (left === 0) return NVME_SC_SUCCESS;
       }
@@ -311,12 +358,12 @@ export class NvmeHw {
     }
   }
 
-  #sglRanges(cmd: NvmeCommand, bytes: number, out: number[]): number {
+  #sglRanges(cmd: NvmeCommand, bytes: number): number {
     if (!this.sglSupported) return NVME_SC_INVALID_FIELD;
     const type = cmd.sglType >> 4;
     let total = 0;
     if (type === NVME_SGL_FMT_DATA_DESC) {
-      out.push(cmd.prp1, cmd.sglLength);
+      this.#put(cmd.prp1, cmd.sglLength);
       total = cmd.sglLength;
     } else if (type === NVME_SGL_FMT_LAST_SEG_DESC) {
       const n = cmd.sglLength / NVME_SGL_DESC_SIZE;
@@ -329,7 +376,7 @@ export class NvmeHw {
         if (v.getUint8(o + 15) >> 4 !== NVME_SGL_FMT_DATA_DESC) return NVME_SC_SGL_INVALID_TYPE;
         const addr = getLe64(v, o);
         const len = v.getUint32(o + 8, true);
-        out.push(addr, len);
+        this.#put(addr, len);
         total += len;
       }
     } else {

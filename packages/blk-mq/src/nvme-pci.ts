@@ -151,6 +151,9 @@ export const NVME_DMA_VEC_SIZE = 16;
 /** Approximate `sizeof(struct nvme_iod)` (v6.17: nvme_request, 64-byte command, dma_iova_state, descriptors, dma_vecs). */
 export const NVME_IOD_SIZE = 248;
 
+/** The cursor's view while no PRP list is being filled. */
+const NO_VIEW = new DataView(new ArrayBuffer(0));
+
 /** `iod.flags`: aborted by the timeout handler (kernel: `IOD_ABORTED`). */
 export const IOD_ABORTED = 1 << 0;
 /** `iod.flags`: descriptors come from the small pool (kernel: `IOD_SMALL_DESCRIPTOR`). */
@@ -277,6 +280,10 @@ export class NvmeIod {
   readonly iter = new BlkDmaIter();
   /** Scratch copy of the request's bvec for the fast path (on the kernel's stack). */
   readonly bv = new BioVec(0, 0, 0);
+  /** PRP2 and the malformed-request flag of a PRP build (locals of the kernel's `nvme_pci_setup_data_prp`). */
+  readonly prpRest: PrpRest = { prp2: 0, bad: false };
+  /** Where a PRP list fill stands (on the kernel's stack; kept here to avoid garbage). */
+  readonly prpCursor: PrpCursor = { view: NO_VIEW, i: 0, addr: 0, seg: 0, length: 0, total: 0 };
   /** JS backing reused for the dma_vecs element (the element itself is counted per use). */
   dmaVecBuf: Float64Array | null = null;
   // ---- ≤ v6.16 ----
@@ -702,7 +709,7 @@ function nvmePrpFillRest(
   iod: NvmeIod,
   iter: BlkDmaIter,
   length: number,
-  out: { prp2: number; bad: boolean },
+  out: PrpRest,
 ): void {
   if (!nvmePciPrpIterNext(req, nvme, iter)) {
     if (iter.status === BLK_STS_OK) out.bad = true;
@@ -719,17 +726,31 @@ function nvmePrpFillRest(
     return;
   }
   out.prp2 = list.dma;
-  const c: PrpCursor = { view: list.view, i: 0, addr: iter.addr, seg: iter.len, length, total: iod.totalLen };
-  if (prpListFill(req, nvme, iod, iter, c)) out.bad = true;
+  const c = iod.prpCursor;
+  c.view = list.view;
+  c.i = 0;
+  c.addr = iter.addr;
+  c.seg = iter.len;
+  c.length = length;
+  c.total = iod.totalLen;
+  const bad = prpListFill(req, nvme, iod, iter, c);
+  c.view = NO_VIEW;
+  if (bad) out.bad = true;
   iter.addr = c.addr;
   iter.len = c.seg;
   iod.totalLen = c.total;
 }
 
+/** What the PRP build after PRP1 leaves for the command: PRP2, and whether the request was malformed. */
+interface PrpRest {
+  prp2: number;
+  bad: boolean;
+}
+
 /**
  * Where a PRP list fill stands: the list block being written and its next slot, the current DMA
  * segment's address and bytes left in it, the transfer bytes still to describe, and the bytes
- * described so far. One per request (not per page).
+ * described so far. One per request, kept in its iod (not per page).
  */
 interface PrpCursor {
   view: DataView;
@@ -843,7 +864,9 @@ export function nvmePciSetupDataPrp(req: Request, iter: BlkDmaIter): BlkStatus {
   iter.addr += prpLen;
   iter.len -= prpLen;
   length -= prpLen;
-  const out = { prp2: 0, bad: false };
+  const out = iod.prpRest;
+  out.prp2 = 0;
+  out.bad = false;
   if (length > 0) nvmePrpFillRest(req, nvme, iod, iter, length, out);
   iod.cmd.prp1 = prp1;
   iod.cmd.prp2 = out.prp2;

@@ -10,6 +10,7 @@
 import {
   Errno,
   type IommuDomain,
+  type IommuIotlbGather,
   IovaDomain,
   iommuIotlbGatherInit,
   iommuIotlbSync,
@@ -245,6 +246,34 @@ function iommuDmaCheckUnmap(dev: Device, domain: IommuDomain, start: number, len
   }
 }
 
+/** The gather an unmap lends out between calls (see `iommuDmaTakeGather`); null while lent. */
+let spareGather: IommuIotlbGather | null = null;
+
+/**
+ * A fresh gather for one unmap (kernel: `iommu_iotlb_gather_init` on the unmapping function's
+ * stack): the one kept since the last `iommuDmaPutGather`, or a new one when it is lent out (a
+ * nested unmap) or was lost to a throw.
+ */
+export function iommuDmaTakeGather(queued: boolean): IommuIotlbGather {
+  const g = spareGather;
+  if (g === null) return iommuIotlbGatherInit(queued);
+  spareGather = null;
+  g.queued = queued;
+  return g;
+}
+
+/**
+ * Hands a gather back once its unmap is done with it: emptied as `iommu_iotlb_gather_init` leaves
+ * it; a freelist someone may still hold is replaced, never cleared.
+ */
+export function iommuDmaPutGather(g: IommuIotlbGather): void {
+  g.start = Number.MAX_SAFE_INTEGER;
+  g.end = 0;
+  g.pgsize = 0;
+  if (g.freelist.length !== 0) g.freelist = [];
+  spareGather = g;
+}
+
 /**
  * Unmaps a range mapped by `__iommuDmaMap` (kernel: `__iommu_dma_unmap`): strict domains sync
  * the IOTLB (one ranged invalidation) and free the IOVA at once; lazy domains queue the IOVA and
@@ -259,10 +288,11 @@ export function __iommuDmaUnmap(dev: Device, dmaAddr: number, size: number): voi
   const start = dmaAddr - off;
   const len = iovaAlign(iovad, size + off);
   iommuDmaCheckUnmap(dev, domain, start, len);
-  const gather = iommuIotlbGatherInit(cookie.fq !== undefined);
+  const gather = iommuDmaTakeGather(cookie.fq !== undefined);
   iommuUnmapFast(domain, start, len, gather);
   if (!gather.queued) iommuIotlbSync(domain, gather);
   iommuDmaFreeIova(domain, start, len, gather);
+  iommuDmaPutGather(gather);
 }
 
 /**

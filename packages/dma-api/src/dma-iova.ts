@@ -14,7 +14,6 @@
 import {
   Errno,
   type IovaDomain,
-  iommuIotlbGatherInit,
   iommuIotlbSync,
   iommuIovaToPhys,
   iommuMapNosync,
@@ -41,6 +40,8 @@ import {
   iommuDmaCheckMapped,
   iommuDmaCookie,
   iommuDmaFreeIova,
+  iommuDmaPutGather,
+  iommuDmaTakeGather,
 } from './dma-iommu.js';
 import { DmaDebugError, DmaError } from './errors.js';
 import { isSwiotlbBuffer, swiotlbTblMapSingle, swiotlbTblUnmapSingle } from './swiotlb.js';
@@ -445,13 +446,14 @@ function unlinkRange(
   const pad = iovaOffset(iovad, addr);
   const start = addr - pad;
   const len = iovaAlign(iovad, size + pad);
-  const gather = iommuIotlbGatherInit(freeIova && cookie.fq !== undefined);
   if (state.usedSwiotlb || devNeedsCpuSync(dev, attrs)) {
     unlinkSlow(dev, addr, addr + size, dir, attrs);
   }
+  const gather = iommuDmaTakeGather(freeIova && cookie.fq !== undefined);
   iommuUnmapFast(domain, start, len, gather);
   if (!gather.queued) iommuIotlbSync(domain, gather);
   if (freeIova) iommuDmaFreeIova(domain, start, len, gather);
+  iommuDmaPutGather(gather);
 }
 
 /**

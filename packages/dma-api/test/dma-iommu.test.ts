@@ -9,6 +9,7 @@ import {
   DMA_MAPPING_ERROR,
   DMA_TO_DEVICE,
 } from '../src/dma-direction.js';
+import { iommuDmaPutGather, iommuDmaTakeGather } from '../src/dma-iommu.js';
 import {
   dmaMapPage,
   dmaMapPhys,
@@ -248,4 +249,57 @@ describe('dma-direct and swiotlb', () => {
     dmaUnmapPhys(dev, a, 64, DMA_TO_DEVICE);
     expect(rig.swiotlb.usedSlots).toBe(0);
   });
+});
+
+describe('the unmap gather (kernel: on the unmapping function stack), kept between unmaps', () => {
+  it('comes back emptied; a freelist handed on is replaced, not cleared; a lent one is not handed out twice', () => {
+    const g = iommuDmaTakeGather(true);
+    expect(g.queued).toBe(true);
+    const other = iommuDmaTakeGather(false);
+    expect(other).not.toBe(g);
+    g.start = 0x10000;
+    g.end = 0x1ffff;
+    g.pgsize = SZ_4K;
+    const held = g.freelist;
+    held.push(0x5000);
+    iommuDmaPutGather(g);
+    expect(held).toEqual([0x5000]);
+    const again = iommuDmaTakeGather(false);
+    expect(again).toBe(g);
+    expect(again).toMatchObject({ start: Number.MAX_SAFE_INTEGER, end: 0, pgsize: 0, queued: false });
+    expect(again.freelist).not.toBe(held);
+    expect(again.freelist).toEqual([]);
+    iommuDmaPutGather(again);
+  });
+
+  for (const kind of ['strict', 'lazy'] as const) {
+    it(`${kind}: page-table pages freed by one unmap are freed once, after its own invalidation`, () => {
+      const rig = createDmaRig();
+      const dev = createKindDevice(rig, kind);
+      const c = rig.machine.counters;
+      // 2 MiB from 4 KiB into a 4 MiB block: 4 KiB leaves filling a whole leaf table
+      const block = rig.machine.pages.allocPages(10);
+      const tables0 = c.pgtablePagesAllocated - c.pgtablePagesFreed;
+      const freed0 = c.pgtablePagesFreed;
+      const a = dmaMapPhys(dev, block + SZ_4K, 2 << 20, DMA_TO_DEVICE);
+      const b = dmaMapPhys(dev, block + SZ_4K, 2 << 20, DMA_TO_DEVICE);
+      expect(dmaMappingError(dev, a) || dmaMappingError(dev, b)).toBe(false);
+      const grown = c.pgtablePagesAllocated - c.pgtablePagesFreed - tables0;
+      expect(grown).toBeGreaterThanOrEqual(2);
+      dmaUnmapPhys(dev, a, 2 << 20, DMA_TO_DEVICE);
+      const afterA = c.pgtablePagesFreed - freed0;
+      dmaUnmapPhys(dev, b, 2 << 20, DMA_TO_DEVICE);
+      if (kind === 'lazy') {
+        // queued with their IOVAs: nothing freed before the flush queue's invalidation
+        expect(c.pgtablePagesFreed - freed0).toBe(0);
+        rig.machine.clock.advance(20e6);
+      } else {
+        expect(afterA).toBeGreaterThanOrEqual(1);
+      }
+      // every leaf table of both mappings went back, each once
+      expect(c.pgtablePagesFreed - freed0).toBeGreaterThanOrEqual(2);
+      expect(dev.domain!.pgtbl!.leafCount).toBe(0);
+      dmaDebugDeviceTeardown(dev);
+    });
+  }
 });

@@ -25,8 +25,16 @@ export class VirtualClock {
   /** Arms a one-shot timer `delayNs` from now (kernel: `mod_timer`). */
   setTimer(delayNs: number, fn: () => void): Timer {
     const t: Timer = { deadlineNs: this.#now + delayNs, fn, cancelled: false };
-    this.#timers.push(t);
-    this.#timers.sort((a, b) => a.deadlineNs - b.deadlineNs);
+    // the list is ordered by deadline: the new timer goes after every one due no later (where a
+    // stable sort of the list with it appended would put it), moving the later ones up
+    const timers = this.#timers;
+    timers.push(t);
+    let i = timers.length - 1;
+    while (i > 0 && timers[i - 1]!.deadlineNs > t.deadlineNs) {
+      timers[i] = timers[i - 1]!;
+      i--;
+    }
+    timers[i] = t;
     return t;
   }
 

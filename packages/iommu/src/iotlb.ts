@@ -162,7 +162,7 @@ export class Iotlb {
    * becomes the most recently used entry. Non-present entries are returned too.
    */
   lookupSlot(domainId: number, iova: number): number {
-    return this.#walkLookup(domainKeyBase(domainId), iova);
+    return this.#walkLookup(domainId, iova);
   }
 
   /** Physical address of `iova` through the leaf cached in `slot` (the hardware's output address). */
@@ -224,10 +224,12 @@ export class Iotlb {
   }
 
   /**
-   * `lookupSlot` with the domain's first key `base`. A miss remembers the probed 4 KiB key and its
-   * bucket for `walkFill`.
+   * `lookupSlot`. A miss remembers the probed 4 KiB key and its bucket for `walkFill`. Takes the
+   * domain by id, not by its first key: that key is at least 2^36, and a double passed across a
+   * call is boxed.
    */
-  #walkLookup(base: number, iova: number): number {
+  #walkLookup(domainId: number, iova: number): number {
+    const base = domainKeyBase(domainId);
     const page = Math.floor(iova * INV_4K);
     const key = base + page;
     const b = hashKey(key, this.#shift);
@@ -261,14 +263,23 @@ export class Iotlb {
    * just read from the page table (a valid size, aligned): skips the argument checks, and the
    * bucket search when the leaf's key is the one `walkLookup` just missed.
    */
-  #walkFill(base: number, leafIova: number, leafPhys: number, leafSize: number, prot: number): number {
-    const key = base + leafIova * INV_4K;
+  #walkFill(domainId: number, leaf: PteLookup): number {
+    const leafIova = leaf.leafIova;
+    const key = domainId * DOMAIN_STRIDE + leafIova * INV_4K;
     if (key === this.#missKey) {
       this.#missKey = -1;
-      return this.#fillNew(key, this.#missBucket, leafIova, leafPhys, leafSize, prot, true);
+      return this.#fillNew(key, this.#missBucket, leafIova, leaf.leafPhys, leaf.leafSize, leaf.prot, true);
     }
     this.#missKey = -1;
-    return this.#fill(key, hashKey(key, this.#shift), leafIova, leafPhys, leafSize, prot, true);
+    return this.#fill(
+      key,
+      hashKey(key, this.#shift),
+      leafIova,
+      leaf.leafPhys,
+      leaf.leafSize,
+      leaf.prot,
+      true,
+    );
   }
 
   /** Caches a leaf at `key` (in bucket `b`), replacing the entry already there. */
@@ -344,9 +355,8 @@ export class Iotlb {
   }
 
   static {
-    walkLookup = (t, domainId, iova) => t.#walkLookup(domainKeyBase(domainId), iova);
-    walkFill = (t, domainId, leaf) =>
-      t.#walkFill(domainId * DOMAIN_STRIDE, leaf.leafIova, leaf.leafPhys, leaf.leafSize, leaf.prot);
+    walkLookup = (t, domainId, iova) => t.#walkLookup(domainId, iova);
+    walkFill = (t, domainId, leaf) => t.#walkFill(domainId, leaf);
   }
 
   /**
@@ -356,7 +366,7 @@ export class Iotlb {
    */
   invalidateRange(domainId: number, iova: number, size: number): void {
     this.#counters.iotlbInvRange++;
-    this.#drop(domainKeyBase(domainId), iova, size, false);
+    this.#drop(domainId, iova, size, false);
   }
 
   /**
@@ -385,7 +395,7 @@ export class Iotlb {
    * entries, e.g. VT-d in caching mode). Counts nothing: the core counts `iotlbSyncMap`.
    */
   invalidateNonPresent(domainId: number, iova: number, size: number): void {
-    this.#drop(domainKeyBase(domainId), iova, size, true);
+    this.#drop(domainId, iova, size, true);
   }
 
   /** Empties the cache: no buckets, no LRU entries, every slot on the free stack. */
@@ -454,7 +464,12 @@ export class Iotlb {
     this.#size--;
   }
 
-  #drop(base: number, iova: number, size: number, onlyNonPresent: boolean): void {
+  /**
+   * Drops the entries of `domainId` (non-present ones only, with `onlyNonPresent`) whose leaf meets
+   * `[iova, iova + size)`. Takes the domain by id: its first key, above 2^32, would be boxed.
+   */
+  #drop(domainId: number, iova: number, size: number, onlyNonPresent: boolean): void {
+    const base = domainKeyBase(domainId);
     if (!(size > 0) || this.#size === 0) return;
     const end = iova + size;
     const first = Math.floor(iova * INV_4K);
@@ -542,10 +557,14 @@ function hashKey(key: number, shift: number): number {
 
 /** First key of a domain; throws for an id outside 0..IOTLB_MAX_DOMAIN_ID. */
 function domainKeyBase(domainId: number): number {
-  if (!(Number.isInteger(domainId) && domainId >= 0 && domainId <= IOTLB_MAX_DOMAIN_ID)) {
-    throw new IommuError(`iotlb: domain id ${domainId} outside 0..${IOTLB_MAX_DOMAIN_ID}`, {
-      rule: 'iotlb: domain id',
-    });
-  }
+  if (!(Number.isInteger(domainId) && domainId >= 0 && domainId <= IOTLB_MAX_DOMAIN_ID))
+    badDomainId(domainId);
+  // small enough for V8 to inline: the key (above 2^32) is not boxed to be returned
   return domainId * DOMAIN_STRIDE;
+}
+
+function badDomainId(domainId: number): never {
+  throw new IommuError(`iotlb: domain id ${domainId} outside 0..${IOTLB_MAX_DOMAIN_ID}`, {
+    rule: 'iotlb: domain id',
+  });
 }
