@@ -144,12 +144,21 @@ export function bioHasData(bio: Bio | null): boolean {
  * BIO_MAX_VECS slots (the kernel's bvec pools stop there).
  */
 export function bioAlloc(machine: Machine, nrVecs: number, opf: number): Bio {
+  checkNrVecs(nrVecs);
+  return chargeBio(new Bio(nrVecs, opf), machine, nrVecs);
+}
+
+/** Throws unless `nrVecs` is a slot count `bio_alloc` takes (0..BIO_MAX_VECS). */
+function checkNrVecs(nrVecs: number): void {
   if (!(Number.isInteger(nrVecs) && nrVecs >= 0 && nrVecs <= BIO_MAX_VECS)) {
     throw new BlkError(`bio_alloc: ${nrVecs} vecs is not in 0..${BIO_MAX_VECS}`, {
       rule: 'bio_alloc: nr_vecs',
     });
   }
-  const bio = new Bio(nrVecs, opf);
+}
+
+/** Counts a bio of `nrVecs` slots handed out from `machine` as metadata kind `"bio"`. */
+function chargeBio(bio: Bio, machine: Machine, nrVecs: number): Bio {
   bio.metaBytes = BIO_STRUCT_SIZE + nrVecs * BIO_VEC_SIZE;
   bio.biPool = machine;
   machine.counters.kmalloc(BIO_META_KIND, bio.metaBytes);
@@ -170,11 +179,7 @@ export function bioReuse(bio: Bio, machine: Machine, nrVecs: number, opf: number
       rule: 'bio_alloc: pooled bio in use',
     });
   }
-  if (!(Number.isInteger(nrVecs) && nrVecs >= 0 && nrVecs <= BIO_MAX_VECS)) {
-    throw new BlkError(`bio_alloc: ${nrVecs} vecs is not in 0..${BIO_MAX_VECS}`, {
-      rule: 'bio_alloc: nr_vecs',
-    });
-  }
+  checkNrVecs(nrVecs);
   bio.biNext = null;
   bio.biOpf = opf;
   bio.biFlags = 0;
@@ -190,10 +195,7 @@ export function bioReuse(bio: Bio, machine: Machine, nrVecs: number, opf: number
   bio.biPrivate = null;
   bio.biBvecGapBit = 0;
   bio.remaining = 1;
-  bio.metaBytes = BIO_STRUCT_SIZE + nrVecs * BIO_VEC_SIZE;
-  bio.biPool = machine;
-  machine.counters.kmalloc(BIO_META_KIND, bio.metaBytes);
-  return bio;
+  return chargeBio(bio, machine, nrVecs);
 }
 
 /** Releases a bio from `bioAlloc` or `bioSplit` (kernel: `bio_put` dropping the last reference). */
